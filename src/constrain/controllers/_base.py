@@ -1,0 +1,156 @@
+"""The multiplier-controller contract.
+
+A controller is an update rule for Lagrange multipliers with explicit state, in the style
+of an optax transform: :meth:`Controller.init` creates the state for a vector of
+multipliers and :meth:`Controller.update` maps ``(multipliers, error signal, state)`` to
+``(new multipliers, new state)``. Controllers are pure functions of their inputs; they
+never modify tensors in place and never project: projection onto the multiplier domain
+(``lam >= 0`` for inequality constraints) is the formulation's job and happens after every
+update. Controller state (momentum buffers, EMAs, integrals) is never projected.
+
+Convention (ALGORITHMS.md section 1): the multiplier player *ascends* the Lagrangian and its
+error signal is the constraint violation ``e_t = g(x_t)`` (``h(x_t)`` for equalities), so
+plain gradient ascent is ``lam <- lam + lr * e_t``.
+
+State layout: every state tensor has the multipliers' dimension as its *last* dimension,
+so that indexed (per-sample) multipliers can gather and scatter rows of the state with
+``state[key][..., indices]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Annotated, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import Tensor
+
+__all__ = [
+    "Coefficient",
+    "Controller",
+    "ControllerState",
+    "FiniteFloat",
+    "NonNegativeFloat",
+    "PositiveFloat",
+    "as_coefficient",
+]
+
+ControllerState = dict[str, Tensor]
+"""Explicit controller state: named tensors whose last dimension indexes multipliers."""
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Coefficient = float | tuple[float, ...]
+"""A hyperparameter given either as one scalar or as one value per multiplier."""
+
+
+def as_coefficient(value: Coefficient, like: Tensor, name: str) -> Tensor | float:
+    """Return ``value`` as a float or as a tensor broadcastable against ``like``.
+
+    Args:
+        value: A scalar, or a sequence with one entry per multiplier.
+        like: The multipliers (gives size, dtype and device).
+        name: Field name used in error messages.
+
+    Raises:
+        ShapeError: If a per-multiplier sequence has the wrong length.
+    """
+    if isinstance(value, (int, float)):
+        return float(value)
+    from .._errors import ShapeError
+
+    tensor = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    if tensor.shape[-1:] != like.shape[-1:]:
+        raise ShapeError(
+            f"controller field {name!r} has {tensor.shape[-1]} per-constraint values but "
+            f"there are {like.shape[-1]} multipliers; give one value per multiplier or a "
+            "single scalar."
+        )
+    return tensor
+
+
+class Controller(BaseModel):
+    """Base class of every multiplier update rule.
+
+    Subclasses are frozen pydantic models whose fields are the hyperparameters (validated
+    when the controller is built) and which implement :meth:`update` (and :meth:`init`
+    when they carry state). Register a subclass with
+    :func:`constrain.controllers.register`.
+
+    Attributes:
+        lr: Step size ``eta`` of the multiplier update.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: ClassVar[str] = ""
+    """Registry name, set by :func:`constrain.controllers.register`."""
+
+    extrapolates: ClassVar[bool] = False
+    """True for controllers that need an extrapolation (look-ahead) step: the solver then
+    evaluates the problem a second time at the extrapolated point."""
+
+    supports_equality: ClassVar[bool] = True
+    """False for rules that only make sense for non-negative multipliers (e.g.
+    multiplicative weights); the solver rejects them for equality constraints."""
+
+    lr: PositiveFloat = 1e-2
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _sequences_to_tuples(cls, value: object) -> object:
+        if isinstance(value, Tensor):
+            value = value.detach().cpu().tolist()
+        if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+            values = tuple(float(v) for v in value)
+            if not all(math.isfinite(v) for v in values):
+                raise ValueError("every entry must be finite")
+            return values
+        return value
+
+    def init(self, multipliers: Tensor) -> ControllerState:
+        """Create the controller state for ``multipliers`` (a 1-d tensor).
+
+        Returns:
+            A dict of tensors; empty for stateless rules.
+        """
+        return {}
+
+    def update(
+        self, multipliers: Tensor, signal: Tensor, state: ControllerState
+    ) -> tuple[Tensor, ControllerState]:
+        """Return the new (unprojected) multipliers and the new state.
+
+        Args:
+            multipliers: Current multipliers ``lam_t`` (1-d).
+            signal: Error signal ``e_t`` (same shape), e.g. the constraint violation.
+            state: State returned by :meth:`init` or a previous :meth:`update`.
+        """
+        raise NotImplementedError
+
+    def extrapolate(self, multipliers: Tensor, signal: Tensor, state: ControllerState) -> Tensor:
+        """Look-ahead multipliers for extrapolation methods (unprojected).
+
+        Only called when :attr:`extrapolates` is true. The solver projects the result, lets
+        the primal player take its look-ahead step with it, evaluates the problem there and
+        then calls :meth:`update` from the *original* multipliers with the look-ahead signal:
+
+            lam_half = lam_t + extrapolate(e(x_t));  lam_{t+1} = update(lam_t, e(x_half)).
+
+        The default takes the same step as :meth:`update` without advancing the state.
+        """
+        return self.update(multipliers, signal, state)[0]
+
+    def initial_multipliers(self, like: Tensor) -> Tensor | None:
+        """Multipliers this rule must start from, or ``None`` to use the solver's default.
+
+        Multiplicative rules cannot start from zero and override this.
+        """
+        return None
+
+    def spec(self) -> dict[str, object]:
+        """A JSON-serialisable description: ``{"name": ..., **hyperparameters}``."""
+        return {"name": self.name, **self.model_dump()}

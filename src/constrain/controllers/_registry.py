@@ -1,0 +1,87 @@
+"""Registry of multiplier controllers: lookup by name, build from configs, plug-ins."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from .._errors import ConfigError
+from .._registry import Registry
+from .._validation import build_model
+from ._base import Controller
+
+__all__ = ["CONTROLLERS", "build", "get", "names", "register"]
+
+C = TypeVar("C", bound=type[Controller])
+
+CONTROLLERS: Registry[type[Controller]] = Registry("controller", "constrain.controllers")
+"""All registered controller classes; third-party ones come from the entry-point group
+``constrain.controllers`` (each entry point loads a :class:`Controller` subclass)."""
+
+
+def register(name: str, *, overwrite: bool = False) -> Callable[[C], C]:
+    """Class decorator registering a :class:`Controller` subclass under ``name``.
+
+    Example:
+        >>> @register("my-gda")
+        ... class MyGDA(Controller):
+        ...     def update(self, multipliers, signal, state):
+        ...         return multipliers + self.lr * signal, state
+    """
+
+    def decorator(cls: C) -> C:
+        if not (isinstance(cls, type) and issubclass(cls, Controller)):
+            raise ConfigError(
+                f"@register({name!r}) expects a subclass of constrain.controllers.Controller; "
+                f"got {cls!r}."
+            )
+        cls.name = name
+        CONTROLLERS.register(name, overwrite=overwrite)(cls)
+        return cls
+
+    return decorator
+
+
+def get(name: str) -> type[Controller]:
+    """Return the controller class registered under ``name``."""
+    return CONTROLLERS.get(name)
+
+
+def names() -> list[str]:
+    """Names of all registered controllers."""
+    return CONTROLLERS.names()
+
+
+def build(spec: str | Controller | Mapping[str, Any], **params: Any) -> Controller:
+    """Build a controller from a name, a mapping, or pass an instance through.
+
+    Args:
+        spec: A registered name (``"nupi"``), a mapping ``{"name": "nupi", "ki": 0.1, ...}``,
+            or a :class:`Controller` instance (returned as is, or copied with ``params``).
+        **params: Hyperparameters, overriding those in ``spec``.
+
+    Raises:
+        UnknownNameError: For an unknown name (lists the known ones).
+        ConfigError: For invalid hyperparameters, naming each field.
+    """
+    if isinstance(spec, Controller):
+        if not params:
+            return spec
+        return build_model(type(spec), {**spec.model_dump(), **params}, f"controller {spec.name!r}")
+    if isinstance(spec, Mapping):
+        values = dict(spec)
+        if "name" not in values:
+            raise ConfigError(
+                f"a controller mapping needs a 'name' key (one of {names()}); got keys "
+                f"{sorted(values)}."
+            )
+        name = values.pop("name")
+        values.update(params)
+        return build(name, **values)
+    if isinstance(spec, str):
+        cls = get(spec)
+        return build_model(cls, params, f"controller {cls.name!r}")
+    raise ConfigError(
+        f"controller must be a name, a mapping with a 'name' key or a Controller instance; "
+        f"got {spec!r} ({type(spec).__name__})."
+    )
