@@ -1,3 +1,74 @@
-"""constrain: constrained optimization of PyTorch models."""
+"""constrain: constrained optimization of PyTorch models.
+
+Declare a :class:`ConstrainedProblem`, pick a formulation and a multiplier controller,
+and run a :class:`Solver` (or :func:`solve`) with any ``torch.optim`` optimizer.
+"""
+
+from . import controllers, formulations
+from ._errors import (
+    CheckpointError,
+    ConfigError,
+    ConstrainError,
+    NonFiniteError,
+    ShapeError,
+    UnknownNameError,
+)
+from .config import RunConfig, load_config
+from .controllers import Controller
+from .formulations import AugmentedLagrangian, Formulation, Lagrangian, QuadraticPenalty
+from .history import History, StepRecord
+from .multipliers import ConstraintLayout, Multipliers
+from .problem import (
+    ConstrainedProblem,
+    Constraint,
+    ConstraintValue,
+    ProblemState,
+    Regularizer,
+    constraint,
+)
+from .runner import ProblemSpec, Reference, RunResult, Setup, get_problem, problem_names, run
+from .solver import Solver, SolveResult, make_optimizer, solve
+from .variables import Variables
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "AugmentedLagrangian",
+    "CheckpointError",
+    "ConfigError",
+    "ConstrainError",
+    "ConstrainedProblem",
+    "Constraint",
+    "ConstraintLayout",
+    "ConstraintValue",
+    "Controller",
+    "Formulation",
+    "History",
+    "Lagrangian",
+    "Multipliers",
+    "NonFiniteError",
+    "ProblemSpec",
+    "ProblemState",
+    "QuadraticPenalty",
+    "Reference",
+    "Regularizer",
+    "RunConfig",
+    "RunResult",
+    "Setup",
+    "ShapeError",
+    "SolveResult",
+    "Solver",
+    "StepRecord",
+    "UnknownNameError",
+    "Variables",
+    "__version__",
+    "constraint",
+    "controllers",
+    "formulations",
+    "get_problem",
+    "load_config",
+    "make_optimizer",
+    "problem_names",
+    "run",
+    "solve",
+]

@@ -1,0 +1,111 @@
+"""The formulation contract: how constraints enter the primal loss and the dual signal."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+
+from ..multipliers import ConstraintLayout, Multipliers, StackedConstraints
+
+__all__ = ["Formulation", "FormulationState", "PenaltySchedule"]
+
+FormulationState = dict[str, Tensor]
+"""Explicit formulation state (e.g. the current penalty coefficient), saved in checkpoints."""
+
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class Formulation(BaseModel):
+    """Base class of formulations (Lagrangian, augmented Lagrangian, quadratic penalty).
+
+    A formulation turns one :class:`~constrain.multipliers.StackedConstraints` into
+
+    * ``primal_loss``: the scalar the primal player minimises (``backward()`` on it), and
+    * ``dual_signal``: the error signal of each multiplier (``None`` if the formulation has
+      no multipliers),
+
+    and projects the multipliers onto their domain after every controller update.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: ClassVar[str] = ""
+    uses_multipliers: ClassVar[bool] = True
+
+    def init_state(self, layout: ConstraintLayout) -> FormulationState:
+        """Initial formulation state (empty for the plain Lagrangian)."""
+        return {}
+
+    def primal_loss(
+        self,
+        objective: Tensor,
+        stacked: StackedConstraints,
+        multipliers: Multipliers,
+        state: FormulationState,
+    ) -> Tensor:
+        """The scalar the primal player minimises."""
+        raise NotImplementedError
+
+    def dual_signal(self, stacked: StackedConstraints, state: FormulationState) -> Tensor:
+        """Error signal for the dense multipliers (default: the violation ``g``)."""
+        return stacked.violation
+
+    def indexed_signal(self, violation: Tensor, state: FormulationState) -> Tensor:
+        """Error signal for observed per-sample multipliers (default: the violation)."""
+        return violation
+
+    def project(self, multipliers: Tensor, equality: Tensor) -> Tensor:
+        """Project onto the multiplier domain: ``max(lam, 0)`` for inequalities.
+
+        Args:
+            multipliers: Multipliers after a controller update.
+            equality: Boolean mask, True where the constraint is an equality.
+        """
+        return torch.where(equality, multipliers, multipliers.clamp_min(0))
+
+    def after_dual_step(
+        self, stacked: StackedConstraints, state: FormulationState
+    ) -> FormulationState:
+        """Update the formulation state after a multiplier step (penalty schedules)."""
+        return state
+
+
+class PenaltySchedule(BaseModel):
+    """Increase a penalty coefficient when the violation stops shrinking.
+
+    Every ``every`` steps: if ``||max(g, 0)|| + ||h||`` exceeds ``shrink`` times its value at
+    the previous check, ``c <- min(growth * c, max_penalty)``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    growth: float = Field(default=1.0, ge=1.0, allow_inf_nan=False)
+    shrink: float = Field(default=0.25, gt=0, le=1, allow_inf_nan=False)
+    every: int = Field(default=1, ge=1)
+    max_penalty: float = Field(default=1e6, gt=0, allow_inf_nan=False)
+
+    def init_state(self, penalty: float, layout: ConstraintLayout) -> FormulationState:
+        return {
+            "penalty": torch.tensor(penalty, dtype=layout.dtype, device=layout.device),
+            "last_violation": torch.tensor(float("inf"), dtype=layout.dtype, device=layout.device),
+            "step": torch.zeros((), dtype=torch.int64, device=layout.device),
+        }
+
+    def update(self, stacked: StackedConstraints, state: FormulationState) -> FormulationState:
+        if self.growth == 1.0:
+            return state
+        step = state["step"] + 1
+        if int(step) % self.every != 0:
+            return {**state, "step": step}
+        v = stacked.violation
+        size = v.clamp_min(0).norm()
+        for iv in stacked.per_sample.values():
+            size = size + iv.violation.clamp_min(0).norm()
+        grow = size > self.shrink * state["last_violation"]
+        penalty = torch.where(
+            grow, (state["penalty"] * self.growth).clamp_max(self.max_penalty), state["penalty"]
+        )
+        return {"penalty": penalty, "last_violation": size, "step": step}

@@ -1,0 +1,76 @@
+"""The augmented Lagrangian formulation (method of multipliers)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..multipliers import ConstraintLayout, Multipliers, StackedConstraints
+from ._base import Formulation, FormulationState, NonNegative, PenaltySchedule
+from ._registry import register
+
+__all__ = ["AugmentedLagrangian", "augmented_terms"]
+
+
+def augmented_terms(lam: Tensor, g: Tensor, equality: Tensor, c: Tensor) -> Tensor:
+    """Sum of the augmented-Lagrangian constraint terms, safe at ``c = 0``.
+
+    Inequalities (standard form): ``(1/(2c)) (max(0, lam + c g)^2 - lam^2)``, written as
+    ``lam g + (c/2) g^2`` where ``lam + c g >= 0`` and ``-lam^2/(2c)`` elsewhere (which
+    needs ``c > 0``; at ``c = 0`` the first branch always applies, so no division by zero
+    and no NaN in values or gradients). Equalities: ``mu h + (c/2) h^2``.
+    """
+    quadratic = lam * g + 0.5 * c * g * g
+    active = (lam + c * g) >= 0
+    safe_c = torch.where(c > 0, c, torch.ones_like(c))
+    inactive = -(lam * lam) / (2 * safe_c)
+    ineq = torch.where(active, quadratic, inactive)
+    return torch.where(equality, quadratic, ineq).sum()
+
+
+@register("augmented_lagrangian")
+class AugmentedLagrangian(Formulation):
+    """Augmented Lagrangian with penalty ``c`` and an optional penalty schedule.
+
+    Primal loss ``f + (1/(2c)) sum(max(0, lam + c g)^2 - lam^2) + mu.h + (c/2)||h||^2``.
+    The dual signal is ``c * g``, so the ``gda`` controller with ``lr=1`` is exactly the
+    classical multiplier step ``lam <- max(0, lam + c g)``.
+
+    Args:
+        penalty: Initial penalty coefficient ``c >= 0``.
+        schedule: When and how ``c`` grows (default: constant).
+    """
+
+    penalty: NonNegative = 1.0
+    schedule: PenaltySchedule = PenaltySchedule()
+
+    def init_state(self, layout: ConstraintLayout) -> FormulationState:
+        return self.schedule.init_state(self.penalty, layout)
+
+    def primal_loss(
+        self,
+        objective: Tensor,
+        stacked: StackedConstraints,
+        multipliers: Multipliers,
+        state: FormulationState,
+    ) -> Tensor:
+        c = state["penalty"]
+        lam = multipliers.dense.detach()
+        loss = objective + augmented_terms(lam, stacked.primal, stacked.equality, c)
+        for name, iv in stacked.per_sample.items():
+            lam = multipliers.per_sample[name].detach()[iv.indices]
+            mask = torch.zeros_like(lam, dtype=torch.bool)
+            loss = loss + augmented_terms(lam, iv.primal, mask, c)
+        return loss
+
+    def dual_signal(self, stacked: StackedConstraints, state: FormulationState) -> Tensor:
+        return state["penalty"] * stacked.violation
+
+    def indexed_signal(self, violation: Tensor, state: FormulationState) -> Tensor:
+        return state["penalty"] * violation
+
+    def after_dual_step(
+        self, stacked: StackedConstraints, state: FormulationState
+    ) -> FormulationState:
+        return self.schedule.update(stacked, state)
+

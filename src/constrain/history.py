@@ -1,0 +1,182 @@
+"""Per-step records of a run and their export (JSON, CSV)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._io import atomic_write_text
+
+__all__ = ["History", "StepRecord"]
+
+
+@dataclass
+class StepRecord:
+    """What happened at one step.
+
+    Attributes:
+        step: Step index (0-based: the step that moved ``x_t`` to ``x_{t+1}``).
+        objective: ``f(x_t)`` on the step's batch.
+        max_violation: Largest standard-form violation: ``max(max_i g_i, max_k |h_k|, 0)``.
+        violation: Dense standard-form constraint values ``g(x_t)`` (``<= 0`` when met).
+        multipliers: Dense multipliers after the step's update.
+        per_sample: Per-sample groups: summary of the observed entries
+            (``max_violation``, ``mean_multiplier``, ``max_multiplier``, ``feasible_fraction``).
+        metrics: Extra metrics returned by the problem (accuracy, density, ...).
+        clusters: Number of distinct values per regularized parameter (weight sharing).
+        penalty: Current penalty coefficient of penalty-based formulations.
+        seconds: Wall time of the step.
+        skipped: True if the step was skipped because of a non-finite value.
+    """
+
+    step: int
+    objective: float
+    max_violation: float
+    violation: list[float]
+    multipliers: list[float]
+    per_sample: dict[str, dict[str, float]] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    clusters: dict[str, int] = field(default_factory=dict)
+    penalty: float | None = None
+    seconds: float = 0.0
+    skipped: bool = False
+
+
+class History:
+    """The sequence of :class:`StepRecord` of a run, with array views and exports.
+
+    Args:
+        labels: One label per dense constraint entry (``name`` or ``name[i]``).
+    """
+
+    def __init__(self, labels: list[str] | None = None) -> None:
+        self.labels: list[str] = list(labels or [])
+        self.records: list[StepRecord] = []
+
+    # -- container protocol -------------------------------------------------------------
+    def append(self, record: StepRecord) -> None:
+        """Add a record."""
+        self.records.append(record)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[StepRecord]:
+        return iter(self.records)
+
+    def __getitem__(self, index: int) -> StepRecord:
+        return self.records[index]
+
+    @property
+    def last(self) -> StepRecord:
+        """The most recent record.
+
+        Raises:
+            IndexError: If the history is empty.
+        """
+        if not self.records:
+            raise IndexError("the history is empty: no step has been recorded yet")
+        return self.records[-1]
+
+    # -- array views --------------------------------------------------------------------
+    def steps(self) -> np.ndarray:
+        """Step indices, shape ``(T,)``."""
+        return np.array([r.step for r in self.records], dtype=np.int64)
+
+    def objective(self) -> np.ndarray:
+        """Objective per step, shape ``(T,)``."""
+        return np.array([r.objective for r in self.records], dtype=np.float64)
+
+    def max_violation(self) -> np.ndarray:
+        """Max violation per step, shape ``(T,)``."""
+        return np.array([r.max_violation for r in self.records], dtype=np.float64)
+
+    def violation(self) -> np.ndarray:
+        """Dense violations, shape ``(T, n)``."""
+        return np.array([r.violation for r in self.records], dtype=np.float64).reshape(
+            len(self.records), -1
+        )
+
+    def multipliers(self) -> np.ndarray:
+        """Dense multipliers, shape ``(T, n)``."""
+        return np.array([r.multipliers for r in self.records], dtype=np.float64).reshape(
+            len(self.records), -1
+        )
+
+    def metric(self, name: str) -> np.ndarray:
+        """One metric per step (NaN where it was not recorded)."""
+        return np.array([r.metrics.get(name, math.nan) for r in self.records], dtype=np.float64)
+
+    # -- export -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict ``{"labels": [...], "records": [...]}``."""
+        return {"labels": self.labels, "records": [asdict(r) for r in self.records]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> History:
+        """Inverse of :meth:`to_dict`."""
+        history = cls(list(data.get("labels", [])))
+        for row in data.get("records", []):
+            history.append(StepRecord(**row))
+        return history
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """Serialise to JSON; also write it atomically to ``path`` if given."""
+        text = json.dumps(self.to_dict(), allow_nan=True)
+        if path is not None:
+            atomic_write_text(Path(path), text)
+        return text
+
+    def to_csv(self, path: str | Path | None = None) -> str:
+        """One row per step: step, objective, max_violation, seconds, metrics, then one
+        ``g:LABEL`` and one ``lambda:LABEL`` column per dense constraint entry, then
+        per-sample summaries and cluster counts. Also written atomically to ``path``.
+        """
+        metric_names = sorted({k for r in self.records for k in r.metrics})
+        ps_names = sorted({f"{g}:{k}" for r in self.records for g, d in r.per_sample.items() for k in d})
+        cluster_names = sorted({k for r in self.records for k in r.clusters})
+        header = ["step", "objective", "max_violation", "penalty", "seconds", "skipped"]
+        header += metric_names + [f"g:{lab}" for lab in self.labels]
+        header += [f"lambda:{lab}" for lab in self.labels] + ps_names
+        header += [f"clusters:{c}" for c in cluster_names]
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(header)
+        for r in self.records:
+            row: list[Any] = [r.step, r.objective, r.max_violation,
+                              "" if r.penalty is None else r.penalty, r.seconds, int(r.skipped)]
+            row += [r.metrics.get(m, "") for m in metric_names]
+            row += list(r.violation) + list(r.multipliers)
+            for key in ps_names:
+                group, stat = key.split(":", 1)
+                row.append(r.per_sample.get(group, {}).get(stat, ""))
+            row += [r.clusters.get(c, "") for c in cluster_names]
+            writer.writerow(row)
+        text = buffer.getvalue()
+        if path is not None:
+            atomic_write_text(Path(path), text)
+        return text
+
+    def summary(self) -> dict[str, Any]:
+        """Final values: steps, objective, max violation, multipliers, metrics."""
+        if not self.records:
+            return {"steps": 0}
+        last = self.records[-1]
+        return {
+            "steps": last.step + 1,
+            "objective": last.objective,
+            "max_violation": last.max_violation,
+            "multipliers": list(last.multipliers),
+            "metrics": dict(last.metrics),
+            "clusters": dict(last.clusters),
+            "per_sample": dict(last.per_sample),
+            "seconds_per_step": float(np.mean([r.seconds for r in self.records])),
+        }

@@ -1,0 +1,509 @@
+"""Declaring constrained problems.
+
+A constrained problem is
+
+    minimize f(x)  subject to  g_i(x) <= b_i,  g_j(x) >= b_j,  h_k(x) == b_k,
+
+declared either by subclassing :class:`ConstrainedProblem` (hyperparameters are validated
+pydantic fields; the objective and the constraints are methods) or by composition
+(``ConstrainedProblem(objective=..., constraints=[Constraint(...)], regularizers=[...])``).
+
+Internally every constraint is brought to the standard form ``violation <= 0`` (or
+``== 0``): ``g(x) <= b`` becomes ``g(x) - b``, ``g(x) >= b`` becomes ``b - g(x)`` and
+``h(x) == b`` becomes ``h(x) - b``. A *constraint group* (one :class:`Constraint`) may hold
+many entries (e.g. one margin constraint per training point); all groups are stacked into
+one vector so that the cost of a step does not grow with the number of groups.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, TypeAlias
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from torch import Tensor
+
+from ._errors import ConfigError, ShapeError, describe
+
+__all__ = [
+    "ConstrainedProblem",
+    "Constraint",
+    "ConstraintValue",
+    "ProblemState",
+    "Regularizer",
+    "Sense",
+    "constraint",
+]
+
+Sense: TypeAlias = Literal["<=", ">=", "=="]
+_SENSE_ALIASES = {"<=": "<=", "le": "<=", "leq": "<=", ">=": ">=", "ge": ">=", "geq": ">=",
+                  "==": "==", "=": "==", "eq": "=="}
+
+ValueFn: TypeAlias = Callable[[Any, Any], "Tensor | ConstraintValue"]
+
+
+@dataclass(frozen=True)
+class ConstraintValue:
+    """The value of one constraint group at the current point.
+
+    Attributes:
+        value: The true constraint function ``g(x)`` (left-hand side), 1-d or scalar. It
+            drives the multiplier update and may be non-differentiable (e.g. a rate).
+        proxy: Optional differentiable surrogate of ``value`` (same shape). When given, the
+            primal player's Lagrangian uses it instead of ``value``.
+        indices: For per-sample (indexed) constraints: the sample indices the entries of
+            ``value`` belong to (1-d integer tensor, same length as ``value``).
+    """
+
+    value: Tensor
+    proxy: Tensor | None = None
+    indices: Tensor | None = None
+
+
+@dataclass
+class ProblemState:
+    """Everything a formulation needs from one evaluation of the problem.
+
+    Attributes:
+        objective: Scalar objective ``f(x)`` (differentiable).
+        constraints: Constraint values by constraint name (tensors or
+            :class:`ConstraintValue`).
+        metrics: Extra scalars to record in the history (accuracy, density, ...).
+    """
+
+    objective: Tensor
+    constraints: dict[str, Tensor | ConstraintValue] = field(default_factory=dict)
+    metrics: dict[str, float | Tensor] = field(default_factory=dict)
+
+
+def _check_finite_number(value: float, what: str) -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"{what} must be finite; got {value!r}")
+    return value
+
+
+class Constraint(BaseModel):
+    """Declaration of one constraint group ``g(x) <sense> rhs``.
+
+    Args:
+        name: Unique name (used for multipliers, history columns and plots).
+        sense: ``"<="``, ``">="`` or ``"=="``.
+        rhs: Right-hand side: a scalar, or one value per entry of the group.
+        size: Number of entries in the group; ``None`` infers it at the first evaluation.
+            For per-sample constraints this is the number of samples.
+        fn: For composition: ``fn(model, batch)`` returning the left-hand side (a tensor or
+            a :class:`ConstraintValue`). Subclasses use :func:`constraint` methods instead.
+        proxy: Optional ``proxy(model, batch)`` returning a differentiable surrogate of
+            ``fn``'s value; the primal player uses it, the multipliers the true value.
+        per_sample: If true the group is indexed: each evaluation returns the values of a
+            minibatch of samples with their ``indices`` and only those multipliers move.
+        description: Free text shown in reports.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    name: str = Field(min_length=1)
+    sense: Sense = "<="
+    rhs: float | tuple[float, ...] = 0.0
+    size: int | None = Field(default=None, ge=1)
+    fn: Any = None
+    proxy: Any = None
+    per_sample: bool = False
+    description: str = ""
+
+    def __init__(self, name: str | None = None, sense: str | None = None, /, **data: Any):
+        if name is not None:
+            data["name"] = name
+        if sense is not None:
+            data["sense"] = sense
+        super().__init__(**data)
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if value != value.strip() or any(c in value for c in "\n\t,="):
+            raise ValueError(
+                "constraint names may not contain whitespace at the ends, tabs, newlines, "
+                f"',' or '='; got {value!r}"
+            )
+        return value
+
+    @field_validator("sense", mode="before")
+    @classmethod
+    def _normalise_sense(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in _SENSE_ALIASES:
+            return _SENSE_ALIASES[value.strip().lower()]
+        raise ValueError(
+            f"sense must be one of '<=', '>=', '=='; got {value!r}. Strict inequalities are "
+            "not supported: use '<=' or '>=' (optionally with a small margin in rhs)."
+        )
+
+    @field_validator("rhs", mode="before")
+    @classmethod
+    def _finite_rhs(cls, value: object) -> object:
+        if isinstance(value, Tensor):
+            value = value.detach().cpu().reshape(-1).tolist() if value.numel() != 1 else value.item()
+        if isinstance(value, bool):
+            raise ValueError("rhs must be a number or a sequence of numbers; got a bool")
+        if isinstance(value, (int, float)):
+            return _check_finite_number(float(value), "rhs")
+        if isinstance(value, Sequence) and not isinstance(value, str):
+            values = tuple(float(v) for v in value)
+            for v in values:
+                _check_finite_number(v, "every rhs entry")
+            if not values:
+                raise ValueError("rhs sequence is empty")
+            return values
+        return value
+
+    @field_validator("fn", "proxy")
+    @classmethod
+    def _callable(cls, value: object) -> object:
+        if value is not None and not callable(value):
+            raise ValueError(f"expected a callable fn(model, batch) or None; got {describe(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Constraint:
+        if isinstance(self.rhs, tuple):
+            if self.size is not None and len(self.rhs) != self.size:
+                raise ValueError(
+                    f"constraint {self.name!r}: rhs has {len(self.rhs)} entries but size is "
+                    f"{self.size}"
+                )
+        if self.per_sample and self.size is None:
+            raise ValueError(
+                f"per-sample constraint {self.name!r} needs size= (the number of samples) so "
+                "that its multipliers can be allocated"
+            )
+        if self.per_sample and isinstance(self.rhs, tuple):
+            raise ValueError(f"per-sample constraint {self.name!r} takes a scalar rhs")
+        return self
+
+    @property
+    def is_equality(self) -> bool:
+        """True for ``==`` constraints (multipliers of any sign)."""
+        return self.sense == "=="
+
+    @property
+    def sign(self) -> float:
+        """+1 for ``<=`` and ``==``, -1 for ``>=`` (the standard-form factor)."""
+        return -1.0 if self.sense == ">=" else 1.0
+
+    def violation(self, value: Tensor) -> Tensor:
+        """Standard form of ``value``: ``sign * (value - rhs)`` (``<= 0`` / ``== 0`` when met)."""
+        rhs: float | Tensor = self.rhs if isinstance(self.rhs, float) else torch.as_tensor(
+            self.rhs, dtype=value.dtype, device=value.device
+        )
+        return self.sign * (value - rhs)
+
+
+class Regularizer(BaseModel):
+    """A regularizer acting on some parameters of the model.
+
+    Either non-smooth with a proximal operator (``prox`` names an entry of
+    :mod:`constrain.prox`), applied after each primal step with strength
+    ``strength * lr`` (lr: the parameter's current learning rate), or smooth with a
+    differentiable ``penalty(tensor) -> scalar`` added to the objective.
+
+    Args:
+        prox: Registered prox name (``"weight_sharing"``, ``"l1"``, ...) or a callable
+            ``prox(x, strength, **options)``.
+        penalty: Smooth alternative: callable returning a scalar penalty of a parameter.
+        strength: Regularization strength ``lam >= 0``.
+        params: Which parameters: names or ``fnmatch`` patterns of
+            ``model.named_parameters()``; ``None`` means all.
+        options: Extra keyword arguments for the prox (e.g. ``{"method": "sort_pava"}``).
+        name: Label in the history (defaults to the prox or penalty name).
+        track_clusters: Record the number of distinct values of each parameter after the
+            prox (the weight-sharing diagnostic).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    prox: Any = None
+    penalty: Any = None
+    strength: float = Field(ge=0, allow_inf_nan=False)
+    params: tuple[str, ...] | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    name: str | None = None
+    track_clusters: bool = True
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _params_tuple(cls, value: object) -> object:
+        if isinstance(value, str):
+            return (value,)
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Regularizer:
+        if (self.prox is None) == (self.penalty is None):
+            raise ValueError("a Regularizer needs exactly one of prox= (a name or callable) or penalty=")
+        if self.prox is not None and not (isinstance(self.prox, str) or callable(self.prox)):
+            raise ValueError(f"prox must be a registered name or a callable; got {describe(self.prox)}")
+        if self.penalty is not None and not callable(self.penalty):
+            raise ValueError(f"penalty must be a callable; got {describe(self.penalty)}")
+        return self
+
+    @property
+    def label(self) -> str:
+        """Name used in the history."""
+        if self.name:
+            return self.name
+        target = self.prox if self.prox is not None else self.penalty
+        return target if isinstance(target, str) else getattr(target, "__name__", "regularizer")
+
+
+_CONSTRAINT_ATTR = "__constrain_constraint__"
+
+
+def constraint(
+    sense: str = "<=",
+    *,
+    rhs: float | Sequence[float] | str = 0.0,
+    size: int | None = None,
+    per_sample: bool = False,
+    name: str | None = None,
+    description: str = "",
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a method of a :class:`ConstrainedProblem` subclass as a constraint.
+
+    The method takes ``(self, model, batch)`` and returns the left-hand side (a tensor, or
+    a :class:`ConstraintValue` with a proxy and/or sample indices). The constraint's name
+    is the method's name unless ``name`` is given.
+
+    Args:
+        sense: ``"<="``, ``">="`` or ``"=="``.
+        rhs: Right-hand side, or the *name of a field* of the problem holding it (so that
+            a hyperparameter such as a tolerance is validated and configurable).
+        size: Number of entries (``None``: inferred at the first evaluation).
+        per_sample: Indexed per-sample constraint (``size`` = number of samples; may also
+            name a field).
+        name: Constraint name (defaults to the method name).
+        description: Free text shown in reports.
+
+    Example:
+        >>> class Budget(ConstrainedProblem):
+        ...     budget: float = 1.0
+        ...     def objective(self, model, batch):
+        ...         return (model.weight - 1).pow(2).sum()
+        ...     @constraint("<=", rhs="budget")
+        ...     def l1_norm(self, model, batch):
+        ...         return model.weight.abs().sum()
+    """
+
+    def decorator(method: Callable[..., Any]) -> Callable[..., Any]:
+        setattr(
+            method,
+            _CONSTRAINT_ATTR,
+            {"sense": sense, "rhs": rhs, "size": size, "per_sample": per_sample,
+             "name": name or method.__name__, "description": description},
+        )
+        return method
+
+    return decorator
+
+
+class ConstrainedProblem(BaseModel):
+    """A constrained optimization problem: objective, constraints and regularizers.
+
+    Two first-class ways to declare one:
+
+    * **Subclass** it. Hyperparameters are pydantic fields (validated, configurable from
+      the CLI with ``--set problem.NAME=VALUE``); define ``objective(self, model, batch)``
+      and decorate constraint methods with :func:`constraint`. For a shared forward pass
+      override :meth:`evaluate` instead.
+    * **Compose** it: ``ConstrainedProblem(objective=f, constraints=[Constraint(...)],
+      regularizers=[Regularizer(...)])`` where ``f(model, batch)`` and each constraint's
+      ``fn(model, batch)`` are callables.
+
+    Here ``model`` is the ``torch.nn.Module`` holding the primal variables (for plain
+    tensors use :class:`constrain.Variables`) and ``batch`` is whatever the data loader
+    yields (``None`` for problems without data).
+
+    Raises:
+        pydantic.ValidationError: Unknown fields (typos), invalid hyperparameters.
+        ConfigError: Duplicate constraint names, a constraint without a value function.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", arbitrary_types_allowed=True, populate_by_name=True,
+        validate_assignment=True,
+    )
+
+    objective_fn: Any = Field(default=None, alias="objective", exclude=True)
+    constraints: list[Constraint] = Field(default_factory=list, exclude=True)
+    regularizers: list[Regularizer] = Field(default_factory=list, exclude=True)
+
+    _declared: list[Constraint] = PrivateAttr(default_factory=list)
+
+    is_convex: ClassVar[bool] = False
+    """Set by problems built from convex blocks (they can be checked against CVXPY)."""
+
+    @field_validator("objective_fn")
+    @classmethod
+    def _objective_callable(cls, value: object) -> object:
+        if value is not None and not callable(value):
+            raise ValueError(f"objective must be a callable f(model, batch); got {describe(value)}")
+        return value
+
+    def model_post_init(self, context: Any, /) -> None:
+        declared = list(self.constraints)
+        for attr_name in dir(type(self)):
+            if attr_name.startswith("__"):
+                continue
+            member = getattr(type(self), attr_name, None)
+            meta = getattr(member, _CONSTRAINT_ATTR, None)
+            if meta is None:
+                continue
+            rhs = meta["rhs"]
+            if isinstance(rhs, str):
+                if rhs not in type(self).model_fields:
+                    raise ConfigError(
+                        f"@constraint on {attr_name!r} gives rhs={rhs!r}, which is not a field "
+                        f"of {type(self).__name__}; fields: {sorted(type(self).model_fields)}."
+                    )
+                rhs = getattr(self, rhs)
+            size = meta["size"]
+            if isinstance(size, str):
+                size = getattr(self, size)
+            declared.append(
+                Constraint(
+                    name=meta["name"], sense=meta["sense"], rhs=rhs, size=size,
+                    fn=getattr(self, attr_name), per_sample=meta["per_sample"],
+                    description=meta["description"],
+                )
+            )
+        seen: set[str] = set()
+        for c in declared:
+            if c.name in seen:
+                raise ConfigError(
+                    f"duplicate constraint name {c.name!r} in {type(self).__name__}; "
+                    "every constraint needs a unique name."
+                )
+            seen.add(c.name)
+        self._declared = declared
+
+    # -- declaration --------------------------------------------------------------------
+    @property
+    def all_constraints(self) -> list[Constraint]:
+        """Every constraint group: those passed to ``constraints=`` and decorated methods."""
+        return list(self._declared)
+
+    def constraint_named(self, name: str) -> Constraint:
+        """The constraint called ``name``.
+
+        Raises:
+            ConfigError: If there is none (lists the known names).
+        """
+        for c in self._declared:
+            if c.name == name:
+                return c
+        raise ConfigError(
+            f"{type(self).__name__} has no constraint named {name!r}; known: "
+            f"{[c.name for c in self._declared]}."
+        )
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The validated hyperparameter fields (JSON-serialisable)."""
+        return self.model_dump(mode="json")
+
+    # -- evaluation ---------------------------------------------------------------------
+    def objective(self, model: Any, batch: Any) -> Tensor:
+        """The objective ``f(x)`` as a differentiable scalar.
+
+        Override in subclasses, or pass ``objective=`` when composing.
+        """
+        if self.objective_fn is None:
+            raise ConfigError(
+                f"{type(self).__name__} has no objective: define "
+                "`def objective(self, model, batch)` in the subclass or pass objective=..."
+            )
+        result: Tensor = self.objective_fn(model, batch)
+        return result
+
+    def evaluate(self, model: Any, batch: Any) -> ProblemState:
+        """Evaluate objective, constraints and smooth regularizer penalties.
+
+        Override this for a shared forward pass; return every declared constraint.
+        """
+        values: dict[str, Tensor | ConstraintValue] = {}
+        for c in self._declared:
+            if c.fn is None:
+                raise ConfigError(
+                    f"constraint {c.name!r} has no value function: pass fn=... to Constraint, "
+                    f"decorate a method with @constraint, or override evaluate() in "
+                    f"{type(self).__name__}."
+                )
+            value = c.fn(model, batch)
+            if c.proxy is not None:
+                base = value.value if isinstance(value, ConstraintValue) else value
+                indices = value.indices if isinstance(value, ConstraintValue) else None
+                value = ConstraintValue(base, c.proxy(model, batch), indices)
+            values[c.name] = value
+        return ProblemState(objective=self.objective(model, batch), constraints=values)
+
+    def describe(self) -> str:
+        """One line per constraint, for reports and ``constrain list``."""
+        lines = [f"{type(self).__name__}"]
+        for c in self._declared:
+            kind = "per-sample " if c.per_sample else ""
+            size = "?" if c.size is None else str(c.size)
+            lines.append(f"  {kind}{c.name}[{size}]: g {c.sense} {c.rhs}")
+        return "\n".join(lines)
+
+
+def as_constraint_value(name: str, raw: object) -> ConstraintValue:
+    """Normalise what ``evaluate`` returned for constraint ``name``.
+
+    Raises:
+        ShapeError: If the value is not a floating tensor or the proxy/indices do not match.
+    """
+    value = raw if isinstance(raw, ConstraintValue) else ConstraintValue(raw)  # type: ignore[arg-type]
+    if not isinstance(value.value, Tensor):
+        raise ShapeError(
+            f"constraint {name!r}: expected a tensor (or ConstraintValue); got {describe(value.value)}."
+        )
+    if not value.value.is_floating_point():
+        raise ShapeError(
+            f"constraint {name!r}: expected a floating-point tensor; got {describe(value.value)}. "
+            "Cast counts or booleans with .float()."
+        )
+    if value.proxy is not None and value.proxy.shape != value.value.shape:
+        raise ShapeError(
+            f"constraint {name!r}: proxy has shape {tuple(value.proxy.shape)} but the value has "
+            f"shape {tuple(value.value.shape)}; they must match."
+        )
+    if value.indices is not None:
+        if value.indices.dtype not in (torch.int64, torch.int32):
+            raise ShapeError(
+                f"constraint {name!r}: indices must be an integer tensor; got {describe(value.indices)}."
+            )
+        if value.indices.reshape(-1).shape != value.value.reshape(-1).shape:
+            raise ShapeError(
+                f"constraint {name!r}: {value.indices.numel()} indices for {value.value.numel()} "
+                "values; give one sample index per value."
+            )
+    return value
+
+
+def check_names(problem: ConstrainedProblem, state: ProblemState) -> None:
+    """Check that ``state`` has exactly the declared constraints.
+
+    Raises:
+        ConfigError: Naming missing and unexpected constraints.
+    """
+    declared = {c.name for c in problem.all_constraints}
+    got = set(state.constraints)
+    if declared != got:
+        missing = sorted(declared - got)
+        extra = sorted(got - declared)
+        raise ConfigError(
+            f"{type(problem).__name__}.evaluate() returned constraints {sorted(got)} but "
+            f"{sorted(declared)} are declared (missing: {missing}, undeclared: {extra})."
+        )
+
