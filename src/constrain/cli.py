@@ -1,0 +1,277 @@
+"""The ``constrain`` command line.
+
+Commands:
+    constrain list [--json]
+    constrain run PROBLEM [--controller NAME] [--steps N] [--set KEY=VALUE ...]
+                  [--config FILE] [--out DIR] [--json]
+    constrain compare PROBLEM --controllers a,b,c [--steps N] [--set ...] [--out DIR] [--json]
+    constrain validate PROBLEM [--controller NAME] [--steps N] [--json]
+    constrain bench [prox|solver] [--quick]
+
+Errors in the configuration (unknown names, bad ``--set`` keys or values) exit with
+status 2 and one message naming the offending key; the process never ends in a bare
+traceback for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ._errors import ConstrainError
+
+__all__ = ["main"]
+
+logger = logging.getLogger("constrain")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="constrain",
+        description="Constrained optimization of PyTorch models: run, compare and validate problems.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p_list = sub.add_parser("list", help="list problems, controllers, formulations and prox operators")
+    p_list.add_argument("--json", action="store_true", help="print one JSON object")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("problem", metavar="PROBLEM", help="registered problem (see `constrain list`)")
+        p.add_argument("--steps", type=int, help="number of steps (default: the problem's)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. controller.kp=1 or optimizer.lr=0.01 (repeatable)")
+        p.add_argument("--config", type=Path, help="YAML/JSON run configuration to start from")
+        p.add_argument("--seed", type=int, help="random seed")
+        p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+        p.add_argument("--progress", dest="progress", action="store_true", default=None,
+                       help="force a progress bar")
+        p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+    p_run = sub.add_parser("run", help="run one problem with one controller")
+    common(p_run)
+    p_run.add_argument("--controller", help="multiplier controller (see `constrain list`)")
+    p_run.add_argument("--out", type=Path, help="write a report (JSON, CSV, figures) into this folder")
+    p_run.add_argument("--checkpoint-every", type=int, metavar="K",
+                       help="save a checkpoint under --out every K steps")
+    p_run.add_argument("--resume", type=Path, metavar="DIR",
+                       help="resume from the latest checkpoint in DIR")
+
+    p_cmp = sub.add_parser("compare", help="run one problem with several controllers; one figure")
+    common(p_cmp)
+    p_cmp.add_argument("--controllers", required=True, help="comma-separated controller names")
+    p_cmp.add_argument("--out", type=Path, default=Path("runs/compare"), help="folder for the figure and summaries")
+
+    p_val = sub.add_parser("validate", help="solve a convex problem and check it exactly against CVXPY")
+    common(p_val)
+    p_val.add_argument("--controller", help="multiplier controller")
+
+    p_bench = sub.add_parser("bench", help="speed benchmarks (ratios against baselines measured in the same run)")
+    p_bench.add_argument("suite", nargs="?", default="all", choices=["all", "prox", "solver"])
+    p_bench.add_argument("--quick", action="store_true", help="small sizes only")
+    p_bench.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def _config(args: argparse.Namespace, controller: str | None) -> Any:
+    from .config import RunConfig, apply_overrides, load_config
+    from .runner import get_problem
+
+    spec = get_problem(args.problem)
+    if args.config is not None:
+        base = load_config(args.config).model_dump()
+        base["problem"] = {**base["problem"], "name": spec.name}
+        if controller is not None and base["controller"].get("name") != controller:
+            base["controller"] = {"name": controller, **spec.controller_defaults.get(controller, {})}
+    else:
+        base = spec.default_config(controller).model_dump()
+    if args.steps is not None:
+        base["steps"] = args.steps
+    if args.seed is not None:
+        base["seed"] = args.seed
+    data = apply_overrides(base, args.overrides)
+    config = RunConfig.parse(data)
+    # Build the components once now so that bad --set values fail before any work.
+    from . import controllers, formulations
+
+    controllers.build(config.controller)
+    formulations.build(config.formulation)
+    return spec, config
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(_jsonable(obj), default=float) + "\n")
+
+
+def _summary_table(summary: dict[str, Any]) -> str:
+    rows = [
+        ("problem", summary["problem"]),
+        ("controller", summary["controller"]),
+        ("steps", summary["steps"]),
+        ("objective", f"{summary['objective']:.6g}" if summary["objective"] is not None else "-"),
+        ("max violation", f"{summary['max_violation']:.3g}" if summary["max_violation"] is not None else "-"),
+        ("time / step", f"{1e3 * summary['seconds_per_step']:.3f} ms"),
+    ]
+    ref = summary.get("reference")
+    if ref:
+        rows.append(("reference objective", f"{ref['objective']:.6g}"))
+        rows.append(("multiplier error", f"{ref['multiplier_error']:.3g}"))
+        if "primal_error" in ref:
+            rows.append(("primal error", f"{ref['primal_error']:.3g}"))
+    for key, value in summary.items():
+        if key in {"test_accuracy", "max_parity_gap", "density", "train_accuracy"} and isinstance(value, float):
+            rows.append((key.replace("_", " "), f"{value:.4g}"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from . import controllers, formulations, prox
+    from .runner import get_problem, problem_names
+
+    problems = {name: get_problem(name).description for name in problem_names()}
+    data = {
+        "problems": problems,
+        "controllers": controllers.names(),
+        "formulations": formulations.FORMULATIONS.names(),
+        "prox": prox.names(),
+    }
+    if args.json:
+        _print_json(data)
+        return 0
+    print("problems:")
+    for name, text in problems.items():
+        print(f"  {name:<24} {text}")
+    for key in ("controllers", "formulations", "prox"):
+        print(f"{key}: {', '.join(data[key])}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .runner import run
+
+    spec, config = _config(args, args.controller)
+    if args.checkpoint_every is not None or args.resume is not None:
+        from .checkpoint import run_with_checkpoints
+
+        result = run_with_checkpoints(
+            config, out=args.out, every=args.checkpoint_every, resume=args.resume,
+            progress=args.progress,
+        )
+    else:
+        result = run(config, out=args.out, progress=args.progress)
+    if not _is_main_process():
+        return 0
+    if args.json:
+        _print_json(result.summary)
+    else:
+        print(_summary_table(result.summary))
+        if args.out is not None:
+            print(f"report written to {args.out}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .plots import compare_figure
+    from .runner import run
+
+    names = [n.strip() for n in args.controllers.split(",") if n.strip()]
+    if not names:
+        from ._errors import ConfigError
+
+        raise ConfigError("--controllers needs at least one name, e.g. --controllers gda,nupi")
+    configs = [(_config(args, name)) for name in names]  # validate all before running any
+    summaries, histories = [], {}
+    reference = None
+    for name, (spec, config) in zip(names, configs, strict=True):
+        result = run(config, out=args.out / name, progress=args.progress, figures=False)
+        summaries.append(result.summary)
+        histories[name] = result.solver.history
+        if "reference" in result.summary:
+            reference = result.summary["reference"]["multipliers"]
+    figure = compare_figure(histories, args.out / "compare.png", reference=reference,
+                            title=f"{args.problem}: {', '.join(names)}")
+    if args.json:
+        _print_json({"problem": args.problem, "figure": str(figure), "runs": summaries})
+        return 0
+    header = f"{'controller':<16}{'objective':>14}{'max viol.':>12}{'mult. error':>14}{'ms/step':>10}"
+    print(header)
+    for s in summaries:
+        err = s.get("reference", {}).get("multiplier_error")
+        print(f"{s['controller']:<16}{s['objective']:>14.6g}{s['max_violation']:>12.3g}"
+              f"{'-' if err is None else format(err, '.3g'):>14}{1e3 * s['seconds_per_step']:>10.3f}")
+    print(f"figure written to {figure}")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .validation import validate_registered
+
+    spec, config = _config(args, args.controller)
+    report = validate_registered(spec, config, progress=args.progress)
+    if args.json:
+        _print_json(report)
+    else:
+        print(json.dumps(_jsonable(report), indent=2, default=float))
+    return 0 if report.get("passed") else 1
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    results = bench.run_suites(args.suite, quick=args.quick, printer=None if args.json else print)
+    if args.json:
+        _print_json(results)
+    return 0
+
+
+def _is_main_process() -> bool:
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover
+        return True
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``constrain`` command; returns the exit status."""
+    args = _parser().parse_args(argv)
+    quiet = getattr(args, "json", False)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else (logging.WARNING if quiet else logging.INFO),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    handlers = {
+        "list": _cmd_list, "run": _cmd_run, "compare": _cmd_compare,
+        "validate": _cmd_validate, "bench": _cmd_bench,
+    }
+    try:
+        return handlers[args.command](args)
+    except ConstrainError as exc:
+        sys.stderr.write(f"constrain: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:  # pragma: no cover
+        sys.stderr.write("constrain: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
