@@ -3,15 +3,38 @@
 Every controller is a frozen pydantic model with an ``init``/``update`` pair; see
 :class:`Controller`. Build one by name with :func:`build` (``build("nupi", ki=0.1)``)
 or instantiate the class directly (``NuPI(lr=1.0, ki=0.1, kp=1.0)``).
+
+Registered rules: ``gda`` (:class:`GDA`), ``momentum`` (:class:`Momentum`), ``nesterov``
+(:class:`Nesterov`), ``adam`` (:class:`Adam`), ``nupi`` (:class:`NuPI`), ``pid``
+(:class:`PID`), ``optimistic`` (:class:`Optimistic`), ``extragradient``
+(:class:`ExtraGradient`) and ``multiplicative`` (:class:`MultiplicativeWeights`).
 """
 
 from ._base import Controller, ControllerState
 from ._registry import CONTROLLERS, build, get, names, register
+from .adam import Adam
+from .extragradient import ExtraGradient
+from .gda import GDA
+from .momentum import Momentum
+from .multiplicative import MultiplicativeWeights
+from .nesterov import Nesterov
+from .nupi import NuPI
+from .optimistic import Optimistic
+from .pid import PID
 
 __all__ = [
     "CONTROLLERS",
+    "GDA",
+    "PID",
+    "Adam",
     "Controller",
     "ControllerState",
+    "ExtraGradient",
+    "Momentum",
+    "MultiplicativeWeights",
+    "Nesterov",
+    "NuPI",
+    "Optimistic",
     "build",
     "get",
     "names",

@@ -105,7 +105,10 @@ class Controller(BaseModel):
         if isinstance(value, Tensor):
             value = value.detach().cpu().tolist()
         if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-            values = tuple(float(v) for v in value)
+            try:
+                values = tuple(float(v) for v in value)
+            except (TypeError, ValueError):
+                raise ValueError("expected a number or a flat sequence of numbers") from None
             if not all(math.isfinite(v) for v in values):
                 raise ValueError("every entry must be finite")
             return values
@@ -138,7 +141,7 @@ class Controller(BaseModel):
         the primal player take its look-ahead step with it, evaluates the problem there and
         then calls :meth:`update` from the *original* multipliers with the look-ahead signal:
 
-            lam_half = lam_t + extrapolate(e(x_t));  lam_{t+1} = update(lam_t, e(x_half)).
+            lam_half = extrapolate(lam_t, e(x_t));  lam_{t+1} = update(lam_t, e(x_half)).
 
         The default takes the same step as :meth:`update` without advancing the state.
         """

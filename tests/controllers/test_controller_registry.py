@@ -1,0 +1,157 @@
+"""Registry lookups, building from configs and validation errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from constrain._errors import ConfigError, ShapeError, UnknownNameError
+from constrain.controllers import (
+    GDA,
+    PID,
+    Adam,
+    ExtraGradient,
+    Momentum,
+    MultiplicativeWeights,
+    Nesterov,
+    NuPI,
+    Optimistic,
+    build,
+    get,
+    names,
+)
+
+REGISTERED = {
+    "gda": GDA,
+    "momentum": Momentum,
+    "nesterov": Nesterov,
+    "adam": Adam,
+    "nupi": NuPI,
+    "pid": PID,
+    "optimistic": Optimistic,
+    "extragradient": ExtraGradient,
+    "multiplicative": MultiplicativeWeights,
+}
+
+
+@pytest.mark.parametrize(("name", "cls"), list(REGISTERED.items()))
+def test_every_rule_is_registered(name: str, cls: type) -> None:
+    assert name in names()
+    assert get(name) is cls
+    assert cls.name == name
+    controller = build(name)
+    assert type(controller) is cls
+    assert build(controller.spec()) == controller
+
+
+def test_build_by_name_and_by_mapping() -> None:
+    by_name = build("nupi", ki=0.1)
+    assert by_name == NuPI(ki=0.1)
+    by_mapping = build({"name": "nupi", "lr": 1.0, "ki": 0.1, "kp": 1.0, "nu": 0.5})
+    assert by_mapping == NuPI(lr=1.0, ki=0.1, kp=1.0, nu=0.5)
+    assert build({"name": "nupi", "ki": 0.1}, kp=2.0) == NuPI(ki=0.1, kp=2.0)
+    assert build(by_mapping) is by_mapping
+    assert build(by_mapping, nu=0.0) == NuPI(lr=1.0, ki=0.1, kp=1.0, nu=0.0)
+    assert build("NuPI", ki=0.1) == by_name  # lookups are case-insensitive
+
+
+def test_defaults() -> None:
+    assert NuPI().ki == 1.0 and NuPI().kp == 0.0 and NuPI().nu == 0.0
+    pid = PID()
+    assert (pid.kp, pid.ki, pid.kd, pid.ema_p, pid.ema_d, pid.delay, pid.lr) == (
+        0.0,
+        1.0,
+        0.0,
+        0.95,
+        0.95,
+        10,
+        1.0,
+    )
+    assert Adam().betas == (0.9, 0.999) and Adam().eps == 1e-8
+
+
+def test_unknown_name_lists_known_names_and_suggests_the_closest() -> None:
+    with pytest.raises(UnknownNameError) as info:
+        build("nupii")
+    message = str(info.value)
+    assert "Did you mean 'nupi'?" in message
+    for name in REGISTERED:
+        assert name in message
+    assert isinstance(info.value, ConfigError)
+
+
+INVALID: list[tuple[str, dict[str, Any], str]] = [
+    ("nupi", {"nu": 1.0}, "nu"),
+    ("nupi", {"nu": -1.0}, "nu"),
+    ("nupi", {"nu": float("nan")}, "nu"),
+    ("nupi", {"ki": -1.0}, "ki"),
+    ("nupi", {"ki": [0.1, -0.2]}, "ki"),
+    ("nupi", {"ki": float("inf")}, "ki"),
+    ("nupi", {"kp": float("nan")}, "kp"),
+    ("nupi", {"kp": [1.0, float("inf")]}, "kp"),
+    ("nupi", {"ki": []}, "ki"),
+    ("nupi", {"lr": 0.0}, "lr"),
+    ("nupi", {"lr": float("nan")}, "lr"),
+    ("gda", {"lr": -1.0}, "lr"),
+    ("gda", {"lr": float("inf")}, "lr"),
+    ("momentum", {"beta": 1.0}, "beta"),
+    ("momentum", {"beta": -1.0}, "beta"),
+    ("nesterov", {"beta": 1.5}, "beta"),
+    ("adam", {"betas": (0.9, 1.0)}, "betas"),
+    ("adam", {"betas": (-0.1, 0.9)}, "betas"),
+    ("adam", {"eps": 0.0}, "eps"),
+    ("pid", {"delay": 0}, "delay"),
+    ("pid", {"ema_p": 1.0}, "ema_p"),
+    ("pid", {"ema_d": -0.5}, "ema_d"),
+    ("pid", {"kd": -1.0}, "kd"),
+    ("pid", {"kp": float("nan")}, "kp"),
+    ("multiplicative", {"initial_value": 0.0}, "initial_value"),
+    ("nupi", {"kii": 0.1}, "kii"),
+    ("gda", {"beta": 0.5}, "beta"),
+]
+
+
+@pytest.mark.parametrize(("name", "params", "field"), INVALID)
+def test_invalid_values_raise_config_error_naming_the_field(
+    name: str, params: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        build(name, **params)
+    message = str(info.value)
+    assert f"\n  {field}" in message, message
+    assert name in message
+    # Building the class directly raises pydantic's error, naming the same field.
+    with pytest.raises(ValidationError) as direct:
+        REGISTERED[name](**params)
+    assert field in {str(err["loc"][0]) for err in direct.value.errors()}
+
+
+def test_unknown_field_message_says_so() -> None:
+    with pytest.raises(ConfigError, match="kii: unknown field"):
+        build({"name": "nupi", "kii": 0.1})
+
+
+def test_controllers_are_frozen() -> None:
+    controller = NuPI()
+    with pytest.raises(ValidationError):
+        controller.ki = 2.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "field"),
+    [
+        ("nupi", {"ki": [0.1, 0.2, 0.3]}, "ki"),
+        ("nupi", {"kp": [0.1, 0.2]}, "kp"),
+        ("pid", {"kd": [1.0] * 6}, "kd"),
+    ],
+)
+def test_per_constraint_sequence_of_wrong_length_raises_shape_error_at_update(
+    name: str, params: dict[str, Any], field: str
+) -> None:
+    controller = build(name, **params)  # the length is only known at update time
+    lam = torch.zeros(5, dtype=torch.float64)
+    with pytest.raises(ShapeError, match=f"'{field}'"):
+        controller.update(lam, torch.ones(5, dtype=torch.float64), controller.init(lam))
