@@ -76,7 +76,7 @@ class RunConfig(BaseModel):
 
     def to_yaml(self, path: str | Path | None = None) -> str:
         """Serialise to YAML (written atomically to ``path`` if given)."""
-        text = yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        text: str = yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
         if path is not None:
             atomic_write_text(Path(path), text)
         return text

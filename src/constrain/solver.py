@@ -236,6 +236,20 @@ class Solver:
         out.update({k: v.clone() for k, v in self._multipliers.per_sample.items()})
         return out
 
+    def constraint_values(self, batch: Any = None) -> dict[str, Tensor]:
+        """Evaluate the constraints' left-hand sides at the current point (no gradient).
+
+        Returns the true values (not proxies, not standard form) by constraint name.
+        """
+        from .problem import as_constraint_value
+
+        with torch.no_grad():
+            state = self.problem.evaluate(self.model, batch)
+        return {
+            name: as_constraint_value(name, raw).value.detach()
+            for name, raw in state.constraints.items()
+        }
+
     @property
     def multiplier_store(self) -> Multipliers | None:
         """The raw multiplier storage (``None`` before the first step)."""

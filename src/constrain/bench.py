@@ -1,0 +1,113 @@
+"""Speed benchmarks, reported as ratios against baselines measured in the same run.
+
+Suites:
+
+* ``solver``: time per step of :class:`constrain.Solver` against a hand-written PyTorch
+  loop doing the same arithmetic (Lagrangian, backward, projected GDA multiplier step,
+  SGD step), for 1, 10 and 100 constraint groups. The ratio is the library's overhead.
+* ``prox``: the weight-sharing proximal operator against ``torch.sort`` of the same vector
+  (see :mod:`constrain.prox._bench`).
+
+Run ``constrain bench`` (all suites), ``constrain bench solver`` or ``python
+benchmarks/run.py``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .problem import ConstrainedProblem, Constraint
+from .solver import Solver
+
+__all__ = ["bench_solver", "run_suites", "time_call"]
+
+Printer = Callable[[str], None] | None
+
+
+def time_call(fn: Callable[[], Any], *, repeats: int = 5, number: int = 20, warmup: int = 3) -> float:
+    """Median seconds per call of ``fn`` over ``repeats`` batches of ``number`` calls."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        samples.append((time.perf_counter() - start) / number)
+    return statistics.median(samples)
+
+
+def _grouped_problem(groups: int, per_group: int, dim: int) -> tuple[ConstrainedProblem, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    A = torch.randn(groups * per_group, dim, generator=generator)
+    b = torch.rand(groups * per_group, generator=generator)
+
+    def make(k: int) -> Callable[[nn.Module, Any], torch.Tensor]:
+        rows = slice(k * per_group, (k + 1) * per_group)
+        return lambda model, batch: A[rows] @ model.weight.reshape(-1) - b[rows]
+
+    constraints = [Constraint(f"g{k}", "<=", fn=make(k), size=per_group) for k in range(groups)]
+
+    def objective(model: nn.Module, batch: Any) -> torch.Tensor:
+        return 0.5 * (model.weight - 1.0).pow(2).sum()
+
+    return ConstrainedProblem(objective=objective, constraints=constraints), A, b
+
+
+def bench_solver(groups: tuple[int, ...] = (1, 10, 100), *, quick: bool = False,
+                 printer: Printer = print) -> list[dict[str, Any]]:
+    """Per-step time of the solver against a hand-written loop (same maths, same run)."""
+    rows: list[dict[str, Any]] = []
+    dim, per_group = 64, 4
+    number = 10 if quick else 50
+    for k in groups:
+        problem, A, b = _grouped_problem(k, per_group, dim)
+        model = nn.Linear(dim, 1, bias=False)
+        solver = Solver(problem, model, torch.optim.SGD(model.parameters(), lr=1e-2),
+                        controller={"name": "gda", "lr": 1e-2}, record_every=10**9)
+        library = time_call(lambda s=solver: s.step(None), number=number)
+
+        ref_model = nn.Linear(dim, 1, bias=False)
+        ref_opt = torch.optim.SGD(ref_model.parameters(), lr=1e-2)
+        lam = torch.zeros(k * per_group)
+        fns = [c.fn for c in problem.all_constraints]
+
+        def baseline(m: nn.Module = ref_model, opt: torch.optim.Optimizer = ref_opt) -> None:
+            # The same constraint functions as the library evaluates, then the same maths.
+            nonlocal lam
+            g = torch.cat([fn(m, None) for fn in fns])
+            loss = 0.5 * (m.weight - 1.0).pow(2).sum() + lam @ g
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            lam = (lam + 1e-2 * g.detach()).clamp_min(0)
+            opt.step()
+
+        loop = time_call(baseline, number=number)
+        row = {"suite": "solver", "groups": k, "constraints": k * per_group,
+               "library_ms": 1e3 * library, "loop_ms": 1e3 * loop, "ratio": library / loop}
+        rows.append(row)
+    if printer is not None:
+        printer("solver overhead: Solver.step vs a hand-written loop (same maths), no history recording")
+        printer(f"{'groups':>8}{'constraints':>13}{'library ms':>13}{'loop ms':>10}{'ratio':>8}")
+        for r in rows:
+            printer(f"{r['groups']:>8}{r['constraints']:>13}{r['library_ms']:>13.3f}"
+                    f"{r['loop_ms']:>10.3f}{r['ratio']:>8.2f}")
+    return rows
+
+
+def run_suites(suite: str = "all", *, quick: bool = False, printer: Printer = print) -> dict[str, Any]:
+    """Run the named suite (``all``, ``solver`` or ``prox``); return the rows by suite."""
+    results: dict[str, Any] = {}
+    if suite in ("all", "solver"):
+        results["solver"] = bench_solver(quick=quick, printer=printer)
+    if suite in ("all", "prox"):
+        from .prox import _bench as prox_bench
+
+        results["prox"] = prox_bench.run_suite(quick=quick, printer=printer)
+    return results
