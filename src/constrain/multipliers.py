@@ -132,6 +132,8 @@ class ConstraintLayout:
         self.rhs = (torch.cat(rhs) if rhs else empty).to(self.device)
         self.equality = (torch.cat(equality) if equality else empty.bool()).to(self.device)
         self.names = [c.name for c in self.dense]
+        self._identity_form = bool((self.sign == 1).all()) and bool((self.rhs == 0).all())
+        self._shift = -self.sign * self.rhs
         self.has_equality = bool(self.equality.any()) or any(c.is_equality for c in self.per_sample)
 
     # -- bookkeeping ------------------------------------------------------------------
@@ -200,19 +202,27 @@ class ConstraintLayout:
             else:
                 primals.append(values[-1])
         if values:
-            flat = torch.cat(values)
+            flat = torch.cat(values) if len(values) > 1 else values[0]
             if flat.numel() != self.num_dense:
                 self._raise_size_mismatch(values)
             flat = flat.to(self.dtype)
-            primal_flat = torch.cat(primals).to(self.dtype) if any_proxy else flat
-            violation = self.sign * (flat - self.rhs)
-            primal = violation if not any_proxy else self.sign * (primal_flat - self.rhs)
+            violation = self._standard_form(flat)
+            if any_proxy:
+                primal = self._standard_form(torch.cat(primals).to(self.dtype))
+            else:
+                primal = violation
         else:
             violation = primal = torch.zeros(0, dtype=self.dtype, device=self.device)
         per_sample: dict[str, IndexedViolation] = {}
         for c in self.per_sample:
             per_sample[c.name] = self._stack_indexed(c, state.constraints.get(c.name))
         return StackedConstraints(violation.detach(), primal, self.equality, per_sample)
+
+    def _standard_form(self, flat: Tensor) -> Tensor:
+        """``sign * (flat - rhs)`` as one fused operation (identity when already standard)."""
+        if self._identity_form:
+            return flat
+        return torch.addcmul(self._shift, self.sign, flat)
 
     def _stack_indexed(self, c: Constraint, raw: object) -> IndexedViolation:
         if raw is None:

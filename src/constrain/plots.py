@@ -34,8 +34,10 @@ def _entry_lines(ax: Any, steps: np.ndarray, values: np.ndarray, labels: Sequenc
     if n == 0:
         return
     if n <= _MAX_LINES:
+        colors = plt.get_cmap("tab10" if n <= 10 else "tab20").colors
         for k in range(n):
-            ax.plot(steps, values[:, k], lw=1.2, label=labels[k] if k < len(labels) else str(k))
+            ax.plot(steps, values[:, k], lw=1.2, color=colors[k % len(colors)],
+                    label=labels[k] if k < len(labels) else str(k))
         ax.legend(fontsize=7, ncol=2)
         return
     ax.fill_between(steps, values.min(axis=1), values.max(axis=1), alpha=0.2, label=f"range of {n}")

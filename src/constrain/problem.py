@@ -265,7 +265,7 @@ def constraint(
     sense: str = "<=",
     *,
     rhs: float | Sequence[float] | str = 0.0,
-    size: int | None = None,
+    size: int | str | None = None,
     per_sample: bool = False,
     name: str | None = None,
     description: str = "",
@@ -280,9 +280,9 @@ def constraint(
         sense: ``"<="``, ``">="`` or ``"=="``.
         rhs: Right-hand side, or the *name of a field* of the problem holding it (so that
             a hyperparameter such as a tolerance is validated and configurable).
-        size: Number of entries (``None``: inferred at the first evaluation).
-        per_sample: Indexed per-sample constraint (``size`` = number of samples; may also
-            name a field).
+        size: Number of entries (``None``: inferred at the first evaluation), or the name
+            of an integer field of the problem holding it.
+        per_sample: Indexed per-sample constraint (``size`` = number of samples).
         name: Constraint name (defaults to the method name).
         description: Free text shown in reports.
 
@@ -353,10 +353,12 @@ class ConstrainedProblem(BaseModel):
 
     def model_post_init(self, context: Any, /) -> None:
         declared = list(self.constraints)
-        for attr_name in dir(type(self)):
-            if attr_name.startswith("__"):
-                continue
-            member = getattr(type(self), attr_name, None)
+        members: dict[str, Any] = {}
+        for klass in reversed(type(self).__mro__):  # definition order, subclasses last
+            for attr_name, member in vars(klass).items():
+                if not attr_name.startswith("__"):
+                    members[attr_name] = member
+        for attr_name, member in members.items():
             meta = getattr(member, _CONSTRAINT_ATTR, None)
             if meta is None:
                 continue
@@ -370,6 +372,11 @@ class ConstrainedProblem(BaseModel):
                 rhs = getattr(self, rhs)
             size = meta["size"]
             if isinstance(size, str):
+                if size not in type(self).model_fields:
+                    raise ConfigError(
+                        f"@constraint on {attr_name!r} gives size={size!r}, which is not a field "
+                        f"of {type(self).__name__}; fields: {sorted(type(self).model_fields)}."
+                    )
                 size = getattr(self, size)
             declared.append(
                 Constraint(
@@ -387,6 +394,16 @@ class ConstrainedProblem(BaseModel):
                 )
             seen.add(c.name)
         self._declared = declared
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Assign (and validate) a field, then re-declare the constraints.
+
+        A constraint's ``rhs`` or ``size`` may name a field, so changing a hyperparameter
+        after construction must not leave a stale right-hand side behind.
+        """
+        super().__setattr__(name, value)
+        if name in type(self).model_fields:
+            self.model_post_init(None)
 
     # -- declaration --------------------------------------------------------------------
     @property
