@@ -278,10 +278,18 @@ def run(config: RunConfig, out: str | Path | None = None, *, progress: bool | No
     """
     spec = get_problem(config.problem["name"])
     setup, solver = build_solver(spec, config)
+    logger.info(
+        "running %s: controller %s, formulation %s, order %s, %d steps",
+        spec.name, solver.controller.spec(), config.formulation["name"], config.order, config.steps,
+    )
     start = time.perf_counter()
     solver.fit(setup.data, config.steps, batch=setup.batch, progress=progress)
     seconds = time.perf_counter() - start
     summary = summarize(spec, config, setup, solver, seconds)
+    logger.info(
+        "%s finished in %.1f s: objective %.6g, max violation %.3g",
+        spec.name, seconds, summary["objective"] or float("nan"), summary["max_violation"] or 0.0,
+    )
     if out is not None:
         write_report(Path(out), spec, config, setup, solver, summary, figures=figures)
     return RunResult(summary, solver, setup, config)
