@@ -100,16 +100,17 @@ class History:
         return np.array([r.max_violation for r in self.records], dtype=np.float64)
 
     def violation(self) -> np.ndarray:
-        """Dense violations, shape ``(T, n)``."""
-        return np.array([r.violation for r in self.records], dtype=np.float64).reshape(
-            len(self.records), -1
-        )
+        """Dense violations, shape ``(T, n)`` (``(0, len(labels))`` when empty)."""
+        return self._matrix([r.violation for r in self.records])
 
     def multipliers(self) -> np.ndarray:
-        """Dense multipliers, shape ``(T, n)``."""
-        return np.array([r.multipliers for r in self.records], dtype=np.float64).reshape(
-            len(self.records), -1
-        )
+        """Dense multipliers, shape ``(T, n)`` (``(0, len(labels))`` when empty)."""
+        return self._matrix([r.multipliers for r in self.records])
+
+    def _matrix(self, rows: list[list[float]]) -> np.ndarray:
+        if not rows:
+            return np.zeros((0, len(self.labels)), dtype=np.float64)
+        return np.array(rows, dtype=np.float64).reshape(len(rows), -1)
 
     def metric(self, name: str) -> np.ndarray:
         """One metric per step (NaN where it was not recorded)."""

@@ -28,12 +28,14 @@ class IndexedViolation:
     Attributes:
         violation: Standard-form true values ``g_i`` of the observed samples (detached).
         primal: Standard-form values the primal player differentiates (proxy or true).
-        indices: Sample indices (int64), one per entry.
+        indices: Sample indices (int64), one per entry, unique within a batch.
+        equality: True if the group is an equality constraint (multipliers of any sign).
     """
 
     violation: Tensor
     primal: Tensor
     indices: Tensor
+    equality: bool = False
 
 
 @dataclass
@@ -181,7 +183,8 @@ class ConstraintLayout:
         Implements ``violation = sign * (value - rhs)`` on the concatenated values.
 
         Raises:
-            ShapeError: If a group's size changed since the layout was built.
+            ShapeError: If a group's size changed since the layout was built, or a
+                per-sample group has indices out of range or repeated within the batch.
         """
         values: list[Tensor] = []
         primals: list[Tensor] = []
@@ -202,9 +205,9 @@ class ConstraintLayout:
             else:
                 primals.append(values[-1])
         if values:
-            flat = torch.cat(values) if len(values) > 1 else values[0]
-            if flat.numel() != self.num_dense:
+            if any(v.numel() != n for v, n in zip(values, self.sizes, strict=True)):
                 self._raise_size_mismatch(values)
+            flat = torch.cat(values) if len(values) > 1 else values[0]
             flat = flat.to(self.dtype)
             violation = self._standard_form(flat)
             if any_proxy:
@@ -239,9 +242,15 @@ class ConstraintLayout:
                 f"per-sample constraint {c.name!r}: indices must lie in [0, {c.size}); got "
                 f"[{int(indices.min())}, {int(indices.max())}]."
             )
+        if indices.numel() > 1 and int(torch.unique(indices).numel()) != indices.numel():
+            raise ShapeError(
+                f"per-sample constraint {c.name!r}: a sample index appears more than once in "
+                "the batch; each observed sample needs exactly one value (deduplicate the "
+                "batch or sample without replacement)."
+            )
         v = c.violation(value.value.reshape(-1).to(self.dtype))
         p = v if value.proxy is None else c.violation(value.proxy.reshape(-1).to(self.dtype))
-        return IndexedViolation(v.detach(), p, indices)
+        return IndexedViolation(v.detach(), p, indices, c.is_equality)
 
     def _raise_size_mismatch(self, values: list[Tensor]) -> None:
         for c, n, v in zip(self.dense, self.sizes, values, strict=True):
@@ -261,21 +270,26 @@ class ConstraintLayout:
         parts += [iv.violation for iv in stacked.per_sample.values()]
         if bool(torch.isfinite(torch.cat(parts)).all()):
             return
+        hint = (
+            "expected finite values; look for log(0), a division by zero, an overflow or NaN "
+            "in the data, or pass on_nonfinite='skip' to skip such steps"
+        )
         if not bool(torch.isfinite(objective.detach()).all()):
-            raise NonFiniteError(f"the objective is {objective.item()} at step {step}.")
+            raise NonFiniteError(f"the objective is {objective.item()} at step {step} ({hint}).")
         for name, part in self.split(stacked.violation).items():
             bad = ~torch.isfinite(part)
             if bool(bad.any()):
                 where = bad.nonzero().reshape(-1)[:5].tolist()
                 raise NonFiniteError(
                     f"constraint {name!r} is not finite at step {step} (entries {where}; "
-                    f"values {part[bad][:5].tolist()})."
+                    f"values {part[bad][:5].tolist()}; {hint})."
                 )
         for name, iv in stacked.per_sample.items():
             bad = ~torch.isfinite(iv.violation)
             if bool(bad.any()):
                 raise NonFiniteError(
                     f"per-sample constraint {name!r} is not finite at step {step} "
-                    f"(samples {iv.indices[bad][:5].tolist()})."
+                    f"(samples {iv.indices[bad][:5].tolist()}; values "
+                    f"{iv.violation[bad][:5].tolist()}; {hint})."
                 )
 

@@ -326,8 +326,10 @@ class ConstrainedProblem(BaseModel):
     yields (``None`` for problems without data).
 
     Raises:
-        pydantic.ValidationError: Unknown fields (typos), invalid hyperparameters.
-        ConfigError: Duplicate constraint names, a constraint without a value function.
+        pydantic.ValidationError: Unknown fields (typos), invalid hyperparameters, invalid
+            constraint declarations, duplicate constraint names, an ``rhs``/``size`` naming
+            no field (pydantic wraps the :class:`ConfigError` raised during declaration).
+        ConfigError: At evaluation, a constraint without a value function.
     """
 
     model_config = ConfigDict(

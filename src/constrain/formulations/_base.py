@@ -101,9 +101,9 @@ class PenaltySchedule(BaseModel):
         if int(step) % self.every != 0:
             return {**state, "step": step}
         v = stacked.violation
-        size = v.clamp_min(0).norm()
+        size = torch.where(stacked.equality, v, v.clamp_min(0)).norm()
         for iv in stacked.per_sample.values():
-            size = size + iv.violation.clamp_min(0).norm()
+            size = size + (iv.violation if iv.equality else iv.violation.clamp_min(0)).norm()
         grow = size > self.shrink * state["last_violation"]
         penalty = torch.where(
             grow, (state["penalty"] * self.growth).clamp_max(self.max_penalty), state["penalty"]

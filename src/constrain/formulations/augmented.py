@@ -59,7 +59,7 @@ class AugmentedLagrangian(Formulation):
         loss = objective + augmented_terms(lam, stacked.primal, stacked.equality, c)
         for name, iv in stacked.per_sample.items():
             lam = multipliers.per_sample[name].detach()[iv.indices]
-            mask = torch.zeros_like(lam, dtype=torch.bool)
+            mask = torch.full_like(lam, iv.equality, dtype=torch.bool)
             loss = loss + augmented_terms(lam, iv.primal, mask, c)
         return loss
 

@@ -40,7 +40,7 @@ class QuadraticPenalty(Formulation):
         violated = g.where(stacked.equality, g.clamp_min(0))
         loss = objective + 0.5 * c * (violated * violated).sum()
         for iv in stacked.per_sample.values():
-            v = iv.primal.clamp_min(0)
+            v = iv.primal if iv.equality else iv.primal.clamp_min(0)
             loss = loss + 0.5 * c * (v * v).sum()
         return loss
 

@@ -1,0 +1,268 @@
+"""The stacked constraint layout: standard form, bookkeeping, indexed groups, sign domains."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import Tensor
+
+from constrain import (
+    ConfigError,
+    ConstrainedProblem,
+    Constraint,
+    ConstraintLayout,
+    ConstraintValue,
+    Multipliers,
+    NonFiniteError,
+    ProblemState,
+    ShapeError,
+    Solver,
+    Variables,
+)
+
+DTYPE = torch.float64
+
+
+def _state(objective: float = 0.0, **constraints: Tensor | ConstraintValue) -> ProblemState:
+    return ProblemState(torch.tensor(objective, dtype=DTYPE), dict(constraints))
+
+
+def _problem(*constraints: Constraint) -> ConstrainedProblem:
+    return ConstrainedProblem(objective=lambda m, b: m.x.sum(), constraints=list(constraints))
+
+
+MIXED = _problem(
+    Constraint("le", "<=", rhs=1.0),
+    Constraint("ge", ">=", rhs=(2.0, -1.0)),
+    Constraint("eq", "==", rhs=0.5),
+    Constraint("samples", ">=", rhs=1.0, per_sample=True, size=5),
+)
+VALUES = {
+    "le": torch.tensor([0.25, 3.0], dtype=DTYPE),
+    "ge": torch.tensor([1.0, 4.0], dtype=DTYPE),
+    "eq": torch.tensor(2.0, dtype=DTYPE),
+    "samples": ConstraintValue(torch.tensor([0.0, 2.0], dtype=DTYPE), indices=torch.tensor([4, 1])),
+}
+
+
+def test_layout_bookkeeping() -> None:
+    layout = ConstraintLayout(MIXED, _state(**VALUES))
+    assert layout.names == ["le", "ge", "eq"]
+    assert layout.sizes == [2, 2, 1]
+    assert layout.offsets == [0, 2, 4, 5]
+    assert layout.num_dense == 5
+    assert [c.name for c in layout.per_sample] == ["samples"]
+    assert layout.labels() == ["le[0]", "le[1]", "ge[0]", "ge[1]", "eq"]
+    assert layout.slice_of("ge") == slice(2, 4)
+    assert layout.equality.tolist() == [False, False, False, False, True]
+    assert layout.has_equality
+    assert layout.dtype == DTYPE
+    parts = layout.split(torch.arange(5.0))
+    assert {k: v.tolist() for k, v in parts.items()} == {"le": [0, 1], "ge": [2, 3], "eq": [4]}
+    assert layout.signature() == {
+        "dense": [["le", "<=", 2], ["ge", ">=", 2], ["eq", "==", 1]],
+        "per_sample": [["samples", ">=", 5]],
+    }
+    with pytest.raises(ConfigError, match=r"no dense constraint named 'samples'; known: \['le'"):
+        layout.slice_of("samples")
+
+
+def test_standard_form_conventions() -> None:
+    """``<=``: g - rhs; ``>=``: rhs - g; ``==``: g - rhs (feasible means <= 0 / == 0)."""
+    layout = ConstraintLayout(MIXED, _state(**VALUES))
+    stacked = layout.stack(_state(**VALUES))
+    expected = [0.25 - 1.0, 3.0 - 1.0, 2.0 - 1.0, -1.0 - 4.0, 2.0 - 0.5]
+    assert stacked.violation.tolist() == expected
+    assert torch.equal(stacked.primal, stacked.violation)
+    samples = stacked.per_sample["samples"]
+    assert samples.violation.tolist() == [1.0 - 0.0, 1.0 - 2.0]
+    assert samples.indices.tolist() == [4, 1]
+    assert samples.equality is False
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    g=st.lists(st.floats(-1e3, 1e3), min_size=3, max_size=3),
+    rhs=st.lists(st.floats(-1e3, 1e3), min_size=3, max_size=3),
+)
+def test_standard_form_property(g: list[float], rhs: list[float]) -> None:
+    problem = _problem(
+        Constraint("a", "<=", rhs=rhs[0]),
+        Constraint("b", ">=", rhs=rhs[1]),
+        Constraint("c", "==", rhs=rhs[2]),
+    )
+    state = _state(**{k: torch.tensor(v, dtype=DTYPE) for k, v in zip("abc", g, strict=True)})
+    stacked = ConstraintLayout(problem, state).stack(state)
+    expected = torch.tensor([g[0] - rhs[0], rhs[1] - g[1], g[2] - rhs[2]], dtype=DTYPE)
+    torch.testing.assert_close(stacked.violation, expected, rtol=0, atol=0)
+
+
+def test_identity_form_shortcut_keeps_values() -> None:
+    problem = _problem(Constraint("a"), Constraint("b"))
+    state = _state(a=torch.tensor([1.0, -2.0], dtype=DTYPE), b=torch.tensor([3.0], dtype=DTYPE))
+    stacked = ConstraintLayout(problem, state).stack(state)
+    assert stacked.violation.tolist() == [1.0, -2.0, 3.0]
+
+
+def test_proxy_enters_only_the_primal_vector() -> None:
+    problem = _problem(Constraint("a", ">=", rhs=1.0), Constraint("b", "<=", rhs=0.5))
+    x = torch.tensor([0.0, 3.0], dtype=DTYPE, requires_grad=True)
+    state = _state(
+        a=ConstraintValue(x.detach().round(), proxy=2 * x),
+        b=x[:1],
+    )
+    stacked = ConstraintLayout(problem, state).stack(state)
+    assert stacked.violation.tolist() == [1.0, -2.0, -0.5]
+    assert stacked.primal.tolist() == [1.0, -5.0, -0.5]
+    assert not stacked.violation.requires_grad and stacked.primal.requires_grad
+
+
+def test_stack_reports_a_missing_constraint() -> None:
+    layout = ConstraintLayout(MIXED, _state(**VALUES))
+    values = dict(VALUES)
+    del values["ge"]
+    with pytest.raises(ConfigError, match="evaluate\\(\\) did not return constraint 'ge'"):
+        layout.stack(_state(**values))
+    values = dict(VALUES)
+    del values["samples"]
+    with pytest.raises(ConfigError, match="per-sample constraint 'samples'"):
+        layout.stack(_state(**values))
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (ConstraintValue(torch.zeros(2, dtype=DTYPE)), "needs sample indices"),
+        (
+            ConstraintValue(torch.zeros(2, dtype=DTYPE), indices=torch.tensor([0, 5])),
+            r"indices must lie in \[0, 5\); got \[0, 5\]",
+        ),
+        (
+            ConstraintValue(torch.zeros(2, dtype=DTYPE), indices=torch.tensor([-1, 2])),
+            r"indices must lie in \[0, 5\); got \[-1, 2\]",
+        ),
+        (
+            ConstraintValue(torch.zeros(3, dtype=DTYPE), indices=torch.tensor([1, 3, 1])),
+            "a sample index appears more than once",
+        ),
+    ],
+    ids=["no-indices", "too-large", "negative", "duplicate"],
+)
+def test_bad_sample_indices(value: ConstraintValue, message: str) -> None:
+    layout = ConstraintLayout(MIXED, _state(**VALUES))
+    with pytest.raises(ShapeError, match=message) as info:
+        layout.stack(_state(**{**VALUES, "samples": value}))
+    assert "'samples'" in str(info.value)
+
+
+def test_empty_sample_batch_is_allowed() -> None:
+    layout = ConstraintLayout(MIXED, _state(**VALUES))
+    empty = ConstraintValue(torch.zeros(0, dtype=DTYPE), indices=torch.zeros(0, dtype=torch.int64))
+    stacked = layout.stack(_state(**{**VALUES, "samples": empty}))
+    assert stacked.per_sample["samples"].indices.numel() == 0
+
+
+def test_init_multipliers() -> None:
+    layout = ConstraintLayout(MIXED, _state(**VALUES))
+    lam = layout.init_multipliers()
+    assert lam.dense.tolist() == [0.0] * 5 and lam.dense.dtype == DTYPE
+    assert lam.per_sample["samples"].tolist() == [0.0] * 5
+    lam = layout.init_multipliers(torch.tensor(0.5, dtype=DTYPE))
+    assert lam.dense.tolist() == [0.5] * 5 and lam.per_sample["samples"].tolist() == [0.5] * 5
+
+
+def test_multipliers_clone_and_tensors() -> None:
+    lam = Multipliers(torch.zeros(2), {"s": torch.ones(3)})
+    copy = lam.clone()
+    copy.dense += 1
+    copy.per_sample["s"] += 1
+    assert lam.dense.tolist() == [0.0, 0.0] and lam.per_sample["s"].tolist() == [1.0] * 3
+    assert [name for name, _ in lam.tensors()] == ["dense", "s"]
+
+
+def test_check_finite_names_the_constraint_and_step() -> None:
+    layout = ConstraintLayout(MIXED, _state(**VALUES))
+    stacked = layout.stack(
+        _state(**{**VALUES, "ge": torch.tensor([1.0, float("nan")], dtype=DTYPE)})
+    )
+    with pytest.raises(
+        NonFiniteError, match=r"constraint 'ge' is not finite at step 7 \(entries \[1\]"
+    ):
+        layout.check_finite(torch.tensor(0.0, dtype=DTYPE), stacked, 7)
+    stacked = layout.stack(_state(**VALUES))
+    with pytest.raises(NonFiniteError, match="the objective is inf at step 3"):
+        layout.check_finite(torch.tensor(float("inf"), dtype=DTYPE), stacked, 3)
+    bad = ConstraintValue(
+        torch.tensor([float("inf"), 0.0], dtype=DTYPE), indices=torch.tensor([2, 0])
+    )
+    stacked = layout.stack(_state(**{**VALUES, "samples": bad}))
+    with pytest.raises(NonFiniteError, match=r"per-sample constraint 'samples'.*samples \[2\]"):
+        layout.check_finite(torch.tensor(0.0, dtype=DTYPE), stacked, 0)
+
+
+def test_layout_rejects_a_non_scalar_or_non_tensor_objective() -> None:
+    with pytest.raises(ShapeError, match="objective must be a scalar tensor"):
+        ConstraintLayout(MIXED, ProblemState(1.0, dict(VALUES)))  # type: ignore[arg-type]
+
+
+# -- sign domains through the solver ------------------------------------------------------
+
+
+class Oscillating(ConstrainedProblem):
+    """Constraints whose violations change sign, so projection is exercised every step."""
+
+    def objective(self, model: Any, batch: Any) -> Tensor:
+        return 0.5 * (model.x - torch.tensor([2.0, -1.0, 0.5], dtype=DTYPE)).pow(2).sum()
+
+    def evaluate(self, model: Any, batch: Any) -> ProblemState:
+        x = model.x
+        return ProblemState(
+            self.objective(model, batch),
+            {"upper": x, "lower": x, "sum": x.sum().reshape(1), "diff": (x[0] - x[1]).reshape(1)},
+        )
+
+
+OSCILLATING = ConstrainedProblem(
+    objective=Oscillating().objective,
+    constraints=[
+        Constraint("upper", "<=", rhs=1.0, fn=lambda m, b: m.x),
+        Constraint("lower", ">=", rhs=0.0, fn=lambda m, b: m.x),
+        Constraint("sum", "==", rhs=3.0, fn=lambda m, b: m.x.sum()),
+        Constraint("diff", "==", rhs=-0.5, fn=lambda m, b: m.x[0] - m.x[1]),
+    ],
+)
+
+
+@pytest.mark.parametrize("order", ["simultaneous", "dual_primal", "primal_dual"])
+@pytest.mark.parametrize(
+    "controller",
+    [
+        {"name": "gda", "lr": 0.7},
+        {"name": "nupi", "lr": 1.0, "ki": 0.5, "kp": 2.0, "nu": 0.3},
+        {"name": "momentum", "lr": 0.5, "beta": 0.6},
+    ],
+    ids=["gda", "nupi", "momentum"],
+)
+def test_inequality_multipliers_stay_nonnegative_and_equalities_go_negative(
+    order: str, controller: dict[str, Any]
+) -> None:
+    model = Variables(x=torch.zeros(3, dtype=DTYPE))
+    solver = Solver(
+        OSCILLATING,
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.2),
+        controller=controller,
+        order=order,
+    )  # type: ignore[arg-type]
+    solver.fit(steps=80)
+    lam = solver.history.multipliers()
+    layout = solver.layout
+    assert layout is not None
+    inequality = ~layout.equality.numpy()
+    assert (lam[:, inequality] >= 0).all()
+    assert (lam[:, inequality] > 0).any()  # the projection did not just zero everything
+    assert (lam[:, ~inequality] < 0).any()  # equality multipliers may be negative
