@@ -18,11 +18,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from ._errors import ConfigError, UnknownNameError
 from ._io import atomic_write_text
 from ._registry import Registry
+from ._validation import format_validation_error
 from .config import RunConfig
 from .problem import ConstrainedProblem
 from .solver import Solver, make_optimizer
@@ -52,6 +54,8 @@ class Setup:
         batch: Fixed batch for full-batch problems (``None`` if none is needed).
         data: Iterable of minibatches (overrides ``batch``).
         extras: Anything the spec wants to keep (test data, reference data, ...).
+        full: In a distributed run, the whole-data setup this rank's shard came from
+            (references, reports and figures use it); ``None`` otherwise.
     """
 
     problem: ConstrainedProblem
@@ -59,6 +63,7 @@ class Setup:
     batch: Any = None
     data: Iterable[Any] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    full: Setup | None = None
 
 
 @dataclass
@@ -124,6 +129,19 @@ class ProblemSpec:
         """Extra figures written under ``out``; returns their paths."""
         return []
 
+    def shard(self, setup: Setup, rank: int, world_size: int) -> Setup:
+        """This rank's part of ``setup`` for a distributed run (``torchrun``).
+
+        The default (:func:`constrain.distributed.shard_setup`) splits a full ``batch`` of
+        tensors into contiguous row blocks in rank order and strides ``data`` (a
+        ``DataLoader`` with a ``DistributedSampler`` is kept). Constraint groups with one
+        entry per row must declare their full ``size`` so that they are gathered across
+        ranks (see :mod:`constrain.distributed`). Override for other data.
+        """
+        from .distributed import shard_setup
+
+        return shard_setup(setup, rank, world_size)
+
 
 PROBLEMS: Registry[type[ProblemSpec]] = Registry("problem")
 _ENTRY_POINTS_LOADED = False
@@ -185,16 +203,29 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def build_solver(spec: ProblemSpec, config: RunConfig) -> tuple[Setup, Solver]:
-    """Seed, build the setup and the solver for ``config`` (no step taken)."""
+    """Seed, build the setup and the solver for ``config`` (no step taken).
+
+    Raises:
+        ConfigError: If the problem's hyperparameters (``config.problem``) are invalid,
+            naming each offending key.
+    """
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % (2**32))
     previous = torch.get_default_dtype()
     torch.set_default_dtype(_DTYPES[config.dtype])
     try:
         setup = spec.build(config)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, f"problem {spec.name!r}")) from None
     finally:
         torch.set_default_dtype(previous)
     setup.model.to(_DTYPES[config.dtype])
+    from . import distributed
+
+    if distributed.launched_distributed() or distributed.is_distributed():
+        rank, world = distributed.init_from_env()
+        if world > 1:
+            setup = spec.shard(setup, rank, world)
     options = dict(config.optimizer)
     name = options.pop("name")
     optimizer = make_optimizer(name, setup.model.parameters(), **options)
@@ -236,17 +267,31 @@ def summarize(spec: ProblemSpec, config: RunConfig, setup: Setup, solver: Solver
         summary["metrics"] = last.metrics
     if last is not None and last.clusters:
         summary["clusters"] = last.clusters
-    reference = spec.reference(setup)
+    reference = spec.reference(setup.full or setup)
     if reference is not None:
         summary["reference"] = compare_with_reference(reference, solver)
-    summary.update(spec.report(setup, solver))
+    summary.update(spec.report(setup.full or setup, solver))
     return summary
 
 
 def compare_with_reference(reference: Reference, solver: Solver) -> dict[str, Any]:
-    """Distances between the solver's current point and an exact reference."""
+    """Distances between the solver's current point and an exact reference.
+
+    ``multipliers`` lists the exact multipliers in the solver's constraint order (the order
+    of :attr:`Solver.multipliers` and of the history's columns), whatever the order of
+    ``reference.multipliers``.
+
+    Raises:
+        ConfigError: If the reference names a constraint the problem does not have.
+    """
     current = solver.multipliers
-    names = list(reference.multipliers)
+    unknown = sorted(set(reference.multipliers) - set(current))
+    if unknown:
+        raise ConfigError(
+            f"the reference gives multipliers for {unknown}, which are not constraints of the "
+            f"problem; its constraints: {list(current)}."
+        )
+    names = [n for n in current if n in reference.multipliers]
     ours = np.concatenate([current[n].detach().cpu().double().numpy().reshape(-1) for n in names]) \
         if names else np.zeros(0)
     exact = np.concatenate([np.asarray(reference.multipliers[n], dtype=np.float64).reshape(-1) for n in names]) \
@@ -291,7 +336,10 @@ def run(config: RunConfig, out: str | Path | None = None, *, progress: bool | No
         spec.name, seconds, summary["objective"] or float("nan"), summary["max_violation"] or 0.0,
     )
     if out is not None:
-        write_report(Path(out), spec, config, setup, solver, summary, figures=figures)
+        from .distributed import is_main_process
+
+        if is_main_process():
+            write_report(Path(out), spec, config, setup, solver, summary, figures=figures)
     return RunResult(summary, solver, setup, config)
 
 
@@ -313,5 +361,5 @@ def write_report(out: Path, spec: ProblemSpec, config: RunConfig, setup: Setup, 
             logger.warning("matplotlib is not installed: no figures (pip install constrain[plots])")
         else:
             written += plots.run_figures(solver.history, solver.layout, out, title=spec.name)
-            written += spec.figures(setup, solver, out)
+            written += spec.figures(setup.full or setup, solver, out)
     return written

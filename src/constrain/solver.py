@@ -16,6 +16,7 @@ performs step 4 first and evaluates the constraints again at ``x_{t+1}`` for ste
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import itertools
 import logging
@@ -29,7 +30,8 @@ from torch import Tensor, nn
 
 from . import controllers as _controllers
 from . import formulations as _formulations
-from ._errors import ConfigError, NonFiniteError, describe
+from ._errors import CheckpointError, ConfigError, NonFiniteError, describe
+from ._resume import DataCursor, get_rng_state, set_rng_state
 from .controllers import Controller, ControllerState
 from .formulations import Formulation, FormulationState
 from .history import History, StepRecord
@@ -45,11 +47,17 @@ _ORDERS = ("simultaneous", "dual_primal", "primal_dual")
 
 
 class SignalReducer(Protocol):
-    """Combines constraint signals across processes before the multiplier update.
+    """Combines evaluations and gradients across processes.
 
-    The default does nothing; :class:`constrain.distributed.DistributedReducer` averages
-    over ``torch.distributed`` ranks so that every rank holds identical multipliers.
+    The default does nothing; :class:`constrain.distributed.DistributedReducer` makes every
+    evaluation global (:meth:`reduce_state`) and averages gradients over
+    ``torch.distributed`` ranks so that every rank holds identical multipliers and
+    parameters.
     """
+
+    def reduce_state(self, problem: ConstrainedProblem, state: ProblemState) -> ProblemState: ...
+
+    def reduce_gradients(self, model: nn.Module) -> None: ...
 
     def reduce_objective(self, value: Tensor) -> Tensor: ...
 
@@ -59,6 +67,12 @@ class SignalReducer(Protocol):
 
 
 class _LocalReducer:
+    def reduce_state(self, problem: ConstrainedProblem, state: ProblemState) -> ProblemState:
+        return state
+
+    def reduce_gradients(self, model: nn.Module) -> None:
+        return None
+
     def reduce_objective(self, value: Tensor) -> Tensor:
         return value
 
@@ -141,7 +155,7 @@ class Solver:
         self.order: Order = order
         self.on_nonfinite = on_nonfinite
         self.record_every = record_every
-        self.reducer: SignalReducer = reducer or _LocalReducer()
+        self.reducer: SignalReducer = reducer or _default_reducer()
         self._group_of = self._map_parameter_groups()
         self._prox_targets, self._penalties = self._resolve_regularizers()
         self.step_count = 0
@@ -153,6 +167,9 @@ class Solver:
         self.history = History()
         self._always_record = -1
         self._indexed_equality: dict[str, bool] = {}
+        self._cursor = DataCursor()
+        self._pending_duals: dict[str, Any] | None = None
+        self._step_skipped = False
 
     # -- set-up -------------------------------------------------------------------------
     def _map_parameter_groups(self) -> dict[int, int]:
@@ -225,6 +242,9 @@ class Solver:
         self.formulation_state = self.formulation.init_state(layout)
         self._indexed_equality = {c.name: c.is_equality for c in layout.per_sample}
         self.history = History(layout.labels())
+        if self._pending_duals is not None:
+            pending, self._pending_duals = self._pending_duals, None
+            self._load_duals(pending)
 
     # -- public state -------------------------------------------------------------------
     @property
@@ -255,6 +275,169 @@ class Solver:
         """The raw multiplier storage (``None`` before the first step)."""
         return self._multipliers
 
+    # -- checkpointing ------------------------------------------------------------------
+    def initialise(self, batch: Any = None, data: Iterable[Any] | None = None) -> None:
+        """Build the constraint layout and the initial multipliers from one evaluation
+        (without gradient), without taking a step. Does nothing if already done.
+
+        Lets :meth:`load_state_dict` check a checkpoint's constraint layout at once instead
+        of at the first step. With ``data`` the first batch of a fresh pass is evaluated.
+        May draw random numbers; :meth:`load_state_dict` restores the random states.
+
+        Raises:
+            ConfigError: If ``data`` yields no batch.
+        """
+        if self.layout is not None:
+            return
+        if data is not None:
+            iterator = iter(data)
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                raise ConfigError("the data iterable yielded no batch; it is empty.") from None
+        with torch.no_grad():
+            self._evaluate(batch)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The whole solver state, as copies, made only of tensors and plain containers
+        (so that ``torch.load(..., weights_only=True)`` can read it back).
+
+        Keys: ``version``; what the state belongs to: ``problem`` (class name),
+        ``hyperparameters``, ``layout`` (:meth:`ConstraintLayout.signature`; ``None`` before
+        the first step), ``controller`` and ``formulation`` (specs), ``optimizer_type``,
+        ``order``, ``record_every``; the state itself: ``step_count``, ``model``,
+        ``optimizer``, ``multipliers`` (``dense`` and ``per_sample``), ``controller_state``,
+        ``indexed_state``, ``formulation_state``, ``history`` (:meth:`History.to_dict`),
+        ``rng`` (torch, CUDA, numpy and Python generators) and ``data`` (the position in
+        the data stream).
+        """
+        multipliers = None
+        if self._multipliers is not None:
+            multipliers = {
+                "dense": self._multipliers.dense,
+                "per_sample": self._multipliers.per_sample,
+            }
+        controller = {"name": self.controller.name, **self.controller.model_dump(mode="json")}
+        formulation = {"name": self.formulation.name, **self.formulation.model_dump(mode="json")}
+        return {
+            "version": SOLVER_STATE_VERSION,
+            "problem": type(self.problem).__name__,
+            "hyperparameters": self.problem.hyperparameters(),
+            "layout": None if self.layout is None else self.layout.signature(),
+            "controller": controller,
+            "formulation": formulation,
+            "optimizer_type": type(self.optimizer).__name__,
+            "order": self.order,
+            "record_every": self.record_every,
+            "step_count": self.step_count,
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "multipliers": _clone_tree(multipliers),
+            "controller_state": _clone_tree(self.controller_state),
+            "indexed_state": _clone_tree(self.indexed_state),
+            "formulation_state": _clone_tree(self.formulation_state),
+            "history": self.history.to_dict(),
+            "rng": get_rng_state(),
+            "data": self._cursor.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state returned by :meth:`state_dict`, so that the run continues
+        bit-for-bit as if it had never stopped.
+
+        The solver must be built like the saved one: same problem class, controller,
+        formulation and optimizer type, and a model with the same parameter names, shapes
+        and dtypes. The random generators are restored too. A last history record that
+        only exists because the saved run's :meth:`fit` ended there (off the
+        ``record_every`` grid) is dropped, so that the resumed history equals an
+        uninterrupted one. Multipliers and controller state are checked against this
+        problem's constraint layout now if it is known (see :meth:`initialise`), otherwise
+        at the first step.
+
+        Raises:
+            CheckpointError: Naming the part that does not match, what this solver expects
+                and what the state holds.
+        """
+        if not isinstance(state, Mapping):
+            raise CheckpointError(
+                f"a solver state must be a mapping from Solver.state_dict(); got {describe(state)}."
+            )
+        try:
+            self._load_state(state)
+        except KeyError as exc:
+            raise CheckpointError(
+                f"the solver state lacks the entry {exc.args[0]!r}; it was not written by "
+                "Solver.state_dict() of this version."
+            ) from None
+
+    def _load_state(self, state: Mapping[str, Any]) -> None:
+        if state.get("version") != SOLVER_STATE_VERSION:
+            raise CheckpointError(
+                f"unsupported solver state version: expected {SOLVER_STATE_VERSION}, got "
+                f"{state.get('version')!r}."
+            )
+        _expect_equal("problem", type(self.problem).__name__, state["problem"])
+        _expect_equal("controller", self.controller.name, state["controller"].get("name"))
+        _expect_equal("formulation", self.formulation.name, state["formulation"].get("name"))
+        _expect_equal("optimizer type", type(self.optimizer).__name__, state["optimizer_type"])
+        own_controller = {"name": self.controller.name, **self.controller.model_dump(mode="json")}
+        if own_controller != state["controller"]:
+            logger.warning(
+                "resuming with controller settings %s instead of the checkpoint's %s",
+                own_controller, state["controller"],
+            )
+        if self.problem.hyperparameters() != state["hyperparameters"]:
+            logger.warning(
+                "resuming with problem hyperparameters %s instead of the checkpoint's %s",
+                self.problem.hyperparameters(), state["hyperparameters"],
+            )
+        _load_model(self.model, state["model"])
+        try:
+            self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"the optimizer state does not fit this {type(self.optimizer).__name__} "
+                f"(expected {len(self.optimizer.param_groups)} parameter group(s) of sizes "
+                f"{[len(g['params']) for g in self.optimizer.param_groups]}): {exc}"
+            ) from None
+        self.step_count = int(state["step_count"])
+        duals = {k: state[k] for k in (
+            "layout", "multipliers", "controller_state", "indexed_state",
+            "formulation_state", "history",
+        )}
+        if duals["layout"] is None:
+            self.layout, self._multipliers, self._pending_duals = None, None, None
+            self.history = History.from_dict(duals["history"])
+        elif self.layout is None:
+            self._pending_duals = duals
+        else:
+            self._load_duals(duals)
+        self._cursor.load_state_dict(state["data"])
+        set_rng_state(state["rng"])
+
+    def _load_duals(self, state: Mapping[str, Any]) -> None:
+        """Load multipliers, controller/formulation state and history (layout known)."""
+        assert self.layout is not None and self._multipliers is not None
+        _expect_equal("constraint layout", self.layout.signature(), state["layout"])
+        saved = state["multipliers"]
+        _check_tree("dense multipliers", self._multipliers.dense, saved["dense"])
+        _check_tree("per-sample multipliers", self._multipliers.per_sample, saved["per_sample"])
+        _check_tree("controller state", self.controller_state, state["controller_state"])
+        _check_tree("per-sample controller state", self.indexed_state, state["indexed_state"])
+        _check_tree("formulation state", self.formulation_state, state["formulation_state"])
+        device = self.layout.device
+        self._multipliers = Multipliers(
+            _clone_tree(saved["dense"], device), _clone_tree(saved["per_sample"], device)
+        )
+        self.controller_state = _clone_tree(state["controller_state"], device)
+        self.indexed_state = _clone_tree(state["indexed_state"], device)
+        self.formulation_state = _clone_tree(state["formulation_state"], device)
+        history = History.from_dict(state["history"])
+        last = history.records[-1] if history.records else None
+        if last is not None and last.step == self.step_count - 1 and last.step % self.record_every:
+            history.records.pop()  # recorded only because the saved fit() ended there
+        self.history = history
+
     # -- one step -----------------------------------------------------------------------
     def _evaluate(self, batch: Any) -> tuple[Tensor, StackedConstraints, ProblemState]:
         state = self.problem.evaluate(self.model, batch)
@@ -263,6 +446,7 @@ class Solver:
                 f"{type(self.problem).__name__}.evaluate() must return a ProblemState; got "
                 f"{describe(state)}."
             )
+        state = self.reducer.reduce_state(self.problem, state)
         if self.layout is None:
             self._initialise(state)
         assert self.layout is not None
@@ -279,7 +463,51 @@ class Solver:
                 loss = loss + reg.strength * reg.penalty(p)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
+        self.reducer.reduce_gradients(self.model)
+        self._check_gradients()
         return loss
+
+    def _check_gradients(self) -> None:
+        """Raise :class:`NonFiniteError` naming the parameters with a NaN/Inf gradient (or,
+        with ``on_nonfinite="skip"``, drop every gradient so the primal step does nothing)."""
+        grads = [(n, p.grad) for n, p in self.model.named_parameters() if p.grad is not None]
+        if not grads:
+            return
+        finite = torch.stack([torch.isfinite(g).all() for _, g in grads])
+        if bool(finite.all()):
+            return
+        bad = [n for (n, _), ok in zip(grads, finite.tolist(), strict=True) if not ok]
+        message = (
+            f"the gradient of parameter(s) {bad} is not finite at step {self.step_count} "
+            "although the objective and the constraints are finite (e.g. sqrt or log at 0, "
+            "or an overflow in backward); guard the offending operation or lower the lr."
+        )
+        if self.on_nonfinite == "raise":
+            raise NonFiniteError(message)
+        logger.warning("%s Primal step skipped.", message)
+        self.optimizer.zero_grad(set_to_none=True)
+        self._step_skipped = True
+
+    def _finite_update(self, values: Tensor, group: str | None) -> bool:
+        """True if the updated multipliers ``values`` are finite; otherwise raise
+        :class:`NonFiniteError` naming the constraint (or return False to keep the old
+        multipliers when ``on_nonfinite="skip"``)."""
+        if bool(torch.isfinite(values).all()):
+            return True
+        assert self.layout is not None
+        if group is None:
+            parts = self.layout.split(values)
+            group = next(n for n, v in parts.items() if not bool(torch.isfinite(v).all()))
+        message = (
+            f"the multipliers of constraint {group!r} became non-finite at step "
+            f"{self.step_count} after the {self.controller.name!r} update; lower the "
+            "controller's lr (multiplicative rules overflow for large lr * violation)."
+        )
+        if self.on_nonfinite == "raise":
+            raise NonFiniteError(message)
+        logger.warning("%s Multiplier update skipped.", message)
+        self._step_skipped = True
+        return False
 
     def _primal_step(self) -> None:
         self.optimizer.step()
@@ -302,6 +530,10 @@ class Solver:
         assert self._multipliers is not None and self.layout is not None
         lam = self._multipliers
         if not self.formulation.uses_multipliers:
+            if not extrapolate:  # penalty schedules still advance
+                self.formulation_state = self.formulation.after_dual_step(
+                    stacked, self.formulation_state
+                )
             return lam
         equality = self.layout.equality
         signal = self.reducer.reduce_dense(
@@ -310,7 +542,10 @@ class Solver:
         if extrapolate:
             dense = self.controller.extrapolate(lam.dense, signal, self.controller_state)
             return Multipliers(self.formulation.project(dense, equality), lam.per_sample)
-        dense, self.controller_state = self.controller.update(lam.dense, signal, self.controller_state)
+        dense, controller_state = self.controller.update(lam.dense, signal, self.controller_state)
+        if not self._finite_update(dense, None):
+            return lam
+        self.controller_state = controller_state
         new = Multipliers(self.formulation.project(dense, equality), lam.per_sample)
         for name, iv in stacked.per_sample.items():
             indices, sig = self.reducer.reduce_indexed(
@@ -320,6 +555,8 @@ class Solver:
             ctrl_state = self.indexed_state[name]
             observed = {k: v[..., indices] for k, v in ctrl_state.items()}
             updated, observed = self.controller.update(store[indices], sig, observed)
+            if not self._finite_update(updated, name):
+                continue
             mask = torch.full_like(updated, self._indexed_equality[name], dtype=torch.bool)
             store[indices] = self.formulation.project(updated, mask)  # O(batch), in place
             for k, v in observed.items():
@@ -335,6 +572,7 @@ class Solver:
                 ``on_nonfinite="raise"``; the message names the constraint and the step.
         """
         start = time.perf_counter()
+        self._step_skipped = False
         objective, stacked, state = self._evaluate(batch)
         assert self.layout is not None and self._multipliers is not None
         try:
@@ -359,9 +597,18 @@ class Solver:
             self._primal_step()
             with torch.no_grad():
                 _, after, _ = self._evaluate(batch)
-            self.layout.check_finite(torch.zeros(()), after, self.step_count)
-            self._multipliers = self._dual_update(after)
-        return self._finish(start, objective, stacked, state, skipped=False)
+            try:
+                self.layout.check_finite(torch.zeros(()), after, self.step_count)
+            except NonFiniteError:
+                if self.on_nonfinite == "raise":
+                    raise
+                logger.warning(
+                    "step %d: multiplier update skipped: non-finite constraint after the "
+                    "primal step", self.step_count,
+                )
+            else:
+                self._multipliers = self._dual_update(after)
+        return self._finish(start, objective, stacked, state, skipped=self._step_skipped)
 
     def _extragradient_step(self, batch: Any, objective: Tensor, stacked: StackedConstraints) -> None:
         """Extragradient: look ahead with both players, then step from the original point
@@ -410,7 +657,7 @@ class Solver:
         per_sample: dict[str, dict[str, float]] = {}
         for name, iv in stacked.per_sample.items():
             observed = self._multipliers.per_sample[name][iv.indices]
-            g = iv.violation
+            g = iv.violation.abs() if iv.equality else iv.violation
             per_sample[name] = {
                 "max_violation": float(g.max()) if g.numel() else 0.0,
                 "feasible_fraction": float((g <= 0).float().mean()) if g.numel() else 1.0,
@@ -460,7 +707,7 @@ class Solver:
         """
         if not isinstance(steps, int) or steps < 0:
             raise ConfigError(f"steps must be a non-negative integer; got {steps!r}.")
-        batches = _cycle(data) if data is not None else itertools.repeat(batch)
+        batches = self._batches(data) if data is not None else itertools.repeat(batch)
         bar = _progress(steps, progress)
         record: StepRecord | None = None
         self._always_record = self.step_count + steps - 1
@@ -476,15 +723,80 @@ class Solver:
             bar.close()
         return self.history
 
+    def _batches(self, data: Iterable[Any]) -> Iterator[Any]:
+        """Endless batches of ``data`` through the resumable :class:`DataCursor`."""
+        while True:
+            yield self._cursor.next_batch(data)
 
-def _cycle(data: Iterable[Any]) -> Iterator[Any]:
-    while True:
-        empty = True
-        for item in data:
-            empty = False
-            yield item
-        if empty:
-            raise ConfigError("the data iterable yielded no batch; it is empty.")
+
+SOLVER_STATE_VERSION = 1
+"""Version of the :meth:`Solver.state_dict` layout."""
+
+
+def _default_reducer() -> SignalReducer:
+    """:class:`~constrain.distributed.DistributedReducer` when torch.distributed is
+    initialised with several ranks, else the no-op reducer."""
+    from . import distributed
+
+    if distributed.is_distributed():
+        return distributed.DistributedReducer()
+    return _LocalReducer()
+
+
+def _clone_tree(tree: Any, device: torch.device | None = None) -> Any:
+    """Copy nested dicts of tensors (tensors detached, cloned, moved to ``device``)."""
+    if isinstance(tree, Tensor):
+        return tree.detach().to(device).clone() if device is not None else tree.detach().clone()
+    if isinstance(tree, Mapping):
+        return {k: _clone_tree(v, device) for k, v in tree.items()}
+    return tree
+
+
+def _expect_equal(what: str, expected: Any, received: Any) -> None:
+    if expected != received:
+        raise CheckpointError(
+            f"the checkpoint belongs to another run: {what} differs (this run: {expected!r}; "
+            f"checkpoint: {received!r}). Resume with the same problem and settings."
+        )
+
+
+def _check_tree(what: str, own: Any, saved: Any) -> None:
+    """Check that ``saved`` has the keys, shapes and dtypes of ``own`` (nested dicts)."""
+    if isinstance(own, Tensor):
+        if not isinstance(saved, Tensor) or saved.shape != own.shape or saved.dtype != own.dtype:
+            raise CheckpointError(
+                f"{what}: expected a tensor of shape {tuple(own.shape)} and dtype {own.dtype}; "
+                f"the checkpoint holds {describe(saved)}."
+            )
+        return
+    if not isinstance(saved, Mapping) or set(saved) != set(own):
+        keys = sorted(saved) if isinstance(saved, Mapping) else describe(saved)
+        raise CheckpointError(
+            f"{what}: expected entries {sorted(own)}; the checkpoint holds {keys}."
+        )
+    for key in own:
+        _check_tree(f"{what} {key!r}", own[key], saved[key])
+
+
+def _load_model(model: nn.Module, saved: Any) -> None:
+    own = model.state_dict()
+    if not isinstance(saved, Mapping):
+        raise CheckpointError(f"the model state must be a mapping; got {describe(saved)}.")
+    missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"the model does not match the checkpoint: entries missing from the checkpoint "
+            f"{missing}, entries this model lacks {unexpected}."
+        )
+    for key, tensor in own.items():
+        value = saved[key]
+        same = isinstance(value, Tensor) and value.shape == tensor.shape
+        if not same or value.dtype != tensor.dtype:
+            raise CheckpointError(
+                f"model entry {key!r}: expected shape {tuple(tensor.shape)} and dtype "
+                f"{tensor.dtype}; the checkpoint holds {describe(value)}."
+            )
+    model.load_state_dict(saved)
 
 
 def _progress(total: int, enabled: bool | None) -> Any:
