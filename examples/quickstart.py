@@ -20,7 +20,14 @@ class CappedRate(constrain.ConstrainedProblem):
         return constrain.ConstraintValue(exact, proxy=torch.sigmoid(logits).mean())
 
 
-result = constrain.solve(CappedRate(), torch.nn.Linear(5, 1), steps=2000, lr=0.1,
-                         controller={"name": "nupi", "lr": 0.05, "ki": 1.0, "kp": 5.0})
+result = constrain.solve(
+    CappedRate(),
+    torch.nn.Linear(5, 1),
+    steps=2000,
+    lr=0.1,
+    controller={"name": "nupi", "lr": 0.05, "ki": 1.0, "kp": 5.0},
+)
 rate = result.solver.constraint_values()["positive_rate"].item()
-print(f"positive rate {rate:.3f} (cap 0.3), multiplier {result.multipliers['positive_rate'].item():.3f}")
+print(
+    f"positive rate {rate:.3f} (cap 0.3), multiplier {result.multipliers['positive_rate'].item():.3f}"
+)

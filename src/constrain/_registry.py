@@ -45,9 +45,7 @@ class Registry(Generic[T]):
             ConfigError: If ``name`` is empty, not a string, or already registered.
         """
         if not isinstance(name, str) or not name.strip():
-            raise ConfigError(
-                f"{self.kind} name must be a non-empty string; got {name!r}."
-            )
+            raise ConfigError(f"{self.kind} name must be a non-empty string; got {name!r}.")
 
         def decorator(obj: T) -> T:
             if name in self._items and not overwrite and self._items[name] is not obj:

@@ -30,7 +30,9 @@ __all__ = ["bench_solver", "run_suites", "time_call"]
 Printer = Callable[[str], None] | None
 
 
-def time_call(fn: Callable[[], Any], *, repeats: int = 5, number: int = 20, warmup: int = 3) -> float:
+def time_call(
+    fn: Callable[[], Any], *, repeats: int = 5, number: int = 20, warmup: int = 3
+) -> float:
     """Median seconds per call of ``fn`` over ``repeats`` batches of ``number`` calls."""
     for _ in range(warmup):
         fn()
@@ -43,65 +45,93 @@ def time_call(fn: Callable[[], Any], *, repeats: int = 5, number: int = 20, warm
     return statistics.median(samples)
 
 
-def _grouped_problem(groups: int, per_group: int, dim: int) -> tuple[ConstrainedProblem, torch.Tensor, torch.Tensor]:
+def _grouped_problem(
+    groups: int, per_group: int, dim: int
+) -> tuple[ConstrainedProblem, torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
     A = torch.randn(groups * per_group, dim, generator=generator)
     b = torch.rand(groups * per_group, generator=generator)
 
-    def make(k: int) -> Callable[[nn.Module, Any], torch.Tensor]:
+    def make(k: int) -> Callable[[Any, Any], torch.Tensor]:
         rows = slice(k * per_group, (k + 1) * per_group)
         return lambda model, batch: A[rows] @ model.weight.reshape(-1) - b[rows]
 
     constraints = [Constraint(f"g{k}", "<=", fn=make(k), size=per_group) for k in range(groups)]
 
-    def objective(model: nn.Module, batch: Any) -> torch.Tensor:
+    def objective(model: Any, batch: Any) -> torch.Tensor:
         return 0.5 * (model.weight - 1.0).pow(2).sum()
 
     return ConstrainedProblem(objective=objective, constraints=constraints), A, b
 
 
-def bench_solver(groups: tuple[int, ...] = (1, 10, 100), *, quick: bool = False,
-                 printer: Printer = print) -> list[dict[str, Any]]:
+def bench_solver(
+    groups: tuple[int, ...] = (1, 10, 100), *, quick: bool = False, printer: Printer = print
+) -> list[dict[str, Any]]:
     """Per-step time of the solver against a hand-written loop (same maths, same run)."""
     rows: list[dict[str, Any]] = []
     dim, per_group = 64, 4
     number = 10 if quick else 50
     for k in groups:
-        problem, A, b = _grouped_problem(k, per_group, dim)
+        problem, _, _ = _grouped_problem(k, per_group, dim)
         model = nn.Linear(dim, 1, bias=False)
-        solver = Solver(problem, model, torch.optim.SGD(model.parameters(), lr=1e-2),
-                        controller={"name": "gda", "lr": 1e-2}, record_every=10**9)
-        library = time_call(lambda s=solver: s.step(None), number=number)
+        solver = Solver(
+            problem,
+            model,
+            torch.optim.SGD(model.parameters(), lr=1e-2),
+            controller={"name": "gda", "lr": 1e-2},
+            record_every=10**9,
+        )
+
+        def library_step(s: Solver = solver) -> None:
+            s.step(None)
+
+        library = time_call(library_step, number=number)
 
         ref_model = nn.Linear(dim, 1, bias=False)
         ref_opt = torch.optim.SGD(ref_model.parameters(), lr=1e-2)
         lam = torch.zeros(k * per_group)
         fns = [c.fn for c in problem.all_constraints]
 
-        def baseline(m: nn.Module = ref_model, opt: torch.optim.Optimizer = ref_opt) -> None:
+        def baseline(
+            m: Any = ref_model,
+            opt: torch.optim.Optimizer = ref_opt,
+            fns: list[Any] = fns,
+        ) -> None:
             # The same constraint functions as the library evaluates, then the same maths.
             nonlocal lam
             g = torch.cat([fn(m, None) for fn in fns])
             loss = 0.5 * (m.weight - 1.0).pow(2).sum() + lam @ g
             opt.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
+            loss.backward()
             lam = (lam + 1e-2 * g.detach()).clamp_min(0)
             opt.step()
 
         loop = time_call(baseline, number=number)
-        row = {"suite": "solver", "groups": k, "constraints": k * per_group,
-               "library_ms": 1e3 * library, "loop_ms": 1e3 * loop, "ratio": library / loop}
+        row = {
+            "suite": "solver",
+            "groups": k,
+            "constraints": k * per_group,
+            "library_ms": 1e3 * library,
+            "loop_ms": 1e3 * loop,
+            "ratio": library / loop,
+        }
         rows.append(row)
     if printer is not None:
-        printer("solver overhead: Solver.step vs a hand-written loop (same maths), no history recording")
+        printer(
+            "solver overhead: Solver.step vs a hand-written loop (same maths), no history recording"
+        )
         printer(f"{'groups':>8}{'constraints':>13}{'library ms':>13}{'loop ms':>10}{'ratio':>8}")
         for r in rows:
-            printer(f"{r['groups']:>8}{r['constraints']:>13}{r['library_ms']:>13.3f}"
-                    f"{r['loop_ms']:>10.3f}{r['ratio']:>8.2f}")
+            printer(
+                f"{r['groups']:>8}{r['constraints']:>13}{r['library_ms']:>13.3f}"
+                f"{r['loop_ms']:>10.3f}{r['ratio']:>8.2f}"
+            )
     return rows
 
 
-def run_suites(suite: str = "all", *, quick: bool = False, printer: Printer = print) -> dict[str, Any]:
+def run_suites(
+    suite: str = "all", *, quick: bool = False, printer: Printer = print
+) -> dict[str, Any]:
     """Run the named suite (``all``, ``solver`` or ``prox``); return the rows by suite."""
     results: dict[str, Any] = {}
     if suite in ("all", "solver"):

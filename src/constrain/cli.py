@@ -39,40 +39,70 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p_list = sub.add_parser("list", help="list problems, controllers, formulations and prox operators")
+    p_list = sub.add_parser(
+        "list", help="list problems, controllers, formulations and prox operators"
+    )
     p_list.add_argument("--json", action="store_true", help="print one JSON object")
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("problem", metavar="PROBLEM", help="registered problem (see `constrain list`)")
+        p.add_argument(
+            "problem", metavar="PROBLEM", help="registered problem (see `constrain list`)"
+        )
         p.add_argument("--steps", type=int, help="number of steps (default: the problem's)")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value, e.g. controller.kp=1 or optimizer.lr=0.01 (repeatable)")
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config value, e.g. controller.kp=1 or optimizer.lr=0.01 (repeatable)",
+        )
         p.add_argument("--config", type=Path, help="YAML/JSON run configuration to start from")
         p.add_argument("--seed", type=int, help="random seed")
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-        p.add_argument("--progress", dest="progress", action="store_true", default=None,
-                       help="force a progress bar")
-        p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+        p.add_argument(
+            "--progress",
+            dest="progress",
+            action="store_true",
+            default=None,
+            help="force a progress bar",
+        )
+        p.add_argument(
+            "--no-progress", dest="progress", action="store_false", help="no progress bar"
+        )
 
     p_run = sub.add_parser("run", help="run one problem with one controller")
     common(p_run)
     p_run.add_argument("--controller", help="multiplier controller (see `constrain list`)")
-    p_run.add_argument("--out", type=Path, help="write a report (JSON, CSV, figures) into this folder")
-    p_run.add_argument("--checkpoint-every", type=int, metavar="K",
-                       help="save a checkpoint under --out every K steps")
-    p_run.add_argument("--resume", type=Path, metavar="DIR",
-                       help="resume from the latest checkpoint in DIR")
+    p_run.add_argument(
+        "--out", type=Path, help="write a report (JSON, CSV, figures) into this folder"
+    )
+    p_run.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="K",
+        help="save a checkpoint under --out every K steps",
+    )
+    p_run.add_argument(
+        "--resume", type=Path, metavar="DIR", help="resume from the latest checkpoint in DIR"
+    )
 
     p_cmp = sub.add_parser("compare", help="run one problem with several controllers; one figure")
     common(p_cmp)
     p_cmp.add_argument("--controllers", required=True, help="comma-separated controller names")
-    p_cmp.add_argument("--out", type=Path, default=Path("runs/compare"), help="folder for the figure and summaries")
+    p_cmp.add_argument(
+        "--out", type=Path, default=Path("runs/compare"), help="folder for the figure and summaries"
+    )
 
-    p_val = sub.add_parser("validate", help="solve a convex problem and check it exactly against CVXPY")
+    p_val = sub.add_parser(
+        "validate", help="solve a convex problem and check it exactly against CVXPY"
+    )
     common(p_val)
     p_val.add_argument("--controller", help="multiplier controller")
 
-    p_bench = sub.add_parser("bench", help="speed benchmarks (ratios against baselines measured in the same run)")
+    p_bench = sub.add_parser(
+        "bench", help="speed benchmarks (ratios against baselines measured in the same run)"
+    )
     p_bench.add_argument("suite", nargs="?", default="all", choices=["all", "prox", "solver"])
     p_bench.add_argument("--quick", action="store_true", help="small sizes only")
     p_bench.add_argument("--json", action="store_true", help="print one JSON object")
@@ -88,7 +118,10 @@ def _config(args: argparse.Namespace, controller: str | None) -> Any:
         base = load_config(args.config).model_dump()
         base["problem"] = {**base["problem"], "name": spec.name}
         if controller is not None and base["controller"].get("name") != controller:
-            base["controller"] = {"name": controller, **spec.controller_defaults.get(controller, {})}
+            base["controller"] = {
+                "name": controller,
+                **spec.controller_defaults.get(controller, {}),
+            }
     else:
         base = spec.default_config(controller).model_dump()
     if args.steps is not None:
@@ -125,7 +158,10 @@ def _summary_table(summary: dict[str, Any]) -> str:
         ("controller", summary["controller"]),
         ("steps", summary["steps"]),
         ("objective", f"{summary['objective']:.6g}" if summary["objective"] is not None else "-"),
-        ("max violation", f"{summary['max_violation']:.3g}" if summary["max_violation"] is not None else "-"),
+        (
+            "max violation",
+            f"{summary['max_violation']:.3g}" if summary["max_violation"] is not None else "-",
+        ),
         ("time / step", f"{1e3 * summary['seconds_per_step']:.3f} ms"),
     ]
     ref = summary.get("reference")
@@ -135,7 +171,9 @@ def _summary_table(summary: dict[str, Any]) -> str:
         if "primal_error" in ref:
             rows.append(("primal error", f"{ref['primal_error']:.3g}"))
     for key, value in summary.items():
-        if key in {"test_accuracy", "max_parity_gap", "density", "train_accuracy"} and isinstance(value, float):
+        if key in {"test_accuracy", "max_parity_gap", "density", "train_accuracy"} and isinstance(
+            value, float
+        ):
             rows.append((key.replace("_", " "), f"{value:.4g}"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
@@ -166,12 +204,15 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from .runner import run
 
-    spec, config = _config(args, args.controller)
+    _, config = _config(args, args.controller)
     if args.checkpoint_every is not None or args.resume is not None:
         from .checkpoint import run_with_checkpoints
 
         result = run_with_checkpoints(
-            config, out=args.out, every=args.checkpoint_every, resume=args.resume,
+            config,
+            out=args.out,
+            every=args.checkpoint_every,
+            resume=args.resume,
             progress=args.progress,
         )
     else:
@@ -199,23 +240,31 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     configs = [(_config(args, name)) for name in names]  # validate all before running any
     summaries, histories = [], {}
     reference = None
-    for name, (spec, config) in zip(names, configs, strict=True):
+    for name, (_, config) in zip(names, configs, strict=True):
         result = run(config, out=args.out / name, progress=args.progress, figures=False)
         summaries.append(result.summary)
         histories[name] = result.solver.history
         if "reference" in result.summary:
             reference = result.summary["reference"]["multipliers"]
-    figure = compare_figure(histories, args.out / "compare.png", reference=reference,
-                            title=f"{args.problem}: {', '.join(names)}")
+    figure = compare_figure(
+        histories,
+        args.out / "compare.png",
+        reference=reference,
+        title=f"{args.problem}: {', '.join(names)}",
+    )
     if args.json:
         _print_json({"problem": args.problem, "figure": str(figure), "runs": summaries})
         return 0
-    header = f"{'controller':<16}{'objective':>14}{'max viol.':>12}{'mult. error':>14}{'ms/step':>10}"
+    header = (
+        f"{'controller':<16}{'objective':>14}{'max viol.':>12}{'mult. error':>14}{'ms/step':>10}"
+    )
     print(header)
     for s in summaries:
         err = s.get("reference", {}).get("multiplier_error")
-        print(f"{s['controller']:<16}{s['objective']:>14.6g}{s['max_violation']:>12.3g}"
-              f"{'-' if err is None else format(err, '.3g'):>14}{1e3 * s['seconds_per_step']:>10.3f}")
+        print(
+            f"{s['controller']:<16}{s['objective']:>14.6g}{s['max_violation']:>12.3g}"
+            f"{'-' if err is None else format(err, '.3g'):>14}{1e3 * s['seconds_per_step']:>10.3f}"
+        )
     print(f"figure written to {figure}")
     return 0
 
@@ -260,8 +309,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     handlers = {
-        "list": _cmd_list, "run": _cmd_run, "compare": _cmd_compare,
-        "validate": _cmd_validate, "bench": _cmd_bench,
+        "list": _cmd_list,
+        "run": _cmd_run,
+        "compare": _cmd_compare,
+        "validate": _cmd_validate,
+        "bench": _cmd_bench,
     }
     try:
         return handlers[args.command](args)

@@ -103,9 +103,13 @@ def load_config(path: str | Path) -> RunConfig:
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid {path.suffix or 'YAML'}: {exc}") from None
+        raise ConfigError(
+            f"config file {str(path)!r} is not valid {path.suffix or 'YAML'}: {exc}"
+        ) from None
     if not isinstance(data, Mapping):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping; got {type(data).__name__}.")
+        raise ConfigError(
+            f"config file {str(path)!r} must hold a mapping; got {type(data).__name__}."
+        )
     return RunConfig.parse(data)
 
 
@@ -131,7 +135,15 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, value
 
 
-_TOP_LEVEL_SCALARS = {"order", "steps", "batch_size", "seed", "dtype", "record_every", "on_nonfinite"}
+_TOP_LEVEL_SCALARS = {
+    "order",
+    "steps",
+    "batch_size",
+    "seed",
+    "dtype",
+    "record_every",
+    "on_nonfinite",
+}
 _COMPONENTS = {"problem", "controller", "formulation", "optimizer"}
 
 

@@ -142,7 +142,9 @@ class History:
         per-sample summaries and cluster counts. Also written atomically to ``path``.
         """
         metric_names = sorted({k for r in self.records for k in r.metrics})
-        ps_names = sorted({f"{g}:{k}" for r in self.records for g, d in r.per_sample.items() for k in d})
+        ps_names = sorted(
+            {f"{g}:{k}" for r in self.records for g, d in r.per_sample.items() for k in d}
+        )
         cluster_names = sorted({k for r in self.records for k in r.clusters})
         header = ["step", "objective", "max_violation", "penalty", "seconds", "skipped"]
         header += metric_names + [f"g:{lab}" for lab in self.labels]
@@ -152,8 +154,14 @@ class History:
         writer = csv.writer(buffer)
         writer.writerow(header)
         for r in self.records:
-            row: list[Any] = [r.step, r.objective, r.max_violation,
-                              "" if r.penalty is None else r.penalty, r.seconds, int(r.skipped)]
+            row: list[Any] = [
+                r.step,
+                r.objective,
+                r.max_violation,
+                "" if r.penalty is None else r.penalty,
+                r.seconds,
+                int(r.skipped),
+            ]
             row += [r.metrics.get(m, "") for m in metric_names]
             row += list(r.violation) + list(r.multipliers)
             for key in ps_names:

@@ -126,8 +126,11 @@ class ConstraintLayout:
         sign, rhs, equality = [], [], []
         for c, n in zip(self.dense, sizes, strict=True):
             sign.append(torch.full((n,), c.sign, dtype=self.dtype))
-            rhs.append(torch.as_tensor(c.rhs, dtype=self.dtype).expand(n) if isinstance(c.rhs, float)
-                       else torch.tensor(c.rhs, dtype=self.dtype))
+            rhs.append(
+                torch.as_tensor(c.rhs, dtype=self.dtype).expand(n)
+                if isinstance(c.rhs, float)
+                else torch.tensor(c.rhs, dtype=self.dtype)
+            )
             equality.append(torch.full((n,), c.is_equality, dtype=torch.bool))
         empty = torch.zeros(0, dtype=self.dtype)
         self.sign = (torch.cat(sign) if sign else empty).to(self.device)
@@ -155,7 +158,9 @@ class ConstraintLayout:
 
     def split(self, flat: Tensor) -> dict[str, Tensor]:
         """Split a dense vector into its groups (views)."""
-        return {c.name: flat[self.offsets[k]: self.offsets[k + 1]] for k, c in enumerate(self.dense)}
+        return {
+            c.name: flat[self.offsets[k] : self.offsets[k + 1]] for k, c in enumerate(self.dense)
+        }
 
     def signature(self) -> dict[str, object]:
         """A JSON description used to check that a checkpoint belongs to this problem."""
@@ -292,4 +297,3 @@ class ConstraintLayout:
                     f"(samples {iv.indices[bad][:5].tolist()}; values "
                     f"{iv.violation[bad][:5].tolist()}; {hint})."
                 )
-

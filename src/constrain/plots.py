@@ -9,12 +9,12 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from ._io import atomic_write  # noqa: E402
-from .history import History  # noqa: E402
-from .multipliers import ConstraintLayout  # noqa: E402
+from ._io import atomic_write
+from .history import History
+from .multipliers import ConstraintLayout
 
 __all__ = ["compare_figure", "plot_history", "run_figures", "save_figure"]
 
@@ -23,7 +23,9 @@ _MAX_LINES = 12
 
 def save_figure(fig: Any, path: Path) -> Path:
     """Save ``fig`` as PNG atomically and close it."""
-    atomic_write(Path(path), lambda handle: fig.savefig(handle, format="png", dpi=120, bbox_inches="tight"))
+    atomic_write(
+        Path(path), lambda handle: fig.savefig(handle, format="png", dpi=120, bbox_inches="tight")
+    )
     plt.close(fig)
     return Path(path)
 
@@ -34,10 +36,15 @@ def _entry_lines(ax: Any, steps: np.ndarray, values: np.ndarray, labels: Sequenc
     if n == 0:
         return
     if n <= _MAX_LINES:
-        colors = plt.get_cmap("tab10" if n <= 10 else "tab20").colors
+        cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
         for k in range(n):
-            ax.plot(steps, values[:, k], lw=1.2, color=colors[k % len(colors)],
-                    label=labels[k] if k < len(labels) else str(k))
+            ax.plot(
+                steps,
+                values[:, k],
+                lw=1.2,
+                color=cmap(k % cmap.N),
+                label=labels[k] if k < len(labels) else str(k),
+            )
         ax.legend(fontsize=7, ncol=2)
         return
     ax.fill_between(steps, values.min(axis=1), values.max(axis=1), alpha=0.2, label=f"range of {n}")
@@ -67,7 +74,9 @@ def plot_history(history: History, title: str = "") -> Any:
     return fig
 
 
-def run_figures(history: History, layout: ConstraintLayout | None, out: Path, title: str = "") -> list[Path]:
+def run_figures(
+    history: History, layout: ConstraintLayout | None, out: Path, title: str = ""
+) -> list[Path]:
     """Write ``objective.png``, ``constraints.png``, ``multipliers.png`` and ``overview.png``."""
     if len(history) == 0:
         return []
@@ -125,7 +134,9 @@ def compare_figure(
             axes[0].plot(steps, np.linalg.norm(lam, axis=1), lw=1.2, label=label)
         axes[1].semilogy(steps, np.maximum(history.max_violation(), 1e-16), lw=1.2, label=label)
         axes[2].plot(steps, history.objective(), lw=1.2, label=label)
-    axes[0].set(title="||lambda - lambda*||" if reference is not None else "||lambda||", xlabel="step")
+    axes[0].set(
+        title="||lambda - lambda*||" if reference is not None else "||lambda||", xlabel="step"
+    )
     axes[1].set(title="max violation", xlabel="step")
     axes[2].set(title="objective", xlabel="step")
     for ax in axes:

@@ -39,8 +39,17 @@ __all__ = [
 ]
 
 Sense: TypeAlias = Literal["<=", ">=", "=="]
-_SENSE_ALIASES = {"<=": "<=", "le": "<=", "leq": "<=", ">=": ">=", "ge": ">=", "geq": ">=",
-                  "==": "==", "=": "==", "eq": "=="}
+_SENSE_ALIASES = {
+    "<=": "<=",
+    "le": "<=",
+    "leq": "<=",
+    ">=": ">=",
+    "ge": ">=",
+    "geq": ">=",
+    "==": "==",
+    "=": "==",
+    "eq": "==",
+}
 
 ValueFn: TypeAlias = Callable[[Any, Any], "Tensor | ConstraintValue"]
 
@@ -145,7 +154,9 @@ class Constraint(BaseModel):
     @classmethod
     def _finite_rhs(cls, value: object) -> object:
         if isinstance(value, Tensor):
-            value = value.detach().cpu().reshape(-1).tolist() if value.numel() != 1 else value.item()
+            value = (
+                value.detach().cpu().reshape(-1).tolist() if value.numel() != 1 else value.item()
+            )
         if isinstance(value, bool):
             raise ValueError("rhs must be a number or a sequence of numbers; got a bool")
         if isinstance(value, (int, float)):
@@ -168,12 +179,11 @@ class Constraint(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Constraint:
-        if isinstance(self.rhs, tuple):
-            if self.size is not None and len(self.rhs) != self.size:
-                raise ValueError(
-                    f"constraint {self.name!r}: rhs has {len(self.rhs)} entries but size is "
-                    f"{self.size}"
-                )
+        if isinstance(self.rhs, tuple) and self.size is not None and len(self.rhs) != self.size:
+            raise ValueError(
+                f"constraint {self.name!r}: rhs has {len(self.rhs)} entries but size is "
+                f"{self.size}"
+            )
         if self.per_sample and self.size is None:
             raise ValueError(
                 f"per-sample constraint {self.name!r} needs size= (the number of samples) so "
@@ -195,8 +205,10 @@ class Constraint(BaseModel):
 
     def violation(self, value: Tensor) -> Tensor:
         """Standard form of ``value``: ``sign * (value - rhs)`` (``<= 0`` / ``== 0`` when met)."""
-        rhs: float | Tensor = self.rhs if isinstance(self.rhs, float) else torch.as_tensor(
-            self.rhs, dtype=value.dtype, device=value.device
+        rhs: float | Tensor = (
+            self.rhs
+            if isinstance(self.rhs, float)
+            else torch.as_tensor(self.rhs, dtype=value.dtype, device=value.device)
         )
         return self.sign * (value - rhs)
 
@@ -242,9 +254,13 @@ class Regularizer(BaseModel):
     @model_validator(mode="after")
     def _one_kind(self) -> Regularizer:
         if (self.prox is None) == (self.penalty is None):
-            raise ValueError("a Regularizer needs exactly one of prox= (a name or callable) or penalty=")
+            raise ValueError(
+                "a Regularizer needs exactly one of prox= (a name or callable) or penalty="
+            )
         if self.prox is not None and not (isinstance(self.prox, str) or callable(self.prox)):
-            raise ValueError(f"prox must be a registered name or a callable; got {describe(self.prox)}")
+            raise ValueError(
+                f"prox must be a registered name or a callable; got {describe(self.prox)}"
+            )
         if self.penalty is not None and not callable(self.penalty):
             raise ValueError(f"penalty must be a callable; got {describe(self.penalty)}")
         return self
@@ -300,8 +316,14 @@ def constraint(
         setattr(
             method,
             _CONSTRAINT_ATTR,
-            {"sense": sense, "rhs": rhs, "size": size, "per_sample": per_sample,
-             "name": name or method.__name__, "description": description},
+            {
+                "sense": sense,
+                "rhs": rhs,
+                "size": size,
+                "per_sample": per_sample,
+                "name": name or method.__name__,
+                "description": description,
+            },
         )
         return method
 
@@ -333,7 +355,9 @@ class ConstrainedProblem(BaseModel):
     """
 
     model_config = ConfigDict(
-        extra="forbid", arbitrary_types_allowed=True, populate_by_name=True,
+        extra="forbid",
+        arbitrary_types_allowed=True,
+        populate_by_name=True,
         validate_assignment=True,
     )
 
@@ -382,8 +406,12 @@ class ConstrainedProblem(BaseModel):
                 size = getattr(self, size)
             declared.append(
                 Constraint(
-                    name=meta["name"], sense=meta["sense"], rhs=rhs, size=size,
-                    fn=getattr(self, attr_name), per_sample=meta["per_sample"],
+                    name=meta["name"],
+                    sense=meta["sense"],
+                    rhs=rhs,
+                    size=size,
+                    fn=getattr(self, attr_name),
+                    per_sample=meta["per_sample"],
                     description=meta["description"],
                 )
             )
@@ -525,4 +553,3 @@ def check_names(problem: ConstrainedProblem, state: ProblemState) -> None:
             f"{type(problem).__name__}.evaluate() returned constraints {sorted(got)} but "
             f"{sorted(declared)} are declared (missing: {missing}, undeclared: {extra})."
         )
-

@@ -242,8 +242,9 @@ def build_solver(spec: ProblemSpec, config: RunConfig) -> tuple[Setup, Solver]:
     return setup, solver
 
 
-def summarize(spec: ProblemSpec, config: RunConfig, setup: Setup, solver: Solver,
-              seconds: float) -> dict[str, Any]:
+def summarize(
+    spec: ProblemSpec, config: RunConfig, setup: Setup, solver: Solver, seconds: float
+) -> dict[str, Any]:
     """The JSON summary of a finished run (see the CLI's ``--json``)."""
     history = solver.history
     last = history.last if len(history) else None
@@ -292,10 +293,18 @@ def compare_with_reference(reference: Reference, solver: Solver) -> dict[str, An
             f"problem; its constraints: {list(current)}."
         )
     names = [n for n in current if n in reference.multipliers]
-    ours = np.concatenate([current[n].detach().cpu().double().numpy().reshape(-1) for n in names]) \
-        if names else np.zeros(0)
-    exact = np.concatenate([np.asarray(reference.multipliers[n], dtype=np.float64).reshape(-1) for n in names]) \
-        if names else np.zeros(0)
+    ours = (
+        np.concatenate([current[n].detach().cpu().double().numpy().reshape(-1) for n in names])
+        if names
+        else np.zeros(0)
+    )
+    exact = (
+        np.concatenate(
+            [np.asarray(reference.multipliers[n], dtype=np.float64).reshape(-1) for n in names]
+        )
+        if names
+        else np.zeros(0)
+    )
     out: dict[str, Any] = {
         "objective": reference.objective,
         "multipliers": exact.tolist(),
@@ -305,16 +314,23 @@ def compare_with_reference(reference: Reference, solver: Solver) -> dict[str, An
     if reference.primal is not None:
         params = dict(solver.model.named_parameters())
         diffs = [
-            np.asarray(params[n].detach().cpu().double().numpy()).reshape(-1) - np.asarray(v).reshape(-1)
-            for n, v in reference.primal.items() if n in params
+            np.asarray(params[n].detach().cpu().double().numpy()).reshape(-1)
+            - np.asarray(v).reshape(-1)
+            for n, v in reference.primal.items()
+            if n in params
         ]
         if diffs:
             out["primal_error"] = float(np.linalg.norm(np.concatenate(diffs)))
     return out
 
 
-def run(config: RunConfig, out: str | Path | None = None, *, progress: bool | None = None,
-        figures: bool = True) -> RunResult:
+def run(
+    config: RunConfig,
+    out: str | Path | None = None,
+    *,
+    progress: bool | None = None,
+    figures: bool = True,
+) -> RunResult:
     """Run a registered problem as configured; write a report under ``out`` if given.
 
     The report: ``summary.json``, ``config.yaml``, ``history.csv``, ``history.json`` and
@@ -325,7 +341,11 @@ def run(config: RunConfig, out: str | Path | None = None, *, progress: bool | No
     setup, solver = build_solver(spec, config)
     logger.info(
         "running %s: controller %s, formulation %s, order %s, %d steps",
-        spec.name, solver.controller.spec(), config.formulation["name"], config.order, config.steps,
+        spec.name,
+        solver.controller.spec(),
+        config.formulation["name"],
+        config.order,
+        config.steps,
     )
     start = time.perf_counter()
     solver.fit(setup.data, config.steps, batch=setup.batch, progress=progress)
@@ -333,7 +353,10 @@ def run(config: RunConfig, out: str | Path | None = None, *, progress: bool | No
     summary = summarize(spec, config, setup, solver, seconds)
     logger.info(
         "%s finished in %.1f s: objective %.6g, max violation %.3g",
-        spec.name, seconds, summary["objective"] or float("nan"), summary["max_violation"] or 0.0,
+        spec.name,
+        seconds,
+        summary["objective"] or float("nan"),
+        summary["max_violation"] or 0.0,
     )
     if out is not None:
         from .distributed import is_main_process
@@ -343,8 +366,16 @@ def run(config: RunConfig, out: str | Path | None = None, *, progress: bool | No
     return RunResult(summary, solver, setup, config)
 
 
-def write_report(out: Path, spec: ProblemSpec, config: RunConfig, setup: Setup, solver: Solver,
-                 summary: dict[str, Any], *, figures: bool = True) -> list[Path]:
+def write_report(
+    out: Path,
+    spec: ProblemSpec,
+    config: RunConfig,
+    setup: Setup,
+    solver: Solver,
+    summary: dict[str, Any],
+    *,
+    figures: bool = True,
+) -> list[Path]:
     """Write the run report under ``out`` (atomic writes); returns the files written."""
     import json
 

@@ -195,7 +195,11 @@ class Solver:
             if reg.params is None:
                 chosen = named
             else:
-                chosen = [(n, p) for n, p in named if any(fnmatch.fnmatchcase(n, pat) for pat in reg.params)]
+                chosen = [
+                    (n, p)
+                    for n, p in named
+                    if any(fnmatch.fnmatchcase(n, pat) for pat in reg.params)
+                ]
                 if not chosen:
                     raise ConfigError(
                         f"regularizer {reg.label!r}: params {list(reg.params)} match no parameter "
@@ -384,12 +388,14 @@ class Solver:
         if own_controller != state["controller"]:
             logger.warning(
                 "resuming with controller settings %s instead of the checkpoint's %s",
-                own_controller, state["controller"],
+                own_controller,
+                state["controller"],
             )
         if self.problem.hyperparameters() != state["hyperparameters"]:
             logger.warning(
                 "resuming with problem hyperparameters %s instead of the checkpoint's %s",
-                self.problem.hyperparameters(), state["hyperparameters"],
+                self.problem.hyperparameters(),
+                state["hyperparameters"],
             )
         _load_model(self.model, state["model"])
         try:
@@ -401,10 +407,17 @@ class Solver:
                 f"{[len(g['params']) for g in self.optimizer.param_groups]}): {exc}"
             ) from None
         self.step_count = int(state["step_count"])
-        duals = {k: state[k] for k in (
-            "layout", "multipliers", "controller_state", "indexed_state",
-            "formulation_state", "history",
-        )}
+        duals = {
+            k: state[k]
+            for k in (
+                "layout",
+                "multipliers",
+                "controller_state",
+                "indexed_state",
+                "formulation_state",
+                "history",
+            )
+        }
         if duals["layout"] is None:
             self.layout, self._multipliers, self._pending_duals = None, None, None
             self.history = History.from_dict(duals["history"])
@@ -473,10 +486,14 @@ class Solver:
         grads = [(n, p.grad) for n, p in self.model.named_parameters() if p.grad is not None]
         if not grads:
             return
-        finite = torch.stack([torch.isfinite(g).all() for _, g in grads])
-        if bool(finite.all()):
+        # One read pass per gradient and one synchronisation: a NaN/Inf anywhere makes the
+        # sum non-finite. Only then look element-wise (a finite sum can also overflow).
+        sums = torch.stack([g.sum().to(torch.float64) for _, g in grads])
+        if bool(torch.isfinite(sums).all()):
             return
-        bad = [n for (n, _), ok in zip(grads, finite.tolist(), strict=True) if not ok]
+        bad = [n for n, g in grads if not bool(torch.isfinite(g).all())]
+        if not bad:
+            return
         message = (
             f"the gradient of parameter(s) {bad} is not finite at step {self.step_count} "
             "although the objective and the constraints are finite (e.g. sqrt or log at 0, "
@@ -523,7 +540,9 @@ class Solver:
                     lr = float(self.optimizer.param_groups[group].get("lr", 1.0))
                     p.copy_(target.fn(p.detach(), reg.strength * lr, **reg.options))
 
-    def _dual_update(self, stacked: StackedConstraints, *, extrapolate: bool = False) -> Multipliers:
+    def _dual_update(
+        self, stacked: StackedConstraints, *, extrapolate: bool = False
+    ) -> Multipliers:
         """Multiplier update ``lam <- project(controller(lam, signal))``; returns the new
         multipliers. With ``extrapolate`` the look-ahead multipliers are returned and no
         state changes."""
@@ -604,13 +623,16 @@ class Solver:
                     raise
                 logger.warning(
                     "step %d: multiplier update skipped: non-finite constraint after the "
-                    "primal step", self.step_count,
+                    "primal step",
+                    self.step_count,
                 )
             else:
                 self._multipliers = self._dual_update(after)
         return self._finish(start, objective, stacked, state, skipped=self._step_skipped)
 
-    def _extragradient_step(self, batch: Any, objective: Tensor, stacked: StackedConstraints) -> None:
+    def _extragradient_step(
+        self, batch: Any, objective: Tensor, stacked: StackedConstraints
+    ) -> None:
         """Extragradient: look ahead with both players, then step from the original point
         with the look-ahead gradients and signal."""
         snapshot = [p.detach().clone() for p in self.model.parameters()]
@@ -629,8 +651,13 @@ class Solver:
         self._multipliers = self._dual_update(stacked_half)
 
     def _finish(
-        self, start: float, objective: Tensor, stacked: StackedConstraints,
-        state: ProblemState, *, skipped: bool,
+        self,
+        start: float,
+        objective: Tensor,
+        stacked: StackedConstraints,
+        state: ProblemState,
+        *,
+        skipped: bool,
     ) -> StepRecord | None:
         step = self.step_count
         self.step_count += 1
@@ -642,8 +669,12 @@ class Solver:
         return record
 
     def _record(
-        self, step: int, objective: Tensor, stacked: StackedConstraints,
-        state: ProblemState, skipped: bool,
+        self,
+        step: int,
+        objective: Tensor,
+        stacked: StackedConstraints,
+        state: ProblemState,
+        skipped: bool,
     ) -> StepRecord:
         assert self._multipliers is not None and self.layout is not None
         v = stacked.violation
@@ -651,7 +682,7 @@ class Solver:
         obj = self.reducer.reduce_objective(objective.detach().reshape(1).to(v.dtype))
         packed = torch.cat([obj, v, lam.to(v.dtype)]).cpu()
         n = v.numel()
-        violation = packed[1: 1 + n]
+        violation = packed[1 : 1 + n]
         positive = torch.where(self.layout.equality.cpu(), violation.abs(), violation)
         max_violation = max(0.0, float(positive.max())) if n else 0.0
         per_sample: dict[str, dict[str, float]] = {}
@@ -677,7 +708,7 @@ class Solver:
             objective=float(packed[0]),
             max_violation=max_violation,
             violation=violation.tolist(),
-            multipliers=packed[1 + n:].tolist(),
+            multipliers=packed[1 + n :].tolist(),
             per_sample=per_sample,
             metrics=metrics,
             clusters=clusters,
@@ -718,7 +749,9 @@ class Solver:
             if bar is not None:
                 bar.update(1)
                 if record is not None and self.step_count % 50 == 0:
-                    bar.set_postfix(obj=f"{record.objective:.4g}", viol=f"{record.max_violation:.3g}")
+                    bar.set_postfix(
+                        obj=f"{record.objective:.4g}", viol=f"{record.max_violation:.3g}"
+                    )
         if bar is not None:
             bar.close()
         return self.history
@@ -876,7 +909,9 @@ def solve(
         ...                controller="nupi")  # doctest: +SKIP
     """
     opt = make_optimizer(optimizer, model.parameters(), lr=lr, **optimizer_options)
-    solver = Solver(problem, model, opt, controller=controller, formulation=formulation, order=order)
+    solver = Solver(
+        problem, model, opt, controller=controller, formulation=formulation, order=order
+    )
     history = solver.fit(data, steps, batch=batch, progress=progress)
     return SolveResult(model, solver.multipliers, history, solver)
 

@@ -30,7 +30,9 @@ class Variables(nn.Module):
     def __init__(self, dtype: torch.dtype | None = None, **values: Any) -> None:
         super().__init__()
         if not values:
-            raise ConfigError("Variables needs at least one named initial value, e.g. Variables(x=torch.zeros(3)).")
+            raise ConfigError(
+                "Variables needs at least one named initial value, e.g. Variables(x=torch.zeros(3))."
+            )
         for name, value in values.items():
             try:
                 tensor = torch.as_tensor(value).detach().clone()
@@ -43,13 +45,21 @@ class Variables(nn.Module):
             elif dtype is not None and not isinstance(value, Tensor):
                 tensor = tensor.to(dtype)
             if not bool(torch.isfinite(tensor).all()):
-                raise ConfigError(f"variable {name!r}: initial value is not finite ({describe(tensor)}).")
+                raise ConfigError(
+                    f"variable {name!r}: initial value is not finite ({describe(tensor)})."
+                )
             self.register_parameter(name, nn.Parameter(tensor))
 
     @classmethod
     def zeros(cls, dtype: torch.dtype | None = None, **shapes: int | tuple[int, ...]) -> Variables:
         """Zero-initialised variables by shape: ``Variables.zeros(w=4, b=())``."""
-        return cls(dtype=dtype, **{n: torch.zeros(s, dtype=dtype or torch.get_default_dtype()) for n, s in shapes.items()})
+        return cls(
+            dtype=dtype,
+            **{
+                n: torch.zeros(s, dtype=dtype or torch.get_default_dtype())
+                for n, s in shapes.items()
+            },
+        )
 
     def as_dict(self) -> dict[str, Tensor]:
         """Detached copies of every variable."""

@@ -37,7 +37,9 @@ def build(spec: str | Formulation | Mapping[str, Any], **params: Any) -> Formula
     if isinstance(spec, Formulation):
         if not params:
             return spec
-        return build_model(type(spec), {**spec.model_dump(), **params}, f"formulation {spec.name!r}")
+        return build_model(
+            type(spec), {**spec.model_dump(), **params}, f"formulation {spec.name!r}"
+        )
     if isinstance(spec, Mapping):
         values = dict(spec)
         if "name" not in values:

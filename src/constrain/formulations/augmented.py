@@ -73,4 +73,3 @@ class AugmentedLagrangian(Formulation):
         self, stacked: StackedConstraints, state: FormulationState
     ) -> FormulationState:
         return self.schedule.update(stacked, state)
-
