@@ -11,13 +11,40 @@ from __future__ import annotations
 
 from constrain.runner import ProblemSpec
 
+from .fairness_adult import FairnessAdult
+from .feasible_learning import FeasibleLearningStudy
 from .iris_svm import IrisSVM
+from .lasso import LassoSpec
+from .neyman_pearson import NeymanPearson
 from .random_qp import RandomQP
 from .simplex import SimplexProjection
+from .sparsity_digits import SparsityDigits
+from .weight_sharing_digits import WeightSharingDigits
 
 PROBLEMS: dict[str, type[ProblemSpec]] = {
     spec.name: spec
-    for spec in (IrisSVM, SimplexProjection, RandomQP)
+    for spec in (
+        IrisSVM,
+        SimplexProjection,
+        RandomQP,
+        FairnessAdult,
+        FeasibleLearningStudy,
+        SparsityDigits,
+        WeightSharingDigits,
+        NeymanPearson,
+        LassoSpec,
+    )
 }
 
-__all__ = ["PROBLEMS", "IrisSVM", "RandomQP", "SimplexProjection"]
+__all__ = [
+    "PROBLEMS",
+    "FairnessAdult",
+    "FeasibleLearningStudy",
+    "IrisSVM",
+    "LassoSpec",
+    "NeymanPearson",
+    "RandomQP",
+    "SimplexProjection",
+    "SparsityDigits",
+    "WeightSharingDigits",
+]

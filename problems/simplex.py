@@ -3,19 +3,20 @@
 ``min 1/2 ||x - c||^2  s.t.  sum(x) == 1,  x >= 0``. The solution is
 ``x* = max(c - tau, 0)`` with ``tau`` chosen so that ``sum(x*) = 1``; the multipliers are
 ``mu* = tau`` for the equality and ``lam*_i = max(tau - c_i, 0)`` for ``x_i >= 0``
-(stationarity ``x - c + mu 1 - lam = 0``).
+(stationarity ``x - c + mu 1 - lam = 0``). Declared from :mod:`constrain.blocks`, so
+``constrain validate simplex`` also checks a run against the CVXPY twin.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from pydantic import Field
 from torch import Tensor
 
-from constrain import ConstrainedProblem, ProblemSpec, Reference, Setup, Variables, constraint
+from constrain import Constraint, ProblemSpec, Reference, Setup, Variables, blocks
 from constrain.config import RunConfig
 
 
@@ -29,33 +30,32 @@ def project_simplex(c: np.ndarray) -> tuple[np.ndarray, float]:
     return np.maximum(c - tau, 0.0), tau
 
 
-class SimplexProblem(ConstrainedProblem):
-    """``min 1/2 ||x - c||^2`` over the probability simplex."""
+class SimplexProblem(blocks.BlockProblem):
+    """``min 1/2 ||x - c||^2`` over the probability simplex, declared from blocks."""
 
     dimension: int = Field(default=10, ge=2)
     seed: int = 0
 
     def target(self) -> Tensor:
+        """The point ``c`` to project (float64, from ``seed``)."""
         generator = torch.Generator().manual_seed(self.seed)
         return torch.randn(self.dimension, generator=generator, dtype=torch.float64)
 
-    def objective(self, model: Any, batch: Any) -> Tensor:
-        c = self.target().to(model.x.dtype)
-        return 0.5 * (model.x - c).pow(2).sum()
-
-    @constraint("==", rhs=1.0, size=1)
-    def total(self, model: Any, batch: Any) -> Tensor:
-        return model.x.sum()
-
-    @constraint(">=", rhs=0.0, size="dimension")
-    def nonnegative(self, model: Any, batch: Any) -> Tensor:
-        return model.x
+    def declare(self) -> tuple[blocks.Expression, list[Constraint]]:
+        x = blocks.Variable("x", self.dimension)
+        objective = 0.5 * blocks.sum_squares(x - self.target())
+        return objective, [
+            *blocks.bounds(x, lower=0.0, name="nonnegative"),
+            Constraint("total", "==", rhs=1.0, size=1, fn=blocks.sum(x)),
+        ]
 
 
 class SimplexProjection(ProblemSpec):
     name = "simplex"
-    description = "Projection onto the probability simplex (1 equality, d bounds); closed-form reference."
-    defaults = {
+    description = (
+        "Projection onto the probability simplex (1 equality, d bounds); closed-form reference."
+    )
+    defaults: ClassVar[dict[str, Any]] = {
         "problem": {"dimension": 10, "seed": 0},
         "controller": {"name": "nupi", "lr": 0.5, "ki": 1.0, "kp": 1.0, "nu": 0.0},
         "optimizer": {"name": "sgd", "lr": 0.1},
@@ -63,7 +63,10 @@ class SimplexProjection(ProblemSpec):
         "steps": 3000,
         "dtype": "float64",
     }
-    controller_defaults = {"gda": {"lr": 0.5}, "nupi": {"lr": 0.5, "ki": 1.0, "kp": 1.0, "nu": 0.0}}
+    controller_defaults: ClassVar[dict[str, dict[str, Any]]] = {
+        "gda": {"lr": 0.5},
+        "nupi": {"lr": 0.5, "ki": 1.0, "kp": 1.0, "nu": 0.0},
+    }
 
     def build(self, config: RunConfig) -> Setup:
         params = {k: v for k, v in config.problem.items() if k != "name"}

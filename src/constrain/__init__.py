@@ -4,7 +4,7 @@ Declare a :class:`ConstrainedProblem`, pick a formulation and a multiplier contr
 and run a :class:`Solver` (or :func:`solve`) with any ``torch.optim`` optimizer.
 """
 
-from . import controllers, formulations
+from . import blocks, controllers, formulations
 from ._errors import (
     CheckpointError,
     ConfigError,
@@ -28,6 +28,7 @@ from .problem import (
 )
 from .runner import ProblemSpec, Reference, RunResult, Setup, get_problem, problem_names, run
 from .solver import Solver, SolveResult, make_optimizer, solve
+from .validation import Tolerances, ValidationReport, to_cvxpy, validate
 from .variables import Variables
 
 __version__ = "0.1.0"
@@ -59,9 +60,12 @@ __all__ = [
     "SolveResult",
     "Solver",
     "StepRecord",
+    "Tolerances",
     "UnknownNameError",
+    "ValidationReport",
     "Variables",
     "__version__",
+    "blocks",
     "constraint",
     "controllers",
     "formulations",
@@ -71,4 +75,6 @@ __all__ = [
     "problem_names",
     "run",
     "solve",
+    "to_cvxpy",
+    "validate",
 ]

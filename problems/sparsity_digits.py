@@ -1,0 +1,348 @@
+"""L0-sparse MLP on scikit-learn's digits under a density constraint.
+
+An MLP ``64 -> hidden -> 10`` whose weights are gated by hard-concrete gates
+(:class:`constrain.studies.L0Linear`, one gate per weight) is trained with::
+
+    minimize   mean cross-entropy
+    subject to density <= target      (model-wide, or per layer with per_layer=true)
+
+The constrained quantity is the *expected* density of the stochastic gates (the L0
+formulation, differentiable: :func:`constrain.studies.l0_density`); the report also gives
+the *achieved* density (the fraction of weights the deterministic evaluation gates keep)
+and checks both against the target. It covers the run's target and the extra targets in
+``sweep`` (trained with the same budget and controller), next to the dense MLP trained
+without gates.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor, nn
+
+from constrain import (
+    ConstrainedProblem,
+    ConstraintValue,
+    ProblemSpec,
+    ProblemState,
+    RunConfig,
+    Setup,
+    Solver,
+    constraint,
+)
+from constrain.studies import (
+    L0Linear,
+    achieved_density,
+    expected_density,
+    l0_density,
+    magnitude_density,
+)
+
+from ._data import Minibatches, load_digits_split
+from ._study import DTYPES, cached, config_key, evaluating, seeded_model, study_params, train_plain
+
+
+class DigitsSparsityParams(BaseModel):
+    """Hyperparameters of ``sparsity-digits`` (``--set problem.KEY=VALUE``).
+
+    Attributes:
+        density: Target density of the run (fraction of gated weights kept).
+        sweep: Further targets trained with the same budget for the report.
+        per_layer: Constrain every layer's density instead of the model-wide one.
+        hidden: Hidden units.
+        init_density: Initial ``P(gate != 0)``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    density: float = Field(default=0.1, gt=0, lt=1)
+    sweep: list[float] = Field(default_factory=lambda: [0.3])
+    per_layer: bool = False
+    hidden: int = Field(default=128, ge=1)
+    init_density: float = Field(default=0.9, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _valid_sweep(self) -> DigitsSparsityParams:
+        bad = [t for t in self.sweep if not 0 < t < 1]
+        if bad:
+            raise ValueError(f"every sweep target must lie in (0, 1); got {bad}")
+        return self
+
+
+class SparseClassification(ConstrainedProblem):
+    """Cross-entropy of a gated classifier subject to ``density <= target``.
+
+    The batch is ``(x, y, *rest)``. Metrics: ``accuracy`` (batch, sampled gates),
+    ``density`` (achieved) and ``expected_density``.
+    """
+
+    target: float = Field(gt=0, lt=1)
+    per_layer: bool = False
+
+    def objective(self, model: Any, batch: Any) -> Tensor:
+        """Mean cross-entropy."""
+        return F.cross_entropy(model(batch[0]), batch[1])
+
+    @constraint("<=", rhs="target", description="density of the gated weights")
+    def density(self, model: Any, batch: Any) -> ConstraintValue:
+        """Expected density of the gated weights (differentiable)."""
+        return l0_density(model, per_layer=self.per_layer)
+
+    def evaluate(self, model: Any, batch: Any) -> ProblemState:
+        """Objective, the density constraint and metrics."""
+        logits = model(batch[0])
+        dens = l0_density(model, per_layer=self.per_layer)
+        model_wide = dens.value if not self.per_layer else expected_density(model)
+        return ProblemState(
+            objective=F.cross_entropy(logits, batch[1]),
+            constraints={"density": dens},
+            metrics={
+                "accuracy": (logits.detach().argmax(1) == batch[1]).float().mean(),
+                "density": achieved_density(model),
+                "expected_density": model_wide.detach(),
+            },
+        )
+
+
+def make_mlp(hidden: int, *, gated: bool, init_density: float = 0.9) -> nn.Module:
+    """``64 -> hidden -> 10`` ReLU MLP; gated layers are :class:`L0Linear`."""
+    if gated:
+        return nn.Sequential(
+            L0Linear(64, hidden, init_density=init_density),
+            nn.ReLU(),
+            L0Linear(hidden, 10, init_density=init_density),
+        )
+    return nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+
+def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    with evaluating(model):
+        return float((model(x).argmax(1) == y).float().mean())
+
+
+def _sparse_summary(model: nn.Module, test: tuple[Tensor, Tensor], target: float) -> dict[str, Any]:
+    with evaluating(model):
+        achieved = float(achieved_density(model))
+        expected = float(expected_density(model))
+        per_layer = achieved_density(model, per_layer=True)
+        effective = [m.effective_weight() for m in model.modules() if isinstance(m, L0Linear)]
+    return {
+        "target_density": target,
+        "density": achieved,
+        "expected_density": expected,
+        "layer_density": per_layer.tolist(),
+        "magnitude_density": magnitude_density(effective),
+        "test_accuracy": _accuracy(model, *test),
+        "meets_target": achieved <= target and expected <= target,
+    }
+
+
+class SparsityDigits(ProblemSpec):
+    name = "sparsity-digits"
+    description = (
+        "L0 (hard-concrete) gated MLP on digits under a density constraint; achieved "
+        "density and test accuracy per target."
+    )
+    defaults: ClassVar[dict[str, Any]] = {
+        "controller": {"name": "nupi", "lr": 1.0, "ki": 0.02, "kp": 20.0, "nu": 0.0},
+        "optimizer": {"name": "adam", "lr": 1e-2},
+        "order": "dual_primal",
+        "steps": 3000,
+        "batch_size": 256,
+        "dtype": "float32",
+        "problem": DigitsSparsityParams().model_dump(),
+    }
+    controller_defaults: ClassVar[dict[str, dict[str, Any]]] = {
+        "gda": {"lr": 0.05},
+        "nupi": {"lr": 1.0, "ki": 0.02, "kp": 20.0, "nu": 0.0},
+        "momentum": {"lr": 0.05, "beta": 0.5},
+        "pid": {"ki": 0.02, "kp": 20.0},
+        "adam": {"lr": 1e-1},
+    }
+
+    def build(self, config: RunConfig) -> Setup:
+        params = study_params(DigitsSparsityParams, config)
+        data = load_digits_split()
+        dtype = DTYPES[config.dtype]
+        train = (torch.as_tensor(data.X_train, dtype=dtype), torch.as_tensor(data.y_train))
+        test = (torch.as_tensor(data.X_test, dtype=dtype), torch.as_tensor(data.y_test))
+        model = seeded_model(
+            lambda: make_mlp(params.hidden, gated=True, init_density=params.init_density),
+            config.seed,
+            dtype,
+        )
+        problem = SparseClassification(target=params.density, per_layer=params.per_layer)
+        extras = {"config": config, "params": params, "train": train, "test": test}
+        if config.batch_size is None:
+            return Setup(problem, model, batch=train, extras=extras)
+        return Setup(
+            problem,
+            model,
+            data=Minibatches(train, config.batch_size, seed=config.seed),
+            extras=extras,
+        )
+
+    # -- comparisons trained with the same budget ---------------------------------------
+    def _loader(self, setup: Setup) -> tuple[Any, Any]:
+        config: RunConfig = setup.extras["config"]
+        train = setup.extras["train"]
+        if config.batch_size is None:
+            return train, None
+        return None, Minibatches(train, config.batch_size, seed=config.seed)
+
+    def _dense(self, setup: Setup) -> dict[str, Any]:
+        config: RunConfig = setup.extras["config"]
+        params: DigitsSparsityParams = setup.extras["params"]
+
+        def compute() -> dict[str, Any]:
+            model = seeded_model(
+                lambda: make_mlp(params.hidden, gated=False), config.seed, DTYPES[config.dtype]
+            )
+            batch, data = self._loader(setup)
+            problem = ConstrainedProblem(objective=lambda m, b: F.cross_entropy(m(b[0]), b[1]))
+            train_plain(problem, model, config, batch=batch, data=data)
+            return {"test_accuracy": _accuracy(model, *setup.extras["test"])}
+
+        key = "sparsity-digits:dense:" + config_key(
+            config, drop=("controller", "formulation", "order")
+        )
+        return cached(key, compute)
+
+    def _sweep_run(self, setup: Setup, target: float) -> dict[str, Any]:
+        config: RunConfig = setup.extras["config"]
+        params: DigitsSparsityParams = setup.extras["params"]
+
+        def compute() -> dict[str, Any]:
+            from constrain import make_optimizer
+
+            model = seeded_model(
+                lambda: make_mlp(params.hidden, gated=True, init_density=params.init_density),
+                config.seed,
+                DTYPES[config.dtype],
+            )
+            options = dict(config.optimizer)
+            optimizer = make_optimizer(options.pop("name"), model.parameters(), **options)
+            problem = SparseClassification(target=target, per_layer=params.per_layer)
+            solver = Solver(
+                problem,
+                model,
+                optimizer,
+                controller=config.controller,
+                formulation=config.formulation,
+                order=config.order,
+            )
+            batch, data = self._loader(setup)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed)
+                solver.fit(data, config.steps, batch=batch, progress=False)
+            summary = _sparse_summary(model, setup.extras["test"], target)
+            summary["history_density"] = solver.history.metric("density").tolist()
+            return summary
+
+        key = f"sparsity-digits:target={target}:" + config_key(config)
+        return cached(key, compute)
+
+    def report(self, setup: Setup, solver: Solver) -> dict[str, Any]:
+        params: DigitsSparsityParams = setup.extras["params"]
+        main = _sparse_summary(solver.model, setup.extras["test"], params.density)
+        sweep = [
+            {k: v for k, v in self._sweep_run(setup, t).items() if k != "history_density"}
+            for t in params.sweep
+        ]
+        return {
+            **main,
+            "dense_test_accuracy": self._dense(setup)["test_accuracy"],
+            "per_layer": params.per_layer,
+            "sweep": sweep,
+        }
+
+    # -- figures ------------------------------------------------------------------------
+    def figures(self, setup: Setup, solver: Solver, out: Path) -> list[Path]:
+        import matplotlib.pyplot as plt
+
+        from constrain.plots import save_figure
+
+        params: DigitsSparsityParams = setup.extras["params"]
+        history = solver.history
+        if len(history) == 0:
+            return []
+        report = self.report(setup, solver)
+        written: list[Path] = []
+        colors = plt.get_cmap("tab10")
+
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        runs = [(params.density, history.steps(), history.metric("density"))]
+        for t in params.sweep:
+            dens = np.asarray(self._sweep_run(setup, t)["history_density"])
+            runs.append((t, np.arange(len(dens)), dens))
+        for k, (target, steps, dens) in enumerate(runs):
+            ax.plot(steps, dens, color=colors(k), lw=1.3, label=f"achieved, target {target:g}")
+            ax.axhline(target, color=colors(k), lw=1.0, ls="--")
+        ax.plot(
+            history.steps(),
+            history.metric("expected_density"),
+            color=colors(0),
+            lw=1.0,
+            ls=":",
+            label=f"expected, target {params.density:g}",
+        )
+        ax.set(
+            title="sparsity-digits: density of the gated weights (dashed: targets)",
+            xlabel="step",
+            ylabel="density",
+            ylim=(0, 1),
+        )
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        written.append(save_figure(fig, out / "sparsity_density.png"))
+
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        points = [report] + report["sweep"]
+        for k, p in enumerate(points):
+            ax.scatter(
+                p["density"],
+                p["test_accuracy"],
+                color=colors(k),
+                s=50,
+                label=f"target {p['target_density']:g}: density {p['density']:.3f}, "
+                f"acc {p['test_accuracy']:.3f}",
+            )
+        ax.axhline(
+            report["dense_test_accuracy"],
+            color="0.3",
+            ls="--",
+            label=f"dense MLP: acc {report['dense_test_accuracy']:.3f}",
+        )
+        ax.set(
+            title="test accuracy against achieved density",
+            xlabel="achieved density",
+            ylabel="test accuracy",
+            xlim=(0, 1),
+        )
+        ax.legend(fontsize=8, loc="lower right")
+        fig.tight_layout()
+        written.append(save_figure(fig, out / "sparsity_tradeoff.png"))
+
+        first = next(m for m in solver.model.modules() if isinstance(m, L0Linear))
+        with evaluating(solver.model):
+            active = (first.effective_weight() != 0).float()  # (hidden, 64)
+        fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+        image = axes[0].imshow(active.sum(0).reshape(8, 8).numpy(), cmap="viridis")
+        fig.colorbar(image, ax=axes[0], fraction=0.046)
+        axes[0].set_title("kept connections per input pixel", fontsize=10)
+        axes[0].set_xticks([])
+        axes[0].set_yticks([])
+        axes[1].hist(active.sum(1).numpy(), bins=20, color="tab:blue")
+        axes[1].set(title="kept inputs per hidden unit", xlabel="inputs", ylabel="units")
+        fig.suptitle(
+            f"first layer at target {params.density:g} "
+            f"(layer density {report['layer_density'][0]:.3f})"
+        )
+        fig.tight_layout()
+        written.append(save_figure(fig, out / "sparsity_first_layer.png"))
+        return written
