@@ -277,8 +277,33 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(report)
     else:
-        print(json.dumps(_jsonable(report), indent=2, default=float))
+        print(_validation_table(report))
     return 0 if report.get("passed") else 1
+
+
+def _validation_table(report: dict[str, Any]) -> str:
+    def num(value: Any) -> str:
+        return "-" if value is None else f"{value:.3g}"
+
+    kkt = report.get("kkt", {})
+    rows = [
+        ("problem", f"{report['problem']} ({report['controller']}, {report['steps']} steps)"),
+        ("passed", str(report["passed"])),
+        (
+            "objective / reference",
+            f"{report['objective']:.10g} / {report['reference_objective']:.10g}",
+        ),
+        ("objective gap", num(report.get("objective_gap"))),
+        ("primal error", num(report.get("primal_error"))),
+        ("multiplier error", num(report.get("multiplier_error"))),
+        ("max violation", num(report.get("max_violation"))),
+        ("stationarity", num(kkt.get("stationarity"))),
+        ("complementary slackness", num(kkt.get("complementary_slackness"))),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"  {k.ljust(width)}  {v}" for k, v in rows]
+    lines += [f"  FAILED: {text}" for text in report.get("failures", [])]
+    return "\n".join(lines)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
