@@ -1,0 +1,48 @@
+"""Proximal operators for proximal-gradient steps on non-smooth regularizers.
+
+Every operator is registered in :data:`PROX` under its name and has the signature
+``fn(x, strength, **options) -> Tensor``: ``strength`` is the penalty weight already scaled
+by the step size, the result is a new tensor of ``x``'s shape, dtype and device, and ``x``
+is left untouched.
+
+* ``"weight_sharing"`` -- :func:`weight_sharing`, the prox of
+  ``R(w) = 1/(d-1) sum_{i>j} |w_i - w_j|`` (methods ``sort_pava``, ``parallel_pav``,
+  ``divide_conquer``, ``auto``); :func:`weight_sharing_` works in place.
+* ``"weight_sharing_l1"`` -- weight sharing, then soft-thresholding.
+* ``"l1"`` -- soft-thresholding; ``"group_l1"`` -- group soft-thresholding.
+"""
+
+from ._isotonic import IsotonicInfo
+from ._registry import PROX, ProxFn, get, names, register
+from ._sparsity import group_l1, l1, soft_threshold, weight_sharing_l1
+from ._weight_sharing import (
+    METHODS,
+    WeightSharingStats,
+    count_clusters,
+    isotonic_regression,
+    resolve_method,
+    weight_sharing,
+    weight_sharing_,
+    weight_sharing_penalty,
+)
+
+__all__ = [
+    "METHODS",
+    "PROX",
+    "IsotonicInfo",
+    "ProxFn",
+    "WeightSharingStats",
+    "count_clusters",
+    "get",
+    "group_l1",
+    "isotonic_regression",
+    "l1",
+    "names",
+    "register",
+    "resolve_method",
+    "soft_threshold",
+    "weight_sharing",
+    "weight_sharing_",
+    "weight_sharing_l1",
+    "weight_sharing_penalty",
+]
