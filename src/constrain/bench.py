@@ -58,7 +58,7 @@ def _grouped_problem(
 
     constraints = [Constraint(f"g{k}", "<=", fn=make(k), size=per_group) for k in range(groups)]
 
-    def objective(model: Any, batch: Any) -> torch.Tensor:
+    def objective(model: nn.Linear, batch: Any) -> torch.Tensor:
         return 0.5 * (model.weight - 1.0).pow(2).sum()
 
     return ConstrainedProblem(objective=objective, constraints=constraints), A, b
