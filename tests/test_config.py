@@ -67,6 +67,7 @@ def test_parse_errors_name_every_bad_key(data: dict[str, Any], keys: list[str]) 
     [
         ("steps=10", ["steps"], 10),
         ("controller.kp=0.5", ["controller", "kp"], 0.5),
+        ("optimizer.lr=3e-3", ["optimizer", "lr"], 0.003),  # YAML 1.1 would say "3e-3"
         ("formulation.schedule.growth=2", ["formulation", "schedule", "growth"], 2),
         ("controller.ki=[0.1, 0.2]", ["controller", "ki"], [0.1, 0.2]),
         ("order=dual_primal", ["order"], "dual_primal"),
