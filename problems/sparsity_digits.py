@@ -337,7 +337,8 @@ class SparsityDigits(ProblemSpec):
         axes[0].set_title("kept connections per input pixel", fontsize=10)
         axes[0].set_xticks([])
         axes[0].set_yticks([])
-        axes[1].hist(active.sum(1).numpy(), bins=20, color="tab:blue")
+        per_unit = active.sum(1).numpy()
+        axes[1].hist(per_unit, bins=np.arange(per_unit.max() + 2) - 0.5, color="tab:blue")
         axes[1].set(title="kept inputs per hidden unit", xlabel="inputs", ylabel="units")
         fig.suptitle(
             f"first layer at target {params.density:g} "

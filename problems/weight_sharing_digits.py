@@ -46,7 +46,7 @@ class WeightSharingParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    strength: float = Field(default=0.05, ge=0)
+    strength: float = Field(default=0.5, ge=0)
     hidden: int = Field(default=64, ge=1)
     permutation_seed: int = 0
     cnn_channels: int = Field(default=8, ge=1)
@@ -68,23 +68,19 @@ class PixelMLP(nn.Module):
 class SmallCNN(nn.Module):
     """Two 3x3 convolutions (padding 1), 2x2 average pooling, a linear classifier.
 
-    ``order`` maps the flattened input back to an image: ``image.flatten()[order[k]] = x[k]``
-    (the identity for natural inputs, the permutation for permuted ones, so the CNN on
-    permuted pixels sees a scrambled image).
+    The flattened input is read row-major as an 8x8 image: natural digits give the real
+    image, permuted ones a scrambled image (where the locality prior is wrong).
     """
 
-    def __init__(self, channels: int, order: Tensor | None = None) -> None:
+    def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(1, channels, 3, padding=1)
         self.conv2 = nn.Conv2d(channels, 2 * channels, 3, padding=1)
         self.fc = nn.Linear(2 * channels * 16, 10)
-        self.register_buffer("order", order if order is not None else torch.arange(64))
 
     def forward(self, x: Tensor) -> Tensor:
         """Class logits."""
-        image = torch.zeros_like(x)
-        image[:, self.order] = x
-        h = F.relu(self.conv1(image.reshape(-1, 1, 8, 8)))
+        h = F.relu(self.conv1(x.reshape(-1, 1, 8, 8)))
         h = F.avg_pool2d(F.relu(self.conv2(h)), 2)
         return self.fc(h.flatten(1))
 
@@ -96,6 +92,13 @@ def _cross_entropy(model: nn.Module, batch: Any) -> Tensor:
 def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
     with evaluating(model):
         return float((model(x).argmax(1) == y).float().mean())
+
+
+def first_layer(model: nn.Module) -> Tensor:
+    """The first-layer weight ``W1`` (``(hidden, 64)``) of a :class:`PixelMLP`."""
+    if not isinstance(model, PixelMLP):
+        raise TypeError(f"expected a PixelMLP; got {type(model).__name__}")
+    return model.fc1.weight
 
 
 def distinct_values(weight: Tensor) -> int:
@@ -178,7 +181,7 @@ class WeightSharingDigits(ProblemSpec):
             runs: list[tuple[str, Callable[[], nn.Module], str]] = [
                 ("mlp", lambda: PixelMLP(params.hidden), "permuted"),
                 ("cnn", lambda: SmallCNN(params.cnn_channels), "natural"),
-                ("cnn_permuted", lambda: SmallCNN(params.cnn_channels, permutation), "permuted"),
+                ("cnn_permuted", lambda: SmallCNN(params.cnn_channels), "permuted"),
             ]
             for label, factory, view in runs:
                 # Same seed as the studied model: the plain MLP starts from its weights.
@@ -188,8 +191,8 @@ class WeightSharingDigits(ProblemSpec):
                 out[f"{label}_test_accuracy"] = _accuracy(model, *test)
                 out[f"{label}_parameters"] = sum(p.numel() for p in model.parameters())
                 if label == "mlp":
-                    out["mlp_clusters"] = distinct_values(model.fc1.weight)  # type: ignore[union-attr]
-                    out["mlp_filters"] = unpermuted_filters(model.fc1.weight, permutation)  # type: ignore[union-attr]
+                    out["mlp_clusters"] = distinct_values(first_layer(model))
+                    out["mlp_filters"] = unpermuted_filters(first_layer(model), permutation)
             return out
 
         key = (
@@ -204,7 +207,7 @@ class WeightSharingDigits(ProblemSpec):
         model = solver.model
         test = setup.extras["permuted"]["test"]
         base = self._baselines(setup)
-        weight = model.fc1.weight  # type: ignore[union-attr]
+        weight = first_layer(model)
         return {
             "strength": params.strength,
             "test_accuracy": _accuracy(model, *test),
@@ -221,31 +224,37 @@ class WeightSharingDigits(ProblemSpec):
         permutation: Tensor = setup.extras["permutation"]
         report = self.report(setup, solver)
         base = self._baselines(setup)
-        shared = unpermuted_filters(solver.model.fc1.weight, permutation)  # type: ignore[union-attr]
+        shared = unpermuted_filters(first_layer(solver.model), permutation)
         plain = base["mlp_filters"]
         written: list[Path] = []
 
         units = min(16, shared.shape[0])
-        fig, axes = plt.subplots(2, units, figsize=(1.1 * units + 1.5, 3.2))
-        for row, (filters, label) in enumerate(
-            (
-                (shared, f"MLP + weight sharing\n({report['clusters']} distinct weights)"),
-                (plain, f"MLP\n({report['mlp_clusters']} distinct weights)"),
-            )
+        side = int(np.ceil(np.sqrt(units)))
+        fig = plt.figure(figsize=(12, 6.4))
+        panels = fig.subfigures(1, 2, wspace=0.05)
+        for panel, filters, label in (
+            (panels[0], shared, f"MLP + weight sharing: {report['clusters']} distinct weights"),
+            (panels[1], plain, f"MLP: {report['mlp_clusters']} distinct weights"),
         ):
-            bound = float(filters[:units].abs().max()) or 1.0
-            for k in range(units):
-                ax = axes[row, k]
-                ax.imshow(filters[k].numpy(), cmap="RdBu_r", vmin=-bound, vmax=bound)
+            shown = filters[:units]
+            # Robust colour range so that the bulk of the weights stays visible.
+            bound = float(torch.quantile(shown.abs().flatten(), 0.98)) or 1.0
+            axes = panel.subplots(side, side)
+            for k, ax in enumerate(axes.flat):
                 ax.set_xticks([])
                 ax.set_yticks([])
-            axes[row, 0].set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
+                if k < units:
+                    image = ax.imshow(shown[k].numpy(), cmap="RdBu_r", vmin=-bound, vmax=bound)
+                else:
+                    ax.axis("off")
+            panel.suptitle(label, fontsize=10)
+            panel.colorbar(image, ax=axes, shrink=0.7, label="weight")
         fig.suptitle(
-            "first-layer filters of the first 16 hidden units, mapped back to the "
-            "8x8 pixel grid (red +, blue -)",
+            f"first-layer filters of the first {units} hidden units, mapped back to the 8x8 "
+            "pixel grid (colours clipped at the 98th percentile of |w|)",
             fontsize=10,
+            y=1.02,
         )
-        fig.tight_layout()
         written.append(save_figure(fig, out / "weight_sharing_filters.png"))
 
         history = solver.history

@@ -1,0 +1,73 @@
+"""Ready-made constraints for fairness, sparsity and per-sample studies.
+
+* :mod:`~constrain.studies.groups`: protected groups (intersectional or marginal) and
+  per-group means.
+* :mod:`~constrain.studies.fairness`: demographic parity, true-positive-rate parity,
+  equalized odds, per-group accuracy and loss; :class:`FairClassification`.
+* :mod:`~constrain.studies.sparsity`: hard-concrete L0 gates, :class:`L0Linear`, expected
+  and achieved density, magnitude density.
+* :mod:`~constrain.studies.per_sample`: per-sample loss constraints with indexed
+  multipliers (:class:`FeasibleLearning`).
+* :mod:`~constrain.studies.balancing`: per-group accuracy-gap constraints between a dense
+  and a sparse model ("Balancing Act").
+
+Every counting constraint is returned as a :class:`~constrain.ConstraintValue` with the
+exact value (for the multipliers) and a differentiable proxy (for the primal player).
+"""
+
+from .balancing import DenseAccuracy, accuracy_gap, dense_accuracy
+from .fairness import (
+    Criterion,
+    FairClassification,
+    correctness,
+    demographic_parity,
+    equalized_odds,
+    group_accuracy,
+    group_loss,
+    max_parity_gap,
+    negate,
+    positive_rates,
+    true_positive_rate_parity,
+)
+from .groups import Groups, group_counts, group_means
+from .per_sample import FeasibleLearning, per_sample_losses
+from .sparsity import (
+    GateStructure,
+    HardConcreteGate,
+    L0Linear,
+    achieved_density,
+    expected_density,
+    gated_layers,
+    l0_density,
+    magnitude_density,
+)
+
+__all__ = [
+    "Criterion",
+    "DenseAccuracy",
+    "FairClassification",
+    "FeasibleLearning",
+    "GateStructure",
+    "Groups",
+    "HardConcreteGate",
+    "L0Linear",
+    "accuracy_gap",
+    "achieved_density",
+    "correctness",
+    "demographic_parity",
+    "dense_accuracy",
+    "equalized_odds",
+    "expected_density",
+    "gated_layers",
+    "group_accuracy",
+    "group_counts",
+    "group_loss",
+    "group_means",
+    "l0_density",
+    "magnitude_density",
+    "max_parity_gap",
+    "negate",
+    "per_sample_losses",
+    "positive_rates",
+    "true_positive_rate_parity",
+]
