@@ -19,6 +19,8 @@ from .multipliers import ConstraintLayout
 __all__ = ["compare_figure", "plot_history", "run_figures", "save_figure"]
 
 _MAX_LINES = 12
+_VIOLATION_LINTHRESH = 1e-6
+"""Max-violation axes are logarithmic above this value and linear below (0 = feasible)."""
 
 
 def save_figure(fig: Any, path: Path) -> Path:
@@ -93,7 +95,8 @@ def run_figures(
     _entry_lines(axes[0], steps, history.violation(), history.labels)
     axes[0].axhline(0.0, color="k", lw=0.8, ls="--", label="bound")
     axes[0].set(title="constraint values minus bounds (<= 0 is feasible)", xlabel="step")
-    axes[1].semilogy(steps, np.maximum(history.max_violation(), 1e-16), lw=1.2)
+    axes[1].plot(steps, history.max_violation(), lw=1.2)
+    axes[1].set_yscale("symlog", linthresh=_VIOLATION_LINTHRESH)
     axes[1].set(title="max violation", xlabel="step")
     fig.suptitle(title)
     written.append(save_figure(fig, out / "constraints.png"))
@@ -132,12 +135,13 @@ def compare_figure(
             axes[0].semilogy(steps, np.maximum(dist, 1e-16), lw=1.2, label=label)
         else:
             axes[0].plot(steps, np.linalg.norm(lam, axis=1), lw=1.2, label=label)
-        axes[1].semilogy(steps, np.maximum(history.max_violation(), 1e-16), lw=1.2, label=label)
+        axes[1].plot(steps, history.max_violation(), lw=1.2, label=label)
         axes[2].plot(steps, history.objective(), lw=1.2, label=label)
     axes[0].set(
         title="||lambda - lambda*||" if reference is not None else "||lambda||", xlabel="step"
     )
     axes[1].set(title="max violation", xlabel="step")
+    axes[1].set_yscale("symlog", linthresh=_VIOLATION_LINTHRESH)
     axes[2].set(title="objective", xlabel="step")
     for ax in axes:
         ax.legend(fontsize=8)
