@@ -181,8 +181,7 @@ class Constraint(BaseModel):
     def _consistent(self) -> Constraint:
         if isinstance(self.rhs, tuple) and self.size is not None and len(self.rhs) != self.size:
             raise ValueError(
-                f"constraint {self.name!r}: rhs has {len(self.rhs)} entries but size is "
-                f"{self.size}"
+                f"constraint {self.name!r}: rhs has {len(self.rhs)} entries but size is {self.size}"
             )
         if self.per_sample and self.size is None:
             raise ValueError(
