@@ -1,6 +1,6 @@
 """Formulations: Lagrangian, augmented Lagrangian and quadratic penalty."""
 
-from ._base import Formulation, FormulationState, PenaltySchedule
+from ._base import Formulation, FormulationState, PenalizedFormulation, PenaltySchedule
 from ._registry import FORMULATIONS, build, register
 from .augmented import AugmentedLagrangian
 from .lagrangian import Lagrangian
@@ -12,6 +12,7 @@ __all__ = [
     "Formulation",
     "FormulationState",
     "Lagrangian",
+    "PenalizedFormulation",
     "PenaltySchedule",
     "QuadraticPenalty",
     "build",

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..multipliers import ConstraintLayout, Multipliers, StackedConstraints
 
-__all__ = ["Formulation", "FormulationState", "PenaltySchedule"]
+__all__ = ["Formulation", "FormulationState", "PenalizedFormulation", "PenaltySchedule"]
 
 FormulationState = dict[str, Tensor]
 """Explicit formulation state (e.g. the current penalty coefficient), saved in checkpoints."""
@@ -109,3 +109,26 @@ class PenaltySchedule(BaseModel):
             grow, (state["penalty"] * self.growth).clamp_max(self.max_penalty), state["penalty"]
         )
         return {"penalty": penalty, "last_violation": size, "step": step}
+
+
+class PenalizedFormulation(Formulation):
+    """Base of formulations with a penalty coefficient ``c`` and a :class:`PenaltySchedule`.
+
+    The current ``c`` lives in the formulation state (``state["penalty"]``) so that it is
+    checkpointed and grows by the schedule after every multiplier step.
+
+    Args:
+        penalty: Initial penalty coefficient ``c >= 0``.
+        schedule: When and how ``c`` grows (default: constant).
+    """
+
+    penalty: NonNegative = 1.0
+    schedule: PenaltySchedule = PenaltySchedule()
+
+    def init_state(self, layout: ConstraintLayout) -> FormulationState:
+        return self.schedule.init_state(self.penalty, layout)
+
+    def after_dual_step(
+        self, stacked: StackedConstraints, state: FormulationState
+    ) -> FormulationState:
+        return self.schedule.update(stacked, state)

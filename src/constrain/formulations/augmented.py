@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..multipliers import ConstraintLayout, Multipliers, StackedConstraints
-from ._base import Formulation, FormulationState, NonNegative, PenaltySchedule
+from ..multipliers import Multipliers, StackedConstraints
+from ._base import FormulationState, PenalizedFormulation
 from ._registry import register
 
 __all__ = ["AugmentedLagrangian", "augmented_terms"]
@@ -29,7 +29,7 @@ def augmented_terms(lam: Tensor, g: Tensor, equality: Tensor, c: Tensor) -> Tens
 
 
 @register("augmented_lagrangian")
-class AugmentedLagrangian(Formulation):
+class AugmentedLagrangian(PenalizedFormulation):
     """Augmented Lagrangian with penalty ``c`` and an optional penalty schedule.
 
     Primal loss ``f + (1/(2c)) sum(max(0, lam + c g)^2 - lam^2) + mu.h + (c/2)||h||^2``.
@@ -40,12 +40,6 @@ class AugmentedLagrangian(Formulation):
         penalty: Initial penalty coefficient ``c >= 0``.
         schedule: When and how ``c`` grows (default: constant).
     """
-
-    penalty: NonNegative = 1.0
-    schedule: PenaltySchedule = PenaltySchedule()
-
-    def init_state(self, layout: ConstraintLayout) -> FormulationState:
-        return self.schedule.init_state(self.penalty, layout)
 
     def primal_loss(
         self,
@@ -68,8 +62,3 @@ class AugmentedLagrangian(Formulation):
 
     def indexed_signal(self, violation: Tensor, state: FormulationState) -> Tensor:
         return state["penalty"] * violation
-
-    def after_dual_step(
-        self, stacked: StackedConstraints, state: FormulationState
-    ) -> FormulationState:
-        return self.schedule.update(stacked, state)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..multipliers import ConstraintLayout, Multipliers, StackedConstraints
-from ._base import Formulation, FormulationState, NonNegative, PenaltySchedule
+from ..multipliers import Multipliers, StackedConstraints
+from ._base import FormulationState, NonNegative, PenalizedFormulation
 from ._registry import register
 
 __all__ = ["QuadraticPenalty"]
 
 
 @register("quadratic_penalty")
-class QuadraticPenalty(Formulation):
+class QuadraticPenalty(PenalizedFormulation):
     """``f + (c/2) (||max(g, 0)||^2 + ||h||^2)``: a penalty method without multipliers.
 
     Args:
@@ -23,10 +23,6 @@ class QuadraticPenalty(Formulation):
     uses_multipliers = False
 
     penalty: NonNegative = 10.0
-    schedule: PenaltySchedule = PenaltySchedule()
-
-    def init_state(self, layout: ConstraintLayout) -> FormulationState:
-        return self.schedule.init_state(self.penalty, layout)
 
     def primal_loss(
         self,
@@ -43,8 +39,3 @@ class QuadraticPenalty(Formulation):
             v = iv.primal if iv.equality else iv.primal.clamp_min(0)
             loss = loss + 0.5 * c * (v * v).sum()
         return loss
-
-    def after_dual_step(
-        self, stacked: StackedConstraints, state: FormulationState
-    ) -> FormulationState:
-        return self.schedule.update(stacked, state)
