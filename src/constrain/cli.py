@@ -152,6 +152,17 @@ def _print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(_jsonable(obj), default=float) + "\n")
 
 
+_REPORT_KEYS = {
+    "test_accuracy": "test acc",
+    "max_parity_gap": "parity gap",
+    "unconstrained_test_accuracy": "uncons. acc",
+    "unconstrained_max_parity_gap": "uncons. gap",
+    "density": "density",
+    "train_accuracy": "train acc",
+}
+"""Report fields of the studies shown in the run and compare tables when present."""
+
+
 def _summary_table(summary: dict[str, Any]) -> str:
     rows = [
         ("problem", summary["problem"]),
@@ -171,10 +182,8 @@ def _summary_table(summary: dict[str, Any]) -> str:
         if "primal_error" in ref:
             rows.append(("primal error", f"{ref['primal_error']:.3g}"))
     for key, value in summary.items():
-        if key in {"test_accuracy", "max_parity_gap", "density", "train_accuracy"} and isinstance(
-            value, float
-        ):
-            rows.append((key.replace("_", " "), f"{value:.4g}"))
+        if key in _REPORT_KEYS and isinstance(value, float):
+            rows.append((_REPORT_KEYS[key], f"{value:.4g}"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
 
@@ -255,15 +264,20 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"problem": args.problem, "figure": str(figure), "runs": summaries})
         return 0
+    extra = [k for k in _REPORT_KEYS if any(isinstance(run.get(k), float) for run in summaries)]
     header = (
         f"{'controller':<16}{'objective':>14}{'max viol.':>12}{'mult. error':>14}{'ms/step':>10}"
     )
-    print(header)
+    print(header + "".join(f"{_REPORT_KEYS[k]:>13}" for k in extra))
     for s in summaries:
         err = s.get("reference", {}).get("multiplier_error")
+        cells = "".join(
+            f"{s[k]:>13.4g}" if isinstance(s.get(k), float) else f"{'-':>13}" for k in extra
+        )
         print(
             f"{s['controller']:<16}{s['objective']:>14.6g}{s['max_violation']:>12.3g}"
             f"{'-' if err is None else format(err, '.3g'):>14}{1e3 * s['seconds_per_step']:>10.3f}"
+            + cells
         )
     print(f"figure written to {figure}")
     return 0
