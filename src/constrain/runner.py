@@ -21,7 +21,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from ._errors import ConfigError, UnknownNameError
+from ._errors import ConfigError
 from ._io import atomic_write_text
 from ._registry import Registry
 from ._validation import format_validation_error
@@ -183,10 +183,7 @@ def problem_names() -> list[str]:
 def get_problem(name: str) -> ProblemSpec:
     """An instance of the problem spec registered under ``name``."""
     _load_problem_plugins()
-    try:
-        return PROBLEMS.get(name)()
-    except UnknownNameError:
-        raise
+    return PROBLEMS.get(name)()
 
 
 @dataclass

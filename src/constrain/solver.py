@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from . import controllers as _controllers
 from . import formulations as _formulations
 from ._errors import CheckpointError, ConfigError, NonFiniteError, describe
+from ._registry import Registry
 from ._resume import DataCursor, get_rng_state, set_rng_state
 from .controllers import Controller, ControllerState
 from .formulations import Formulation, FormulationState
@@ -916,13 +917,15 @@ def solve(
     return SolveResult(model, solver.multipliers, history, solver)
 
 
-_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "sgd": torch.optim.SGD,
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-    "rmsprop": torch.optim.RMSprop,
-    "adagrad": torch.optim.Adagrad,
-}
+_OPTIMIZERS: Registry[type[torch.optim.Optimizer]] = Registry("optimizer")
+for _name, _cls in (
+    ("sgd", torch.optim.SGD),
+    ("adam", torch.optim.Adam),
+    ("adamw", torch.optim.AdamW),
+    ("rmsprop", torch.optim.RMSprop),
+    ("adagrad", torch.optim.Adagrad),
+):
+    _OPTIMIZERS.add(_name, _cls)
 
 
 def make_optimizer(
@@ -936,12 +939,7 @@ def make_optimizer(
     """
     if isinstance(spec, torch.optim.Optimizer):
         return spec
-    from ._registry import Registry
-
-    registry: Registry[type[torch.optim.Optimizer]] = Registry("optimizer")
-    for name, cls in _OPTIMIZERS.items():
-        registry.add(name, cls)
-    cls = registry.get(spec)
+    cls = _OPTIMIZERS.get(spec)
     try:
         return cls(params, **options)
     except (TypeError, ValueError) as exc:

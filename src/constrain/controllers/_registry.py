@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from .._errors import ConfigError
 from .._registry import Registry
-from .._validation import build_model
+from .._validation import build_component
 from ._base import Controller
 
 __all__ = ["CONTROLLERS", "build", "get", "names", "register"]
@@ -64,24 +64,4 @@ def build(spec: str | Controller | Mapping[str, Any], **params: Any) -> Controll
         UnknownNameError: For an unknown name (lists the known ones).
         ConfigError: For invalid hyperparameters, naming each field.
     """
-    if isinstance(spec, Controller):
-        if not params:
-            return spec
-        return build_model(type(spec), {**spec.model_dump(), **params}, f"controller {spec.name!r}")
-    if isinstance(spec, Mapping):
-        values = dict(spec)
-        if "name" not in values:
-            raise ConfigError(
-                f"a controller mapping needs a 'name' key (one of {names()}); got keys "
-                f"{sorted(values)}."
-            )
-        name = values.pop("name")
-        values.update(params)
-        return build(name, **values)
-    if isinstance(spec, str):
-        cls = get(spec)
-        return build_model(cls, params, f"controller {cls.name!r}")
-    raise ConfigError(
-        f"controller must be a name, a mapping with a 'name' key or a Controller instance; "
-        f"got {spec!r} ({type(spec).__name__})."
-    )
+    return build_component(CONTROLLERS, Controller, spec, params)

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .._errors import ConfigError
 from .._registry import Registry
-from .._validation import build_model
+from .._validation import build_component
 
 if TYPE_CHECKING:
     from ._base import Formulation
@@ -34,25 +33,4 @@ def build(spec: str | Formulation | Mapping[str, Any], **params: Any) -> Formula
     """Build a formulation from a name, a mapping with a ``name`` key, or an instance."""
     from ._base import Formulation
 
-    if isinstance(spec, Formulation):
-        if not params:
-            return spec
-        return build_model(
-            type(spec), {**spec.model_dump(), **params}, f"formulation {spec.name!r}"
-        )
-    if isinstance(spec, Mapping):
-        values = dict(spec)
-        if "name" not in values:
-            raise ConfigError(
-                f"a formulation mapping needs a 'name' key (one of {FORMULATIONS.names()}); "
-                f"got keys {sorted(values)}."
-            )
-        name = values.pop("name")
-        return build(name, **{**values, **params})
-    if isinstance(spec, str):
-        cls = FORMULATIONS.get(spec)
-        return build_model(cls, params, f"formulation {cls.name!r}")
-    raise ConfigError(
-        f"formulation must be a name, a mapping or a Formulation; got {spec!r} "
-        f"({type(spec).__name__})."
-    )
+    return build_component(FORMULATIONS, Formulation, spec, params)
