@@ -45,6 +45,7 @@ import atexit
 import dataclasses
 import logging
 import os
+import time
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
@@ -109,6 +110,41 @@ def launched_distributed() -> bool:
         return int(os.environ.get("WORLD_SIZE", "1")) > 1
     except ValueError:
         return False
+
+
+# -- buffers handed to collectives ------------------------------------------------------------
+# A gloo collective is run by one of the backend's worker threads, and the work object that
+# holds the tensors is released on that thread, a moment after the caller has been told the
+# collective finished. If the caller's Python tensor is gone by then, the worker drops the
+# last reference and must take the GIL to free the Python object; once the interpreter is
+# finalising, taking the GIL ends the thread inside a destructor and the process aborts
+# ("terminate called without an active exception"). So every tensor handed to a collective
+# is private to this module (nothing else holds a view of it) and stays alive here until the
+# backend has let go of it (its TensorImpl use count is back to one); at exit, the process
+# waits for that before the interpreter finalises.
+_IN_FLIGHT: list[Tensor] = []
+_release_registered = False
+
+
+def _retain(*buffers: Tensor) -> None:
+    """Keep ``buffers`` (private tensors just handed to a collective) alive until the
+    communication backend has released them; forget those it has already released."""
+    global _release_registered
+    _IN_FLIGHT[:] = [t for t in _IN_FLIGHT if t._use_count() > 1]
+    _IN_FLIGHT.extend(buffers)
+    if not _release_registered:
+        atexit.register(_release_all)
+        _release_registered = True
+
+
+def _release_all(timeout_s: float = 30.0) -> None:
+    """Wait (GIL released) until the backend holds none of the retained buffers, then drop
+    them. Runs at exit, before the interpreter finalises and before the process group is
+    destroyed (atexit runs handlers in reverse order of registration)."""
+    deadline = time.monotonic() + timeout_s
+    while any(t._use_count() > 1 for t in _IN_FLIGHT) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    _IN_FLIGHT.clear()
 
 
 def _destroy() -> None:
@@ -367,9 +403,11 @@ class DistributedReducer:
     # -- collectives ----------------------------------------------------------------------
     def _all_gather(self, tensor: Tensor) -> list[Tensor]:
         """Every rank's ``tensor`` (same shape on every rank), in rank order."""
-        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
-        dist.all_gather(parts, tensor.contiguous(), group=self.group)
-        return parts
+        send = tensor.detach().clone(memory_format=torch.contiguous_format)
+        parts = [torch.empty_like(send) for _ in range(self.world_size)]
+        dist.all_gather(parts, send, group=self.group)
+        _retain(send, *parts)
+        return [p.clone() for p in parts]
 
     def _gather_padded(self, tensor: Tensor, lengths: list[int]) -> list[Tensor]:
         """All-gather 1-d tensors whose lengths (known on every rank) differ by rank."""
@@ -614,6 +652,7 @@ class DistributedReducer:
                 + [flags]
             )
             dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
+            _retain(flat)
             present = flat[-len(params) :].tolist()
             offset = 0
             for p, count in zip(params, present, strict=True):
@@ -676,6 +715,7 @@ def assert_replicas_equal(
     high, low = flat.clone(), flat.clone()
     dist.all_reduce(high, op=dist.ReduceOp.MAX, group=group)
     dist.all_reduce(low, op=dist.ReduceOp.MIN, group=group)
+    _retain(high, low)
     spread = (high - low).abs()
     if bool((spread > 0).any()):
         offset = 0
