@@ -8,7 +8,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from ..multipliers import ConstraintLayout, Multipliers, StackedConstraints
+from ..layout import ConstraintLayout, StackedConstraints
+from ..multipliers import Multipliers
 
 __all__ = ["Formulation", "FormulationState", "PenalizedFormulation", "PenaltySchedule"]
 
@@ -72,6 +73,11 @@ class Formulation(BaseModel):
         """Update the formulation state after a multiplier step (penalty schedules)."""
         return state
 
+    def diagnostics(self, state: FormulationState) -> dict[str, Tensor]:
+        """What the formulation reports about its state for the history (scalars, on the
+        device; none for the plain Lagrangian)."""
+        return {}
+
 
 class PenaltySchedule(BaseModel):
     """Increase a penalty coefficient when the violation stops shrinking.
@@ -132,3 +138,7 @@ class PenalizedFormulation(Formulation):
         self, stacked: StackedConstraints, state: FormulationState
     ) -> FormulationState:
         return self.schedule.update(stacked, state)
+
+    def diagnostics(self, state: FormulationState) -> dict[str, Tensor]:
+        """The current penalty coefficient ``c`` (``{"penalty": c}``)."""
+        return {"penalty": state["penalty"]}

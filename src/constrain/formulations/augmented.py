@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..multipliers import Multipliers, StackedConstraints
+from ..layout import StackedConstraints
+from ..multipliers import Multipliers
 from ._base import FormulationState, PenalizedFormulation
 from ._registry import register
 

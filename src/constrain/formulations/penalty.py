@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..multipliers import Multipliers, StackedConstraints
+from ..layout import StackedConstraints
+from ..multipliers import Multipliers
 from ._base import FormulationState, NonNegative, PenalizedFormulation
 from ._registry import register
 
