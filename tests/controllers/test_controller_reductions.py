@@ -1,4 +1,4 @@
-"""nuPI's reduction table (ALGORITHMS.md section 1), proven to float64 precision.
+"""nuPI's reduction table (docs/algorithms.md, 'The nuPI reduction table'), to float64 precision.
 
 With ``lr = 1`` the unprojected nuPI recurrence must reproduce GDA, the PI controller,
 optimistic GDA, Polyak momentum and Nesterov momentum. Trajectories are compared over

@@ -1,7 +1,7 @@
 """The CVXPY twin of a problem built from blocks, and the mapping of its dual values.
 
-Sign and scale conventions (the library's, see ``ALGORITHMS.md``). A constraint group
-``g(x) <sense> rhs`` has the standard form
+Sign and scale conventions (the library's, see docs/algorithms.md, 'Standard form and signs').
+A constraint group ``g(x) <sense> rhs`` has the standard form
 
 * ``'<='``: ``g(x) - rhs <= 0``,  multiplier ``lam >= 0``;
 * ``'>='``: ``rhs - g(x) <= 0``,  multiplier ``lam >= 0``;

@@ -8,9 +8,9 @@ never modify tensors in place and never project: projection onto the multiplier 
 (``lam >= 0`` for inequality constraints) is the formulation's job and happens after every
 update. Controller state (momentum buffers, EMAs, integrals) is never projected.
 
-Convention (ALGORITHMS.md section 1): the multiplier player *ascends* the Lagrangian and its
-error signal is the constraint violation ``e_t = g(x_t)`` (``h(x_t)`` for equalities), so
-plain gradient ascent is ``lam <- lam + lr * e_t``.
+Convention (docs/algorithms.md, 'Notation and conventions'): the multiplier player
+*ascends* the Lagrangian and its error signal is the constraint violation ``e_t = g(x_t)``
+(``h(x_t)`` for equalities), so plain gradient ascent is ``lam <- lam + lr * e_t``.
 
 State layout: every state tensor has the multipliers' dimension as its *last* dimension,
 so that indexed (per-sample) multipliers can gather and scatter rows of the state with

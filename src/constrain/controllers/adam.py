@@ -26,8 +26,8 @@ class Adam(Controller):
         lam <- lam + lr / (1 - beta1**s) * m / (sqrt(v) / sqrt(1 - beta2**s) + eps)
 
     Keep it as a baseline, not a default: its normalised steps keep a constant size near
-    the solution, so the multipliers oscillate instead of settling (ALGORITHMS.md
-    section 4).
+    the solution, so the multipliers oscillate instead of settling (docs/algorithms.md,
+    'The iris hard-margin SVM').
 
     The step count is a per-multiplier ``int64`` tensor, so indexed (per-sample)
     multipliers that are gathered, updated and scattered back lazily get the same bias

@@ -22,7 +22,8 @@ class Momentum(Controller):
         lam_{t+1} = lam_t + lr * b_t
 
     Equal to :class:`~constrain.controllers.NuPI` with ``lr = 1, nu = beta,
-    ki = lr / (1 - beta), kp = -lr * beta / (1 - beta)**2`` (ALGORITHMS.md section 1).
+    ki = lr / (1 - beta), kp = -lr * beta / (1 - beta)**2`` (docs/algorithms.md,
+    'The nuPI reduction table').
 
     Attributes:
         lr: Step size ``eta``.

@@ -1,4 +1,6 @@
-"""The weight-sharing proximal operator (ALGORITHMS.md, section 3).
+"""The weight-sharing proximal operator.
+
+See docs/algorithms.md, 'The weight-sharing proximal operator'.
 
 Penalty on ``w`` in R^d: ``R(w) = 1/(d-1) * sum_{i>j} |w_i - w_j|`` (``R = 0`` for ``d <= 1``);
 ``prox_{lam R}(x) = argmin_w 1/2 ||w - x||^2 + lam R(w)``.
