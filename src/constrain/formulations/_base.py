@@ -47,7 +47,27 @@ class Formulation(BaseModel):
         multipliers: Multipliers,
         state: FormulationState,
     ) -> Tensor:
-        """The scalar the primal player minimises."""
+        """The scalar the primal player minimises: ``f`` plus :meth:`terms` of the dense
+        entries and of the observed entries of each per-sample group (multipliers
+        detached: the primal player does not move them)."""
+        dense = multipliers.dense.detach().to(stacked.primal.dtype)
+        loss = objective + self.terms(dense, stacked.primal, stacked.equality, state)
+        for name, iv in stacked.per_sample.items():
+            store = multipliers.per_sample.get(name)  # absent without multipliers
+            lam = (
+                store.detach()[iv.indices]
+                if store is not None
+                else torch.zeros_like(iv.primal.detach())
+            )
+            mask = torch.full_like(lam, iv.equality, dtype=torch.bool)
+            loss = loss + self.terms(lam, iv.primal, mask, state)
+        return loss
+
+    def terms(
+        self, multipliers: Tensor, values: Tensor, equality: Tensor, state: FormulationState
+    ) -> Tensor:
+        """The constraint terms of the primal loss for one stacked vector ``values``
+        (standard form, proxies where given) and its multipliers (a scalar tensor)."""
         raise NotImplementedError
 
     def dual_signal(self, stacked: StackedConstraints, state: FormulationState) -> Tensor:

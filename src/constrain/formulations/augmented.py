@@ -6,7 +6,6 @@ import torch
 from torch import Tensor
 
 from ..layout import StackedConstraints
-from ..multipliers import Multipliers
 from ._base import FormulationState, PenalizedFormulation
 from ._registry import register
 
@@ -42,21 +41,11 @@ class AugmentedLagrangian(PenalizedFormulation):
         schedule: When and how ``c`` grows (default: constant).
     """
 
-    def primal_loss(
-        self,
-        objective: Tensor,
-        stacked: StackedConstraints,
-        multipliers: Multipliers,
-        state: FormulationState,
+    def terms(
+        self, multipliers: Tensor, values: Tensor, equality: Tensor, state: FormulationState
     ) -> Tensor:
-        c = state["penalty"]
-        lam = multipliers.dense.detach()
-        loss = objective + augmented_terms(lam, stacked.primal, stacked.equality, c)
-        for name, iv in stacked.per_sample.items():
-            lam = multipliers.per_sample[name].detach()[iv.indices]
-            mask = torch.full_like(lam, iv.equality, dtype=torch.bool)
-            loss = loss + augmented_terms(lam, iv.primal, mask, c)
-        return loss
+        """:func:`augmented_terms` at the current penalty ``c``."""
+        return augmented_terms(multipliers, values, equality, state["penalty"])
 
     def dual_signal(self, stacked: StackedConstraints, state: FormulationState) -> Tensor:
         return state["penalty"] * stacked.violation
