@@ -136,7 +136,7 @@ def test_every_citation_names_an_existing_section(where: str, title: str) -> Non
 
 
 def test_every_mention_is_a_citation_with_a_section() -> None:
-    """``docs/algorithms.md`` alone says too little: name the section."""
+    """docs/algorithms.md alone says too little: name the section."""
     bare = []
     for path in _files():
         text = path.read_text(encoding="utf-8")
