@@ -23,7 +23,7 @@ from constrain import (
     Variables,
 )
 from constrain.formulations.augmented import augmented_terms
-from constrain.multipliers import IndexedViolation, StackedConstraints
+from constrain.layout import IndexedViolation, StackedConstraints
 
 DTYPE = torch.float64
 N_INEQ, N_EQ = 4, 3

@@ -23,18 +23,16 @@ import fnmatch
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .._errors import ConfigError, describe
 from ..problem import ConstrainedProblem, Constraint
+from ..reference import Reference
 from ._expr import Data, Expression, Variable, import_cvxpy
 from .norms import Norm
 from .weight_sharing import WeightSharing
-
-if TYPE_CHECKING:
-    from ..runner import Reference
 
 __all__ = [
     "CLARABEL_TIGHT",
@@ -231,8 +229,6 @@ class TwinSolution:
 
     def reference(self) -> Reference:
         """This solution as a :class:`constrain.Reference` (for problem specs)."""
-        from ..runner import Reference
-
         return Reference(
             objective=self.objective,
             multipliers=dict(self.multipliers),

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from .._components import build_component
 from .._errors import ConfigError
 from .._registry import Registry
-from .._validation import build_component
 from ._base import Controller
 
 __all__ = ["CONTROLLERS", "build", "get", "names", "register"]

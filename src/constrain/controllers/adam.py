@@ -6,9 +6,8 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from ._base import Controller, ControllerState, PositiveFloat
+from ._base import Controller, ControllerState, PositiveFloat, UnitFloat, checked_signal
 from ._registry import register
-from .gda import UnitFloat, _checked_signal
 
 __all__ = ["Adam"]
 
@@ -60,7 +59,7 @@ class Adam(Controller):
         self, multipliers: Tensor, signal: Tensor, state: ControllerState
     ) -> tuple[Tensor, ControllerState]:
         """Return the multipliers after one Adam ascent step and the new state."""
-        e = _checked_signal(multipliers, signal, self.name)
+        e = checked_signal(multipliers, signal, self.name)
         beta1, beta2 = self.betas
         step = state["step"] + 1
         exp_avg = torch.lerp(state["exp_avg"], e, 1.0 - beta1)

@@ -5,9 +5,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._base import Controller, ControllerState, as_coefficient
+from ._base import (
+    Controller,
+    ControllerState,
+    FiniteCoefficient,
+    NonNegativeCoefficient,
+    OpenUnitFloat,
+    as_coefficient,
+    checked_signal,
+)
 from ._registry import register
-from .gda import FiniteCoefficient, NonNegativeCoefficient, OpenUnitFloat, _checked_signal
 
 __all__ = ["NuPI"]
 
@@ -73,7 +80,7 @@ class NuPI(Controller):
             ShapeError: If a per-multiplier ``ki`` or ``kp`` has the wrong length, or the
                 signal's shape differs from the multipliers'.
         """
-        e = _checked_signal(multipliers, signal, self.name)
+        e = checked_signal(multipliers, signal, self.name)
         ki = as_coefficient(self.ki, like=multipliers, name="ki")
         kp = as_coefficient(self.kp, like=multipliers, name="kp")
         xi_prev = state["xi"]

@@ -8,7 +8,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from ..multipliers import ConstraintLayout, Multipliers, StackedConstraints
+from ..layout import ConstraintLayout, StackedConstraints
+from ..multipliers import Multipliers
 
 __all__ = ["Formulation", "FormulationState", "PenalizedFormulation", "PenaltySchedule"]
 
@@ -46,7 +47,27 @@ class Formulation(BaseModel):
         multipliers: Multipliers,
         state: FormulationState,
     ) -> Tensor:
-        """The scalar the primal player minimises."""
+        """The scalar the primal player minimises: ``f`` plus :meth:`terms` of the dense
+        entries and of the observed entries of each per-sample group (multipliers
+        detached: the primal player does not move them)."""
+        dense = multipliers.dense.detach().to(stacked.primal.dtype)
+        loss = objective + self.terms(dense, stacked.primal, stacked.equality, state)
+        for name, iv in stacked.per_sample.items():
+            store = multipliers.per_sample.get(name)  # absent without multipliers
+            lam = (
+                store.detach()[iv.indices]
+                if store is not None
+                else torch.zeros_like(iv.primal.detach())
+            )
+            mask = torch.full_like(lam, iv.equality, dtype=torch.bool)
+            loss = loss + self.terms(lam, iv.primal, mask, state)
+        return loss
+
+    def terms(
+        self, multipliers: Tensor, values: Tensor, equality: Tensor, state: FormulationState
+    ) -> Tensor:
+        """The constraint terms of the primal loss for one stacked vector ``values``
+        (standard form, proxies where given) and its multipliers (a scalar tensor)."""
         raise NotImplementedError
 
     def dual_signal(self, stacked: StackedConstraints, state: FormulationState) -> Tensor:
@@ -71,6 +92,11 @@ class Formulation(BaseModel):
     ) -> FormulationState:
         """Update the formulation state after a multiplier step (penalty schedules)."""
         return state
+
+    def diagnostics(self, state: FormulationState) -> dict[str, Tensor]:
+        """What the formulation reports about its state for the history (scalars, on the
+        device; none for the plain Lagrangian)."""
+        return {}
 
 
 class PenaltySchedule(BaseModel):
@@ -132,3 +158,7 @@ class PenalizedFormulation(Formulation):
         self, stacked: StackedConstraints, state: FormulationState
     ) -> FormulationState:
         return self.schedule.update(stacked, state)
+
+    def diagnostics(self, state: FormulationState) -> dict[str, Tensor]:
+        """The current penalty coefficient ``c`` (``{"penalty": c}``)."""
+        return {"penalty": state["penalty"]}

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .._components import build_component
 from .._registry import Registry
-from .._validation import build_component
 
 if TYPE_CHECKING:
     from ._base import Formulation
