@@ -30,7 +30,7 @@ from constrain import (
     UnknownNameError,
 )
 from constrain.formulations import FORMULATIONS, Formulation, build
-from constrain.multipliers import IndexedViolation, StackedConstraints
+from constrain.layout import IndexedViolation, StackedConstraints
 
 pytest_generate_tests = parametrize
 

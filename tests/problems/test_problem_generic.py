@@ -116,7 +116,7 @@ def test_validate_applies_where_the_table_says(problem_to_build: str) -> None:
     """Problems marked ``validates`` have a CVXPY twin that solves; the others are refused
     by ``constrain validate`` before any step, with a message saying why."""
     pytest.importorskip("cvxpy")
-    from constrain.validation import validate_registered
+    from constrain.exact import validate_registered
 
     spec, cfg = get_problem(problem_to_build), config(problem_to_build)
     if row_of(problem_to_build).validates:
@@ -131,7 +131,7 @@ def test_validate_applies_where_the_table_says(problem_to_build: str) -> None:
 @pytest.mark.slow  # full runs (seconds each); tests/test_validation.py runs some by default
 def test_validate_passes_with_the_defaults(validated_problem: str) -> None:
     pytest.importorskip("cvxpy")
-    from constrain.validation import validate_registered
+    from constrain.exact import validate_registered
 
     report = validate_registered(get_problem(validated_problem), config(validated_problem))
     assert report["passed"], report["failures"]
