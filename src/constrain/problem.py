@@ -18,6 +18,7 @@ one vector so that the cost of a step does not grow with the number of groups.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeAlias
@@ -99,6 +100,14 @@ def _check_finite_number(value: float, what: str) -> float:
     return value
 
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+
+
+def _suggest_name(value: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9_.\-]+", "_", value).strip("_") or "constraint"
+    return cleaned if cleaned[0].isalpha() or cleaned[0] == "_" else "c_" + cleaned
+
+
 class Constraint(BaseModel):
     """Declaration of one constraint group ``g(x) <sense> rhs``.
 
@@ -138,10 +147,11 @@ class Constraint(BaseModel):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
-        if value != value.strip() or any(c in value for c in "\n\t,="):
+        if not _NAME.fullmatch(value):
             raise ValueError(
-                "constraint names may not contain whitespace at the ends, tabs, newlines, "
-                f"',' or '='; got {value!r}"
+                "a constraint name is a letter or '_' followed by letters, digits, '_', '-' "
+                f"or '.' (it names history columns, config keys and figure labels); got "
+                f"{value!r}. For example {_suggest_name(value)!r}"
             )
         return value
 
