@@ -68,8 +68,10 @@ class ConstraintValue:
             ``value`` belong to (1-d integer tensor, same length as ``value``).
         observed: Optional boolean mask (shape of ``value``) of the entries this batch
             measured. An unobserved entry (e.g. the parity gap of a group absent from the
-            batch) gets no multiplier update, no primal term and counts as no violation;
-            its value may be anything, NaN included.
+            batch) gets no multiplier update, no primal term and counts as no violation.
+            Its value may be anything, NaN included, as long as it carries no gradient: a
+            NaN inside the graph would still reach the gradient (compute group means with
+            ``counts.clamp_min(1)``, as the fairness helpers do).
     """
 
     value: Tensor
