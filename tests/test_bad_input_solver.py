@@ -260,7 +260,7 @@ ERRORS: list[Row] = [
         lambda t: _run(
             _sq, steps=0,
             regularizers=[Regularizer(prox="group_l1", strength=0.1, options={"dimm": 0})],
-        ),  # fmt: skip
+        ),
         ConfigError,
         ("'dimm'", "did you mean 'dim'", "accepts"),
     ),
