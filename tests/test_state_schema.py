@@ -87,6 +87,29 @@ def test_real_states_pass(state: dict[str, Any]) -> None:
     check_solver_state(solver.state_dict())  # data position and momentum buffers
 
 
+def test_states_with_several_optimizers_and_registered_objects_pass() -> None:
+    model = Variables(x=torch.ones(3, dtype=torch.float64), y=torch.ones(2, dtype=torch.float64))
+    first = torch.optim.SGD([model.x], lr=0.1)
+    second = torch.optim.Adam([model.y], lr=0.01)
+    problem = ConstrainedProblem(objective=lambda m, b: m.x.pow(2).sum() + m.y.pow(2).sum())
+    solver = Solver(problem, model, [first, second])
+    solver.register_state("schedule", torch.optim.lr_scheduler.StepLR(first, step_size=2))
+    solver.fit(None, 3)
+    state = solver.state_dict()
+    assert isinstance(state["optimizer"], list) and state["extra"]
+    check_solver_state(state)
+    state["optimizer_type"] = state["optimizer_type"][0]
+    with pytest.raises(CheckpointError, match="'optimizer_type': expected one optimizer type"):
+        check_solver_state(state)
+
+
+def test_version_one_states_have_no_extra(state: dict[str, Any]) -> None:
+    old = {k: v for k, v in state.items() if k != "extra"}
+    check_solver_state({**old, "version": 1})
+    with pytest.raises(CheckpointError, match="'extra': the entry is missing"):
+        check_solver_state(old)
+
+
 def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     """A change of the state: set the entry at a dotted path (``[k]`` indexes lists)."""
 

@@ -374,6 +374,37 @@ def _multipliers(value: Any, path: str) -> None:
             _fail(where, "finite multipliers", item)
 
 
+def one_or_list(inner: Check) -> Check:
+    """What ``inner`` accepts, or a non-empty list of those (one entry per optimizer)."""
+
+    def check(value: Any, path: str) -> None:
+        if isinstance(value, list):
+            if not value:
+                _fail(path, "a non-empty list", value)
+            for k, item in enumerate(value):
+                inner(item, f"{path}[{k}]")
+        else:
+            inner(value, path)
+
+    return check
+
+
+def _extra_state(value: Any, path: str) -> None:
+    """A registered object's ``state_dict()`` (LR schedulers, ...): plain data or tensors."""
+    if isinstance(value, torch.Tensor):
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, (str, int)):
+                _fail(f"{path} key", "a string or integer key", key)
+            _extra_state(item, f"{path}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for k, item in enumerate(value):
+            _extra_state(item, f"{path}[{k}]")
+    else:
+        plain(value, path)
+
+
 SOLVER_STATE: dict[str, Check] = {
     "version": integer(1),
     "problem": string(),
@@ -381,27 +412,31 @@ SOLVER_STATE: dict[str, Check] = {
     "layout": nullable(plain),
     "controller": _component,
     "formulation": _component,
-    "optimizer_type": string(),
+    "optimizer_type": one_or_list(string()),
     "order": string("simultaneous", "dual_primal", "primal_dual"),
     "record_every": integer(1),
     "step_count": integer(0),
     "model": mapping(values=tensor()),
-    "optimizer": _optimizer,
+    "optimizer": one_or_list(_optimizer),
     "multipliers": _multipliers,
     "controller_state": mapping(values=tensor_tree),
     "indexed_state": mapping(values=tensor_tree),
     "formulation_state": mapping(values=tensor_tree),
     "history": _history,
+    "extra": mapping(values=_extra_state),
     "rng": _RNG,
     "data": _data,
 }
-"""Checks of every entry of ``Solver.state_dict()`` (all required, no others allowed)."""
+"""Checks of every entry of ``Solver.state_dict()`` (all required, no others allowed;
+``extra``, the registered objects' states, is absent from version-1 states)."""
 
 
 def check_solver_state(state: Mapping[str, Any]) -> None:
     """Check a saved solver state against :data:`SOLVER_STATE` before it is used.
 
-    Besides each entry's type and range, the history must be consistent with the state:
+    Versions 1 (constrain 0.1.0, no ``extra``) and 2 are accepted; whether this
+    constrain reads the version is the loader's decision. Besides each entry's type and
+    range, the history must be consistent with the state:
     records in increasing step order, below ``step_count``, each with one violation and
     one multiplier per label.
 
@@ -409,7 +444,13 @@ def check_solver_state(state: Mapping[str, Any]) -> None:
         CheckpointError: Naming the first offending field by its path (e.g.
             ``'history.records[3].step'``), what was expected and what was received.
     """
-    mapping(SOLVER_STATE)(state, "")
+    version_one = isinstance(state, Mapping) and state.get("version") == 1
+    mapping(SOLVER_STATE, optional=("extra",) if version_one else ())(state, "")
+    if isinstance(state["optimizer"], list) != isinstance(state["optimizer_type"], list) or (
+        isinstance(state["optimizer"], list)
+        and len(state["optimizer"]) != len(state["optimizer_type"])
+    ):
+        _fail("optimizer_type", "one optimizer type per saved optimizer", state["optimizer_type"])
     records = state["history"]["records"]
     if records and records[-1]["step"] >= state["step_count"]:
         _fail(

@@ -15,9 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ._components import format_validation_error
 from ._errors import ConfigError, short_repr
 from ._io import atomic_write_text
-from ._validation import format_validation_error
 
 __all__ = [
     "MAX_SEED",

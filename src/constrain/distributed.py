@@ -48,7 +48,7 @@ import os
 import time
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -56,9 +56,6 @@ from torch import Tensor, nn
 
 from ._errors import ConfigError, ConstrainError, ShapeError, describe
 from .problem import ConstrainedProblem, ConstraintValue, ProblemState, as_constraint_value
-
-if TYPE_CHECKING:
-    from .runner import Setup
 
 __all__ = [
     "DistributedReducer",
@@ -71,7 +68,6 @@ __all__ = [
     "rank",
     "shard_batch",
     "shard_data",
-    "shard_setup",
     "world_size",
 ]
 
@@ -130,11 +126,18 @@ def _retain(*buffers: Tensor) -> None:
     """Keep ``buffers`` (private tensors just handed to a collective) alive until the
     communication backend has released them; forget those it has already released."""
     global _release_registered
-    _IN_FLIGHT[:] = [t for t in _IN_FLIGHT if t._use_count() > 1]
+    _IN_FLIGHT[:] = [t for t in _IN_FLIGHT if _held_elsewhere(t)]
     _IN_FLIGHT.extend(buffers)
     if not _release_registered:
         atexit.register(_release_all)
         _release_registered = True
+
+
+def _held_elsewhere(tensor: Tensor) -> bool:
+    """True while something besides this Python object holds the tensor (its TensorImpl
+    use count is above one)."""
+    count: int = tensor._use_count()  # type: ignore[attr-defined]
+    return count > 1
 
 
 def _release_all(timeout_s: float = 30.0) -> None:
@@ -142,9 +145,26 @@ def _release_all(timeout_s: float = 30.0) -> None:
     them. Runs at exit, before the interpreter finalises and before the process group is
     destroyed (atexit runs handlers in reverse order of registration)."""
     deadline = time.monotonic() + timeout_s
-    while any(t._use_count() > 1 for t in _IN_FLIGHT) and time.monotonic() < deadline:
+    while any(_held_elsewhere(t) for t in _IN_FLIGHT) and time.monotonic() < deadline:
         time.sleep(0.001)
     _IN_FLIGHT.clear()
+
+
+def __getattr__(name: str) -> Any:
+    """``shard_setup`` moved to :func:`constrain.runner.shard_setup` (kept here for one
+    release; the runner is the layer that knows :class:`~constrain.runner.Setup`)."""
+    if name == "shard_setup":
+        import importlib
+        import warnings
+
+        warnings.warn(
+            "constrain.distributed.shard_setup moved to constrain.runner.shard_setup; the "
+            "old path goes away in the next release.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return importlib.import_module("constrain.runner").shard_setup
+    raise AttributeError(f"module 'constrain.distributed' has no attribute {name!r}")
 
 
 def _destroy() -> None:
@@ -297,18 +317,6 @@ def shard_data(data: Iterable[Any] | None, rank: int, world_size: int) -> Iterab
     if isinstance(getattr(data, "sampler", None), DistributedSampler):
         return data
     return _Strided(data, rank, world_size)
-
-
-def shard_setup(setup: Setup, rank: int, world_size: int) -> Setup:
-    """The default :meth:`constrain.ProblemSpec.shard`: shard ``batch`` with
-    :func:`shard_batch` and ``data`` with :func:`shard_data`; ``extras`` are kept whole and
-    ``full`` points to ``setup`` (references and reports use the whole data)."""
-    return dataclasses.replace(
-        setup,
-        batch=shard_batch(setup.batch, rank, world_size),
-        data=shard_data(setup.data, rank, world_size),
-        full=setup,
-    )
 
 
 # -- reduction --------------------------------------------------------------------------------

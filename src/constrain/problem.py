@@ -29,8 +29,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from torch import Tensor
 
+from ._components import bools_for_numbers
 from ._errors import ConfigError, ShapeError, describe
-from ._validation import bools_for_numbers
 
 __all__ = [
     "ConstrainedProblem",
@@ -273,7 +273,9 @@ class Regularizer(BaseModel):
         options: Extra keyword arguments for the prox (e.g. ``{"method": "sort_pava"}``).
         name: Label in the history (defaults to the prox or penalty name).
         track_clusters: Record the number of distinct values of each parameter after the
-            prox (the weight-sharing diagnostic).
+            prox (the weight-sharing diagnostic; it costs a sort of the parameter). ``None``
+            (the default): only for the weight-sharing proxes. Counted only on the steps
+            whose full record is kept, never on the others.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
@@ -284,7 +286,7 @@ class Regularizer(BaseModel):
     params: tuple[str, ...] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     name: str | None = None
-    track_clusters: bool = True
+    track_clusters: bool | None = None
 
     @field_validator("params", mode="before")
     @classmethod
@@ -306,6 +308,13 @@ class Regularizer(BaseModel):
         if self.penalty is not None and not callable(self.penalty):
             raise ValueError(f"penalty must be a callable; got {describe(self.penalty)}")
         return self
+
+    @property
+    def counts_clusters(self) -> bool:
+        """Whether the history records this regularizer's cluster counts."""
+        if self.track_clusters is not None:
+            return self.track_clusters
+        return isinstance(self.prox, str) and self.prox.startswith("weight_sharing")
 
     @property
     def label(self) -> str:
@@ -523,6 +532,15 @@ class ConstrainedProblem(BaseModel):
             )
         result: Tensor = self.objective_fn(model, batch)
         return result
+
+    def constraint_values(self, model: Any, batch: Any = None) -> dict[str, Tensor]:
+        """The constraints' left-hand sides at ``model`` (true values, not proxies, not
+        standard form), evaluated without gradient."""
+        with torch.no_grad():
+            state = self.evaluate(model, batch)
+        return {
+            n: as_constraint_value(n, raw).value.detach() for n, raw in state.constraints.items()
+        }
 
     def evaluate(self, model: Any, batch: Any) -> ProblemState:
         """Evaluate objective, constraints and smooth regularizer penalties.

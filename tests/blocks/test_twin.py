@@ -25,7 +25,7 @@ from constrain import (
     constraint,
     solve,
 )
-from constrain.validation import kkt_residuals, solve_reference
+from constrain.exact import kkt_residuals, solve_reference
 
 pytest.importorskip("cvxpy")
 

@@ -8,9 +8,16 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from ._base import Controller, ControllerState, PositiveFloat, as_coefficient
+from ._base import (
+    Controller,
+    ControllerState,
+    NonNegativeCoefficient,
+    PositiveFloat,
+    UnitFloat,
+    as_coefficient,
+    checked_signal,
+)
 from ._registry import register
-from .gda import NonNegativeCoefficient, UnitFloat, _checked_signal
 
 __all__ = ["PID"]
 
@@ -99,7 +106,7 @@ class PID(Controller):
             ShapeError: If a per-multiplier gain has the wrong length, or the signal's
                 shape differs from the multipliers'.
         """
-        e = _checked_signal(multipliers, signal, self.name)
+        e = checked_signal(multipliers, signal, self.name)
         kp = as_coefficient(self.kp, like=multipliers, name="kp")
         ki = as_coefficient(self.ki, like=multipliers, name="ki")
         kd = as_coefficient(self.kd, like=multipliers, name="kd")

@@ -1,4 +1,6 @@
-"""The weight-sharing proximal operator (ALGORITHMS.md, section 3).
+"""The weight-sharing proximal operator.
+
+See docs/algorithms.md, 'The weight-sharing proximal operator'.
 
 Penalty on ``w`` in R^d: ``R(w) = 1/(d-1) * sum_{i>j} |w_i - w_j|`` (``R = 0`` for ``d <= 1``);
 ``prox_{lam R}(x) = argmin_w 1/2 ||w - x||^2 + lam R(w)``.
@@ -211,6 +213,24 @@ def _snap_ties_numpy(
     return y[run_start]
 
 
+def _merged_mean(flat: Tensor, lam: float) -> Tensor | None:
+    """The prox when ``lam`` is so large that every weight joins one cluster, else None.
+
+    All particles merge once ``lam >= (d - 1) * (max(x) - min(x))`` (a bound above the
+    exact threshold ``max_k -(d-1) P_k / ((k+1)(d-1-k))``, ``P_k`` the prefix sums of the
+    sorted, centred ``x``; see docs/algorithms.md, 'The weight-sharing proximal operator').
+    The answer is then the mean of ``x`` (fact 1: the prox preserves the mean), computed
+    directly instead of from the shifted values ``x_(k) + lam (d-1-2k)/(d-1)``, whose
+    rounding at a huge ``lam`` would destroy it.
+    """
+    low, high = torch.aminmax(flat)
+    spread = float(high - low)  # NaN or Inf for non-finite input: falls through
+    if not (lam >= (flat.numel() - 1) * spread):
+        return None
+    acc = torch.float64 if flat.device.type != "mps" else torch.float32
+    return flat.to(acc).mean().to(flat.dtype).expand_as(flat).clone()
+
+
 def _prox_flat(
     flat: Tensor,
     lam: float,
@@ -227,6 +247,10 @@ def _prox_flat(
         info = IsotonicInfo(padded=d)
         _fill(stats, "copy", d, info, torch.sort(out).values if stats is not None else None)
         return out
+    merged = _merged_mean(flat, lam)
+    if merged is not None:
+        _fill(stats, resolved, d, IsotonicInfo(padded=d), merged[:1] if stats is not None else None)
+        return merged
     if resolved == "sort_pava" and flat.device.type == "cpu":
         result = _sort_pava_cpu(flat.numpy(), lam)
         if result is None:

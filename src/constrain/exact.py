@@ -32,8 +32,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from ._components import build_model
 from ._errors import ConfigError, describe
-from ._validation import build_model
 from .blocks.twin import (
     EQUALITY_DUAL_SIGN,
     BlockForm,
