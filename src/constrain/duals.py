@@ -151,6 +151,11 @@ class Duals:
         completed = True
         signal = formulation.dual_signal(stacked, self.formulation_state)
         dense, controller_state = controller.update(lam.dense, signal, self.controller_state)
+        if stacked.observed is not None:  # unobserved entries keep multiplier and state
+            dense = torch.where(stacked.observed, dense, lam.dense)
+            controller_state = _keep_unobserved(
+                stacked.observed, controller_state, self.controller_state
+            )
         if self._finite(dense, None, step):
             self.controller_state = controller_state
             lam.dense = formulation.project(dense, self.layout.equality)
@@ -183,6 +188,8 @@ class Duals:
             return lam
         signal = self.formulation.dual_signal(stacked, self.formulation_state)
         dense = self.controller.extrapolate(lam.dense, signal, self.controller_state)
+        if stacked.observed is not None:
+            dense = torch.where(stacked.observed, dense, lam.dense)
         per_sample = dict(lam.per_sample)
         for name, iv in stacked.per_sample.items():
             sig = self.formulation.indexed_signal(iv.violation, self.formulation_state)
@@ -271,6 +278,24 @@ class Duals:
         self.controller_state = clone_tree(state["controller_state"], device)
         self.indexed_state = clone_tree(state["indexed_state"], device)
         self.formulation_state = clone_tree(state["formulation_state"], device)
+
+
+def _keep_unobserved(
+    observed: Tensor, new: ControllerState, old: ControllerState
+) -> ControllerState:
+    """``new`` controller state, with the unobserved entries (last dimension) of ``old``."""
+    out = {}
+    for key, value in new.items():
+        before = old.get(key)
+        if (
+            before is not None
+            and before.shape == value.shape
+            and value.shape[-1:] == observed.shape
+        ):
+            out[key] = torch.where(observed, value, before)
+        else:
+            out[key] = value
+    return out
 
 
 def clone_tree(tree: Any, device: torch.device | None = None) -> Any:

@@ -50,7 +50,7 @@ from .history import History, StepRecord
 from .layout import ConstraintLayout, StackedConstraints
 from .multipliers import Multipliers
 from .primal import LocalReducer, OptimizerSpec, PrimalSide, SignalReducer, make_optimizer
-from .problem import ConstrainedProblem, ProblemState, check_names
+from .problem import ConstrainedProblem, ProblemState, check_names, check_trainable
 from .recording import record_step
 from .regularization import RegularizerStage
 
@@ -171,6 +171,7 @@ class Solver:
         self.extra_state: dict[str, Stateful] = {}
         self._always_record = -1
         self._pending: _Pending | None = None
+        self._trainable_checked = False
 
     # -- public state (read-only views of the stages) -------------------------------------
     optimizers = _View[list[torch.optim.Optimizer]](
@@ -264,6 +265,9 @@ class Solver:
         self._expect("lagrangian", idle=True)
         start = time.perf_counter()
         objective, stacked, state = self._evaluate(batch)
+        if not self._trainable_checked and torch.is_grad_enabled() and self.primal.group_of:
+            check_trainable(self.problem, state)
+            self._trainable_checked = True
         pending = _Pending(batch, objective, stacked, state, start)
         self._pending = pending
         if not self._finite(objective, stacked):

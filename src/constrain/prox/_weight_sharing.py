@@ -213,20 +213,18 @@ def _snap_ties_numpy(
     return y[run_start]
 
 
-def _merged_mean(flat: Tensor, lam: float) -> Tensor | None:
-    """The prox when ``lam`` is so large that every weight joins one cluster, else None.
+def _exact_single_cluster(flat: Tensor, out: Tensor) -> Tensor:
+    """``out``, or the exact mean of ``flat`` when ``out`` is one cluster.
 
-    All particles merge once ``lam >= (d - 1) * (max(x) - min(x))`` (a bound above the
-    exact threshold ``max_k -(d-1) P_k / ((k+1)(d-1-k))``, ``P_k`` the prefix sums of the
-    sorted, centred ``x``; see docs/algorithms.md, 'The weight-sharing proximal operator').
-    The answer is then the mean of ``x`` (fact 1: the prox preserves the mean), computed
-    directly instead of from the shifted values ``x_(k) + lam (d-1-2k)/(d-1)``, whose
-    rounding at a huge ``lam`` would destroy it.
+    When every weight joins one cluster the prox is the mean of ``x`` (fact 1), but a
+    method computes it from the shifted values ``x_(k) + lam (d-1-2k)/(d-1)``, whose
+    rounding at a huge ``lam`` destroys it (``lam = 1e17`` turned ``[3, 1, -2]`` into
+    zeros). The mean is then computed from ``x`` directly (see docs/algorithms.md,
+    'Weight-sharing facts').
     """
-    low, high = torch.aminmax(flat)
-    spread = float(high - low)  # NaN or Inf for non-finite input: falls through
-    if not (lam >= (flat.numel() - 1) * spread):
-        return None
+    low, high = torch.aminmax(out)
+    if bool(low != high):
+        return out
     acc = torch.float64 if flat.device.type != "mps" else torch.float32
     return flat.to(acc).mean().to(flat.dtype).expand_as(flat).clone()
 
@@ -247,10 +245,6 @@ def _prox_flat(
         info = IsotonicInfo(padded=d)
         _fill(stats, "copy", d, info, torch.sort(out).values if stats is not None else None)
         return out
-    merged = _merged_mean(flat, lam)
-    if merged is not None:
-        _fill(stats, resolved, d, IsotonicInfo(padded=d), merged[:1] if stats is not None else None)
-        return merged
     if resolved == "sort_pava" and flat.device.type == "cpu":
         result = _sort_pava_cpu(flat.numpy(), lam)
         if result is None:
@@ -259,7 +253,7 @@ def _prox_flat(
         out_np, y_np = result
         y_sorted = torch.from_numpy(y_np.astype(out_np.dtype, copy=False))
         _fill(stats, resolved, d, IsotonicInfo(rounds=1, scans=1, padded=d), y_sorted)
-        return torch.from_numpy(out_np)
+        return _exact_single_cluster(flat, torch.from_numpy(out_np))
     vals, idx = sort_with_indices(flat)
     if not bool(torch.isfinite(vals[:: d - 1]).all()):  # non-finite values sort to the ends
         raise_non_finite(flat, shape, owner)
@@ -270,7 +264,7 @@ def _prox_flat(
     y = _snap_ties(vals, y.to(flat.dtype))
     out = torch.empty_like(flat).scatter_(0, idx, y)
     _fill(stats, resolved, d, info, y)
-    return out
+    return _exact_single_cluster(flat, out)
 
 
 @register("weight_sharing")
