@@ -13,9 +13,8 @@ with exact counting rates for the multipliers and sigmoid (or hinge) proxies for
 
 **Tolerance schedule.** ``tol_t`` moves linearly from ``initial_tolerance`` to ``tolerance``
 over the first ``schedule_fraction`` of the steps, then stays. It is a problem
-hyperparameter set after every step by a fit callback (``Setup.callback``); the constraints
-are declared in standard form (``gap - tol_t <= 0``) so that the new value takes effect at the
-next step.
+hyperparameter set after every step by a fit callback (``Setup.callback``); setting it
+re-declares the constraints, and the solver reads the new right-hand side at the next step.
 
 **Solutions compared.** Snapshots of the model are kept every ``snapshot_every`` steps (at
 most ``max_snapshots``, thinned evenly), each with its training error rate and its standard-
@@ -238,7 +237,6 @@ class FairnessAdultRates(ProblemSpec):
                 proxy=params.proxy,
                 temperature=params.temperature,
                 num_groups=groups.num_groups,
-                standard_form=True,
             )
 
         problem = problem_at(params.initial_tolerance)

@@ -10,7 +10,8 @@ of the model) with objective values ``f_j`` and standard-form constraint values 
     subject to  sum_j p_j g_ij <= 0   for i = 1..m,     p in the probability simplex,
 
 whose basic optimal solutions have at most ``m + 1`` non-zero probabilities (``m + 1`` rows;
-their Lemma 3, TFCO's ``find_best_candidate_distribution``). :func:`shrinking_distribution`
+their Lemma 3, TFCO's ``find_best_candidate_distribution``; see docs/algorithms.md,
+'Randomized solutions'). :func:`shrinking_distribution`
 solves it with ``scipy.optimize.linprog`` (HiGHS dual simplex, which returns a basic
 solution) and reduces any optimal point with a larger support to a basic one.
 

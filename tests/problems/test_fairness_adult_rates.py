@@ -35,14 +35,14 @@ def _config(**problem: Any) -> RunConfig:
 
 
 def test_schedule_tightens_linearly_then_stays() -> None:
-    problem = AdultRates(tolerance=0.1, num_groups=2, standard_form=True)
+    problem = AdultRates(tolerance=0.1, fpr_bound=0.03, num_groups=2)
     schedule = ToleranceSchedule(problem, 0.1, 0.05, 10)
     assert [round(schedule.value(t), 10) for t in (0, 5, 10, 20)] == [0.1, 0.075, 0.05, 0.05]
     eo = problem.rates()[0]
     assert eo.rhs == 0.1
     problem.tolerance = 0.07  # re-declares the constraints with the new tolerance
     assert problem.rates()[0].rhs == 0.07
-    assert [c.rhs for c in problem.all_constraints] == [0.0, 0.0]  # standard form
+    assert [c.rhs for c in problem.all_constraints] == [0.07, 0.03]
 
 
 def test_smoke_run_reports_every_solution(tmp_path: Path) -> None:

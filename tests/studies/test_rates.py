@@ -25,6 +25,7 @@ from constrain.studies import (
     precision,
     rate,
     rate_constraint,
+    rate_constraint_from_spec,
     rate_gap_constraint,
     rate_parity_constraint,
     recall,
@@ -311,12 +312,11 @@ def test_rate_problem_violations_match_the_standard_form() -> None:
     with torch.no_grad():
         logits = model(x)[:, 0]
         expected = torch.cat([rc.standard_form(logits, y, g).value for rc in rates])
-    for standard in (False, True):
-        problem = RateProblem(rate_constraints=rates, standard_form=standard)
-        solver = Solver(problem, model, torch.optim.SGD(model.parameters(), lr=0.0))
-        record = solver.step((x, y, g))
-        assert record is not None
-        assert record.violation == pytest.approx(expected.tolist(), abs=1e-14)
+    problem = RateProblem(rate_constraints=rates)
+    solver = Solver(problem, model, torch.optim.SGD(model.parameters(), lr=0.0))
+    record = solver.step((x, y, g))
+    assert record is not None
+    assert record.violation == pytest.approx(expected.tolist(), abs=1e-14)
 
 
 def test_rate_problem_reuses_coefficients_only_while_the_batch_is_unchanged() -> None:
@@ -363,6 +363,34 @@ def test_rate_problem_trains_towards_the_constraint() -> None:
     with torch.no_grad():
         achieved = recall(model(x)[:, 0], y).value.item()
     assert achieved >= 0.93
+
+
+def test_constraints_declared_from_config_mappings() -> None:
+    specs = [
+        {"type": "equalized_odds", "tolerance": 0.05, "num_groups": 3},
+        {"type": "rate", "rate": "recall", "sense": ">=", "bound": 0.9},
+        {"type": "gap", "rate": "fpr", "slack": 0.05, "groups": [1], "name": "fpr_g1"},
+        {"type": "parity", "rate": "fnr", "tolerance": 0.1, "proxy": "hinge"},
+        {"type": "demographic_parity", "tolerance": 0.1},
+    ]
+    problem = RateProblem(rate_constraints=specs, num_groups=3)
+    built = problem.rates()
+    assert [rc.name for rc in built] == [
+        "equalized_odds",
+        "tpr_ge",
+        "fpr_g1",
+        "fnr_parity",
+        "demographic_parity",
+    ]
+    direct = rate_gap_constraint("fpr", 0.05, groups=[1], name="fpr_g1", num_groups=3)
+    assert torch.equal(built[2].evaluate(S, Y, G).value, direct.evaluate(S, Y, G).value)
+    assert built[3].proxy == "hinge"
+    with pytest.raises(ConfigError, match=r"'type' must be one of"):
+        rate_constraint_from_spec({"rate": "fpr", "slack": 0.1})
+    with pytest.raises(ConfigError, match=r"unknown keys \['slak'\]; accepted: \['rate', 'slack'"):
+        rate_constraint_from_spec({"type": "gap", "rate": "fpr", "slak": 0.1})
+    with pytest.raises(ConfigError, match="missing"):
+        rate_constraint_from_spec({"type": "gap", "rate": "fpr"})
 
 
 def test_bad_inputs_name_the_problem() -> None:

@@ -25,7 +25,8 @@ class GroupDRO(Controller):
 
         q_{t+1, g} = q_{t, g} * exp(lr * e_{t, g}) / sum_h q_{t, h} * exp(lr * e_{t, h})
 
-    computed as ``softmax(log q_t + lr * e_t)`` (no overflow for large ``lr * e``). The
+    computed as ``softmax(log q_t + lr * e_t)`` (no overflow for large ``lr * e``; see
+    docs/algorithms.md, 'Group DRO weights'). The
     multipliers start uniform (``1 / m``) and stay on the simplex, where the formulation's
     projection ``max(q, 0)`` does nothing; with the Lagrangian formulation and a zero
     objective the primal player minimises ``sum_g q_g L_g``. Sagawa et al. update ``q``

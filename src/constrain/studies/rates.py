@@ -44,13 +44,15 @@ Shapes: binary rates have one entry per group ``(G,)``; multi-class rates one pe
 class, flattened group-major ``(G * C,)`` (entry ``g * C + c``); the error rate has one entry
 per group. Groups with no sample meeting the condition get value 0 and proxy 0.
 
+The mathematics is summarised in docs/algorithms.md, 'Rate constraints'.
+
 **Ratios (precision).** Precision ``TP_g / PP_g`` is not linear in the indicators, so a bound
 on it is linearised by moving the denominator to the constraint side (Cotter et al., JMLR
 2019; TFCO's ratio constraints): for ``PP_g > 0``,
 
     TP_g / PP_g >= p   <=>   TP_g - p * PP_g >= 0   <=>   mean_g(y * yhat) - p * mean_g(yhat) >= 0,
 
-dividing by the group size ``n_g``. The linear form is what the builders constrain; a group
+dividing by the group size ``n_g`` (docs/algorithms.md, 'Ratio constraints'). The linear form is what the builders constrain; a group
 with no predicted positive satisfies it (precision is then undefined).
 
 **Builders** return a :class:`RateConstraint` (name, sense, right-hand side and the
@@ -76,7 +78,7 @@ of observed entries for solvers that can skip the others.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeAlias
 
@@ -103,6 +105,7 @@ __all__ = [
     "precision",
     "rate",
     "rate_constraint",
+    "rate_constraint_from_spec",
     "rate_gap_constraint",
     "rate_parity_constraint",
     "recall",
@@ -1160,6 +1163,56 @@ def demographic_parity_constraint(
     )
 
 
+_BUILDERS: dict[str, Callable[..., RateConstraint]] = {
+    "rate": rate_constraint,
+    "gap": rate_gap_constraint,
+    "parity": rate_parity_constraint,
+    "equalized_odds": equalized_odds_constraint,
+    "demographic_parity": demographic_parity_constraint,
+}
+
+
+def rate_constraint_from_spec(spec: Mapping[str, Any]) -> RateConstraint:
+    """Build a rate constraint from a configuration mapping.
+
+    ``spec["type"]`` names the builder: ``"rate"`` (:func:`rate_constraint`), ``"gap"``
+    (:func:`rate_gap_constraint`), ``"parity"`` (:func:`rate_parity_constraint`),
+    ``"equalized_odds"`` or ``"demographic_parity"``; ``"rate"`` gives the rate name and the
+    other keys are the builder's keyword arguments, e.g.
+    ``{"type": "gap", "rate": "fpr", "slack": 0.05}`` or
+    ``{"type": "rate", "rate": "recall", "sense": ">=", "bound": 0.9}``.
+
+    Raises:
+        ConfigError: For a missing or unknown type, or keys the builder does not take
+            (naming them and the accepted ones).
+    """
+    import inspect
+
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"a rate-constraint spec must be a mapping; got {describe(spec)}.")
+    options = dict(spec)
+    kind = options.pop("type", None)
+    if kind not in _BUILDERS:
+        raise ConfigError(
+            f"rate-constraint spec {dict(spec)!r}: 'type' must be one of {sorted(_BUILDERS)}; "
+            f"got {kind!r}."
+        )
+    builder = _BUILDERS[kind]
+    if "rate" in options:
+        options["rate_name"] = options.pop("rate")
+    accepted = list(inspect.signature(builder).parameters)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        shown = ["rate" if a == "rate_name" else a for a in accepted]
+        raise ConfigError(
+            f"rate-constraint spec of type {kind!r}: unknown keys {unknown}; accepted: {shown}."
+        )
+    try:
+        return builder(**options)
+    except TypeError as exc:
+        raise ConfigError(f"rate-constraint spec of type {kind!r}: {exc}.") from None
+
+
 # -- a problem built from rate constraints ------------------------------------------------
 class RateProblem(ConstrainedProblem):
     """A classifier trained under rate constraints, with one forward pass per step.
@@ -1175,28 +1228,31 @@ class RateProblem(ConstrainedProblem):
     ``accuracy``.
 
     Subclasses may override :meth:`rates` to build the constraints from their own fields
-    (e.g. a tolerance); changing a field re-declares them.
+    (e.g. a tolerance); changing a field re-declares them, and the solver reads the new
+    right-hand sides at its next step (a tolerance schedule is a fit callback that sets the
+    field).
 
     Attributes:
-        rate_constraints: The constraints (see the builders of this module).
+        rate_constraints: The constraints: :class:`RateConstraint` objects (see the builders
+            of this module) or configuration mappings (see :func:`rate_constraint_from_spec`).
         num_groups: ``G`` when the batch gives integer group labels (needed with minibatches,
             which may miss the last group).
-        standard_form: Declare every constraint as ``sign * (lhs - rhs) <= 0`` with the
-            right-hand side inside the value, so that a right-hand side that changes during
-            training (a tolerance schedule applied by changing a field) takes effect at once.
     """
 
     rate_constraints: list[Any] = Field(default_factory=list, exclude=True)
     num_groups: int | None = Field(default=None, ge=1)
-    standard_form: bool = False
 
     _rates: dict[str, RateConstraint] = PrivateAttr(default_factory=dict)
     _cache: dict[Any, Any] = PrivateAttr(default_factory=dict)
     _batch: tuple[Any, ...] = PrivateAttr(default=())
 
     def rates(self) -> list[RateConstraint]:
-        """The rate constraints (default: ``rate_constraints``)."""
-        return list(self.rate_constraints)
+        """The rate constraints (default: ``rate_constraints``, mappings built with
+        :func:`rate_constraint_from_spec`)."""
+        return [
+            rate_constraint_from_spec(rc) if isinstance(rc, Mapping) else rc
+            for rc in self.rate_constraints
+        ]
 
     def model_post_init(self, context: Any, /) -> None:
         super().model_post_init(context)
@@ -1220,8 +1276,8 @@ class RateProblem(ConstrainedProblem):
             declared.append(
                 Constraint(
                     name=rc.name,
-                    sense="<=" if self.standard_form else rc.sense,
-                    rhs=0.0 if self.standard_form else rc.rhs,
+                    sense=rc.sense,
+                    rhs=rc.rhs,
                     fn=self._single(rc),
                     description=rc.description,
                 )
@@ -1248,8 +1304,6 @@ class RateProblem(ConstrainedProblem):
             rc = replace(rc, num_groups=self.num_groups)
         prep, parts = self._prepared(rc, logits, labels, groups, {} if memo is None else memo)
         value, proxy, _ = rc._standard(prep, parts)
-        if self.standard_form:
-            return ConstraintValue(value, proxy)
         return ConstraintValue(rc.sign * value + rc.rhs, rc.sign * proxy + rc.rhs)
 
     def _prepared(
