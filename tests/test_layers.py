@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "_checkpoint_state": 5,
     "solver": 6,
     "config": 7, "runner": 7, "checkpoint": 7, "plots": 7, "bench": 7, "exact": 7, "validation": 7,
+    "randomized": 7,
     "cli": 8,
     "__init__": 9,
 }  # fmt: skip
