@@ -241,9 +241,9 @@ G = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
 def test_fpr_of_a_group_below_the_overall_fpr_plus_slack() -> None:
     rc = rate_gap_constraint("fpr", 0.05, num_groups=3)
     assert (rc.name, rc.sense, rc.rhs) == ("fpr_gap", "<=", 0.05)
-    value, observed = rc.evaluate_observed(S, Y, G)
+    value = rc.evaluate(S, Y, G)
     assert value.value.tolist() == pytest.approx([0.0, 0.0, 0.05], abs=1e-15)
-    assert observed.tolist() == [True, True, False]
+    assert value.observed is not None and value.observed.tolist() == [True, True, False]
     constraint = rc.declare(lambda model, batch: (model(batch[0]), batch[1], batch[2]))
     assert (constraint.name, constraint.sense, constraint.rhs) == ("fpr_gap", "<=", 0.05)
     std = constraint.violation(value.value)
@@ -276,7 +276,9 @@ def test_precision_bound_is_linearised() -> None:
 
 def test_equalized_odds_entries_and_order() -> None:
     rc = equalized_odds_constraint(0.05, num_groups=3)
-    value, observed = rc.evaluate_observed(S, Y, G)
+    value = rc.evaluate(S, Y, G)
+    observed = value.observed
+    assert observed is not None
     tpr = [0.25, -0.25, 0.05]  # group 2 absent: filled with the rhs
     fpr = [0.0, 0.0, 0.05]
     expected = tpr + fpr + [-0.25, 0.25, 0.05] + [0.0, 0.0, 0.05]
@@ -317,6 +319,33 @@ def test_rate_problem_violations_match_the_standard_form() -> None:
     record = solver.step((x, y, g))
     assert record is not None
     assert record.violation == pytest.approx(expected.tolist(), abs=1e-14)
+
+
+def test_absent_groups_are_unobserved_and_keep_their_multipliers() -> None:
+    """A minibatch without group 2: its entries are unobserved, so even nuPI with a
+    proportional term (which moves on a zero signal) leaves their multipliers alone."""
+    torch.manual_seed(0)
+    x = torch.randn(60, 2, dtype=DTYPE)
+    y = (x[:, 0] > 0).to(DTYPE)
+    g = torch.arange(60) % 3
+    model = nn.Linear(2, 1).double()
+    rates = [rate_gap_constraint("fpr", 0.0, num_groups=3)]
+    plain = false_positive_rate(x[g < 2, 0], y[g < 2], g[g < 2], num_groups=3)
+    assert plain.observed is not None and plain.observed.tolist() == [True, True, False]
+    solver = Solver(
+        RateProblem(rate_constraints=rates),
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        controller={"name": "nupi", "lr": 1.0, "ki": 1.0, "kp": 5.0, "nu": 0.5},
+    )
+    for _ in range(3):
+        solver.step((x, y, g))  # every group present
+    before = solver.multipliers["fpr_gap"].clone()
+    for _ in range(3):
+        solver.step((x[g < 2], y[g < 2], g[g < 2]))  # group 2 absent
+    after = solver.multipliers["fpr_gap"]
+    assert after[2] == before[2]
+    assert not torch.equal(after[:2], before[:2])
 
 
 def test_rate_problem_reuses_coefficients_only_while_the_batch_is_unchanged() -> None:

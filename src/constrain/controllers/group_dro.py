@@ -34,7 +34,10 @@ class GroupDRO(Controller):
 
     The normalisation couples every multiplier the controller is given: use it for a problem
     whose dense constraints are exactly the group losses, and not for per-sample (indexed)
-    constraints, whose minibatch updates would renormalise only the observed entries. Only
+    constraints, whose minibatch updates would renormalise only the observed entries, nor
+    with entries marked unobserved (``ConstraintValue.observed``), which keep their old
+    weight while the others are renormalised (:class:`constrain.studies.GroupDROProblem`
+    never marks its entries unobserved: an absent group has loss 0 in that batch). Only
     for inequality constraints (:attr:`supports_equality` is ``False``). Stateless.
 
     Attributes:

@@ -67,13 +67,12 @@ left-hand side as a function of ``(logits, labels, groups)``):
 :class:`RateProblem` declares a classifier trained under any list of them with one forward
 pass per step.
 
-**Groups absent from a batch.** The builders fill every entry without evidence (a group with
-no sample meeting the condition) with the right-hand side itself, so that its standard-form
-violation is exactly 0: a zero error signal, which leaves the multiplier unchanged under
-``gda`` and ``multiplicative`` (and ``nupi`` with ``kp = 0``). Controllers with memory
-(momentum, nuPI with ``kp != 0``, Adam, PID) still move such a multiplier by their state: a
-zero signal is not "not observed". :meth:`RateConstraint.evaluate_observed` returns the mask
-of observed entries for solvers that can skip the others.
+**Groups absent from a batch.** An entry without evidence (a group with no sample meeting
+the condition, e.g. no positive sample of a group in a minibatch) is marked unobserved
+(``ConstraintValue.observed`` False): its multiplier and controller state do not move and it
+counts as no violation. The rate functions give such entries value 0 and proxy 0; the
+builders give them the right-hand side itself (a standard-form violation of exactly 0, a
+zero error signal even for code that ignores the mask).
 """
 
 from __future__ import annotations
@@ -496,8 +495,9 @@ def rate(
     per_group, _ = _rate_linear(prep, key)
     value, soft = per_group.evaluate(prep)
     zero = torch.zeros((), dtype=value.dtype, device=value.device)
+    observed = per_group.observed
     return ConstraintValue(
-        torch.where(per_group.observed, value, zero), torch.where(per_group.observed, soft, zero)
+        torch.where(observed, value, zero), torch.where(observed, soft, zero), observed=observed
     )
 
 
@@ -509,7 +509,9 @@ def _precision_ratio(prep: _Prepared) -> ConstraintValue:
     tiny = torch.finfo(tp.dtype).tiny
     value = torch.where(pp > 0, tp / pp.clamp_min(1.0), 0.0)
     soft = torch.where(pp_soft > 0, tp_soft / pp_soft.clamp_min(tiny), 0.0)
-    return ConstraintValue(value.reshape(-1).detach(), soft.reshape(-1))
+    return ConstraintValue(
+        value.reshape(-1).detach(), soft.reshape(-1), observed=(pp > 0).reshape(-1)
+    )
 
 
 def positive_prediction_rate(
@@ -782,29 +784,27 @@ class RateConstraint:
         zero = torch.zeros((), dtype=value.dtype, device=value.device)
         return torch.where(mask, value, zero), torch.where(mask, proxy, zero), mask
 
-    def evaluate_observed(
-        self, logits: Tensor, labels: Tensor | None, groups: Tensor | None = None
-    ) -> tuple[ConstraintValue, Tensor]:
-        """:meth:`evaluate` and the boolean mask of entries with evidence in this batch."""
-        value, proxy, mask = self._standard(self._prepare(logits, labels, groups))
-        return ConstraintValue(self.sign * value + self.rhs, self.sign * proxy + self.rhs), mask
-
     def evaluate(
         self, logits: Tensor, labels: Tensor | None, groups: Tensor | None = None
     ) -> ConstraintValue:
-        """The left-hand side: exact value (detached) and proxy, one entry per constrained
-        quantity. Entries without evidence equal ``rhs`` (standard-form violation 0)."""
-        return self.evaluate_observed(logits, labels, groups)[0]
+        """The left-hand side: exact value (detached), proxy and the ``observed`` mask, one
+        entry per constrained quantity. Entries without evidence are unobserved and equal
+        ``rhs`` (standard-form violation 0)."""
+        value, proxy, mask = self._standard(self._prepare(logits, labels, groups))
+        return ConstraintValue(
+            self.sign * value + self.rhs, self.sign * proxy + self.rhs, observed=mask
+        )
 
     def standard_form(
         self, logits: Tensor, labels: Tensor | None, groups: Tensor | None = None
     ) -> ConstraintValue:
-        """``sign * (lhs - rhs)`` (``<= 0`` when met); entries without evidence are 0.
+        """``sign * (lhs - rhs)`` (``<= 0`` when met); entries without evidence are 0 and
+        unobserved.
 
         With ``proxy="hinge"`` the proxy is an upper bound of the value, entry by entry.
         """
-        value, proxy, _ = self._standard(self._prepare(logits, labels, groups))
-        return ConstraintValue(value, proxy)
+        value, proxy, mask = self._standard(self._prepare(logits, labels, groups))
+        return ConstraintValue(value, proxy, observed=mask)
 
     def declare(self, inputs: Inputs) -> Constraint:
         """A :class:`~constrain.Constraint` evaluating ``inputs(model, batch)`` and then
@@ -1303,8 +1303,8 @@ class RateProblem(ConstrainedProblem):
         if rc.num_groups is None and self.num_groups is not None:
             rc = replace(rc, num_groups=self.num_groups)
         prep, parts = self._prepared(rc, logits, labels, groups, {} if memo is None else memo)
-        value, proxy, _ = rc._standard(prep, parts)
-        return ConstraintValue(rc.sign * value + rc.rhs, rc.sign * proxy + rc.rhs)
+        value, proxy, mask = rc._standard(prep, parts)
+        return ConstraintValue(rc.sign * value + rc.rhs, rc.sign * proxy + rc.rhs, observed=mask)
 
     def _prepared(
         self,
