@@ -26,7 +26,8 @@ LAYERS: dict[str, int] = {
     "duals": 4, "primal": 4, "distributed": 4,
     "_checkpoint_state": 5,
     "solver": 6,
-    "config": 7, "runner": 7, "checkpoint": 7, "plots": 7, "bench": 7, "exact": 7, "validation": 7, "_run_folder": 7,
+    "config": 7, "runner": 7, "checkpoint": 7, "plots": 7, "bench": 7, "exact": 7, "validation": 7,
+    "_run_folder": 7, "randomized": 7,
     "cli": 8,
     "__init__": 9,
 }  # fmt: skip
