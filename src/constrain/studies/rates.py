@@ -904,7 +904,8 @@ def rate_constraint(
         bound: The bound ``b`` (for precision: the target ``p`` in ``[0, 1]``).
         groups: ``"overall"`` (one entry per class), ``"each"`` (every group) or group indices.
         name: Constraint name (default ``"{rate}_{le|ge}"``).
-        proxy, temperature: Surrogate of the indicators (see :func:`rate`).
+        proxy: Surrogate of the indicators (see :func:`rate`).
+        temperature: Temperature of the surrogate (see :func:`rate`).
         num_groups: ``G`` when groups are integer labels.
 
     Raises:
@@ -991,7 +992,9 @@ def rate_gap_constraint(
         sense: ``"<="`` (at most ``slack`` above the overall rate) or ``">="``.
         groups: ``"each"`` or a list of group indices.
         name: Constraint name (default ``"{rate}_gap"``).
-        proxy, temperature, num_groups: See :func:`rate_constraint`.
+        proxy: See :func:`rate_constraint`.
+        temperature: See :func:`rate_constraint`.
+        num_groups: See :func:`rate_constraint`.
 
     Raises:
         ConfigError: For precision, an unknown rate, a bad slack or group selection.
@@ -1060,7 +1063,9 @@ def rate_parity_constraint(
         tolerance: ``>= 0``.
         groups: ``"each"`` or a list of group indices.
         name: Constraint name (default ``"{rate}_parity"``).
-        proxy, temperature, num_groups: See :func:`rate_constraint`.
+        proxy: See :func:`rate_constraint`.
+        temperature: See :func:`rate_constraint`.
+        num_groups: See :func:`rate_constraint`.
 
     Returns:
         A ``<=`` constraint with ``2 * G`` entries (``2 * G * C`` for multi-class).
