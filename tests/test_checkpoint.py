@@ -442,4 +442,7 @@ def test_killing_the_process_leaves_a_readable_checkpoint(tmp_path: Path) -> Non
         assert payload["meta"]["step"] > last_step, (round_, path)
         last_step = payload["meta"]["step"]
         leftovers = [p.name for p in (tmp_path / "checkpoints").iterdir()]
-        assert len([n for n in leftovers if n.startswith("step-")]) <= 2, leftovers
+        # keep=2, plus at most one per kill: a SIGKILL between writing a checkpoint and
+        # recording it in run.json leaves a file the resumed run cannot prove it wrote, and a
+        # run never deletes such files (docs/cli.md, run folders).
+        assert len([n for n in leftovers if n.startswith("step-")]) <= 2 + round_ + 1, leftovers
