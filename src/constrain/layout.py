@@ -18,24 +18,43 @@ from ._errors import ConfigError, NonFiniteError, ShapeError, describe
 from .multipliers import Multipliers
 from .problem import ConstrainedProblem, Constraint, ProblemState, as_constraint_value
 
-__all__ = ["ConstraintLayout", "IndexedViolation", "StackedConstraints"]
+__all__ = [
+    "NONFINITE_HINT",
+    "ConstraintLayout",
+    "IndexedViolation",
+    "StackedConstraints",
+    "index_message",
+]
 
 
 @dataclass
 class IndexedViolation:
     """Observed entries of one per-sample constraint group.
 
+    A sample drawn several times in one batch (sampling with replacement, the padding of a
+    distributed sampler) counts once, with the mean of its values: every occurrence carries
+    that mean in ``violation`` (so the multiplier updates of the occurrences are identical),
+    and only the first one enters the primal loss (the others' ``primal`` is a constant 0).
+    This keeps every shape fixed, so that no host synchronisation is needed.
+
     Attributes:
         violation: Standard-form true values ``g_i`` of the observed samples (detached).
         primal: Standard-form values the primal player differentiates (proxy or true).
-        indices: Sample indices (int64), one per entry, unique within a batch.
+        indices: Sample indices (int64), one per entry, clamped to ``[0, size)``.
         equality: True if the group is an equality constraint (multipliers of any sign).
+        first: True at the first occurrence of each sample (``None``: no repeats possible).
+        raw_indices: The indices as given (checked against ``size`` when the step is
+            flushed; see :meth:`ConstraintLayout.check_indices`).
+        size: Number of samples of the group.
     """
 
     violation: Tensor
     primal: Tensor
     indices: Tensor
     equality: bool = False
+    first: Tensor | None = None
+    raw_indices: Tensor | None = None
+    size: int = 0
 
 
 @dataclass
@@ -54,6 +73,12 @@ class StackedConstraints:
     primal: Tensor
     equality: Tensor
     per_sample: dict[str, IndexedViolation] = field(default_factory=dict)
+
+
+NONFINITE_HINT = (
+    "expected finite values; look for log(0), a division by zero, an overflow or NaN "
+    "in the data, or pass on_nonfinite='skip' to skip such steps"
+)
 
 
 class ConstraintLayout:
@@ -138,7 +163,11 @@ class ConstraintLayout:
             )
         rhs = torch.cat(parts) if parts else torch.zeros(0, dtype=self.dtype)
         self.rhs = rhs.to(self.device)
-        self._identity_form = bool((self.sign == 1).all()) and bool((self.rhs == 0).all())
+        # Decided from the declarations, not from the device tensors (no synchronisation).
+        self._identity_form = all(c.sign == 1 for c in self.dense) and all(
+            all(float(x) == 0.0 for x in (v if isinstance(v, tuple) else (v,)))  # type: ignore[union-attr]
+            for v in values
+        )
         self._shift = -self.sign * self.rhs
         self._rhs_values = values
 
@@ -247,27 +276,54 @@ class ConstraintLayout:
                 f"per-sample constraint {c.name!r} needs sample indices: return "
                 "ConstraintValue(value, indices=batch_indices)."
             )
-        indices = value.indices.reshape(-1).long()
-        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= int(c.size or 0)):
-            raise ShapeError(
-                f"per-sample constraint {c.name!r}: indices must lie in [0, {c.size}); got "
-                f"[{int(indices.min())}, {int(indices.max())}]."
-            )
+        size = int(c.size or 0)
+        given = value.indices.reshape(-1).long()
+        # Out-of-range indices are reported when the step is flushed (check_indices); until
+        # then they are clamped so that no gather or scatter leaves the store.
+        indices = given.clamp(0, max(size - 1, 0))
         current = self._declared(c)
         v = current.violation(value.value.reshape(-1).to(self.dtype))
         p = v if value.proxy is None else current.violation(value.proxy.reshape(-1).to(self.dtype))
+        first = None
         if indices.numel() > 1:
-            unique, inverse = torch.unique(indices, return_inverse=True)
-            if unique.numel() != indices.numel():
-                # A sample drawn several times (sampling with replacement, padding of a
-                # distributed sampler) counts once, with the mean of its values.
-                counts = torch.zeros_like(unique, dtype=self.dtype).index_add_(
-                    0, inverse, torch.ones_like(v)
-                )
-                v = torch.zeros_like(counts).index_add(0, inverse, v) / counts
-                p = torch.zeros_like(counts).index_add(0, inverse, p) / counts
-                indices = unique
-        return IndexedViolation(v.detach().clone(), p, indices, c.is_equality)
+            v, p, first = _merge_repeats(indices, v, p)
+        return IndexedViolation(
+            v.detach().clone(), p, indices, c.is_equality, first, given, size
+        )
+
+    def merge(self, evaluations: list[StackedConstraints]) -> StackedConstraints:
+        """One evaluation from several micro-batches (gradient accumulation): the mean of
+        the dense violations, and the observed entries of every micro-batch together (a
+        sample seen in several counts once, with the mean of its values)."""
+        if len(evaluations) == 1:
+            return evaluations[0]
+        violation = torch.stack([e.violation for e in evaluations]).mean(0)
+        per_sample: dict[str, IndexedViolation] = {}
+        for name, first in evaluations[0].per_sample.items():
+            parts = [e.per_sample[name] for e in evaluations]
+            given = torch.cat([iv.indices for iv in parts])
+            values = torch.cat([iv.violation for iv in parts])
+            raw = torch.cat([iv.raw_indices if iv.raw_indices is not None else iv.indices for iv in parts])
+            mask = None
+            if given.numel() > 1:
+                values, _, mask = _merge_repeats(given, values, values)
+            per_sample[name] = IndexedViolation(
+                values, values, given, first.equality, mask, raw, first.size
+            )
+        return StackedConstraints(violation, violation, self.equality, per_sample)
+
+    def check_indices(self, stacked: StackedConstraints, step: int | None = None) -> None:
+        """Raise :class:`ShapeError` if a per-sample group's indices leave ``[0, size)``
+        (one host synchronisation per group; the solver reads the same facts from the
+        step's record instead).
+        """
+        for name, iv in stacked.per_sample.items():
+            given = iv.raw_indices if iv.raw_indices is not None else iv.indices
+            if given.numel() == 0:
+                continue
+            low, high = int(given.min()), int(given.max())
+            if low < 0 or high >= iv.size:
+                raise ShapeError(index_message(name, iv.size, low, high, step))
 
     def _declared(self, c: Constraint) -> Constraint:
         """The problem's current declaration of ``c`` (its rhs may have changed)."""
@@ -291,7 +347,9 @@ class ConstraintLayout:
         """Raise :class:`NonFiniteError` naming the first non-finite quantity (the
         objective is not checked when ``None``).
 
-        One device synchronisation in the common (all finite) case.
+        One device synchronisation in the common (all finite) case: the solver calls it
+        only where the host must decide (``on_nonfinite="skip"``) or when it reports an
+        error (to name the entries).
         """
         parts = [stacked.violation]
         if objective is not None:
@@ -299,10 +357,7 @@ class ConstraintLayout:
         parts += [iv.violation for iv in stacked.per_sample.values()]
         if bool(torch.isfinite(torch.cat(parts)).all()):
             return
-        hint = (
-            "expected finite values; look for log(0), a division by zero, an overflow or NaN "
-            "in the data, or pass on_nonfinite='skip' to skip such steps"
-        )
+        hint = NONFINITE_HINT
         if objective is not None and not bool(torch.isfinite(objective.detach()).all()):
             raise NonFiniteError(f"the objective is {objective.item()} at step {step} ({hint}).")
         for name, part in self.split(stacked.violation).items():
@@ -321,6 +376,34 @@ class ConstraintLayout:
                     f"(samples {iv.indices[bad][:5].tolist()}; values "
                     f"{iv.violation[bad][:5].tolist()}; {hint})."
                 )
+
+
+def index_message(name: str, size: int, low: float, high: float, step: int | None) -> str:
+    """The error message of out-of-range sample indices."""
+    where = "" if step is None else f" at step {step}"
+    return (
+        f"per-sample constraint {name!r}: indices must lie in [0, {size}); got "
+        f"[{int(low)}, {int(high)}]{where}. Give each sample its row number in the whole "
+        "data set (e.g. a TensorDataset with torch.arange(n))."
+    )
+
+
+def _merge_repeats(indices: Tensor, v: Tensor, p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Give every occurrence of a repeated index the mean of its values (``v``) and keep
+    only the first occurrence in the primal values (``p``, 0 elsewhere), with fixed shapes
+    and no host synchronisation. Returns ``(v, p, first)``."""
+    n = indices.numel()
+    order = torch.sort(indices, stable=True).indices
+    ordered = indices[order]
+    starts = torch.ones(n, dtype=torch.bool, device=indices.device)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    group = torch.empty_like(order).scatter_(0, order, torch.cumsum(starts, 0) - 1)
+    first = torch.empty_like(starts).scatter_(0, order, starts)
+    counts = torch.zeros(n, dtype=v.dtype, device=v.device).index_add_(0, group, torch.ones_like(v))
+    scale = counts.clamp_min(1)
+    mean_v = (torch.zeros_like(counts).index_add_(0, group, v.detach()) / scale)[group]
+    mean_p = (torch.zeros_like(counts).index_add(0, group, p) / scale)[group]
+    return mean_v, torch.where(first, mean_p, torch.zeros_like(mean_p)), first
 
 
 def dual_dtype(objective: Tensor, constraints: list[object]) -> torch.dtype:
