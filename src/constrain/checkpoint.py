@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import time
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -211,6 +212,17 @@ def _prune(folder: Path, keep: int) -> None:
         stale.unlink(missing_ok=True)
 
 
+def _carry_stream(source: Path, folder: Path) -> None:
+    """Resuming into another folder: start its history stream from the resumed one's (the
+    checkpoint then cuts it back to its own position)."""
+    from .runner import HISTORY_STREAM
+
+    old, new = source / HISTORY_STREAM, folder / HISTORY_STREAM
+    if old.is_file() and old.resolve() != new.resolve() and not new.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(old, new)
+
+
 def _check_compatible(meta: Mapping[str, Any], config: RunConfig, where: Path) -> None:
     """The checkpoint must come from the same problem and the same settings (all but
     ``steps``)."""
@@ -244,6 +256,7 @@ def run_with_checkpoints(
     progress: bool | None = None,
     keep: int = 2,
     figures: bool = True,
+    loggers: Sequence[Any] = (),
 ) -> Any:
     """Run a registered problem, saving a checkpoint every ``every`` steps and at the end.
 
@@ -261,6 +274,7 @@ def run_with_checkpoints(
         keep: Number of checkpoints kept (>= 1); older ones are deleted after a new one is
             written, so with 2 a damaged newest file still leaves a good one.
         figures: Write figures with the report.
+        loggers: Receive every record (e.g. a :class:`constrain.TensorBoardLogger`).
 
     Returns:
         A :class:`constrain.runner.RunResult`.
@@ -272,7 +286,14 @@ def run_with_checkpoints(
             configuration.
     """
     from .distributed import is_main_process, world_size
-    from .runner import RunResult, build_solver, get_problem, summarize, write_report
+    from .runner import (
+        RunResult,
+        build_solver,
+        get_problem,
+        stream_history,
+        summarize,
+        write_report,
+    )
 
     if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
         raise ConfigError(f"--checkpoint-every must be a positive integer; got {every!r}.")
@@ -285,8 +306,11 @@ def run_with_checkpoints(
     folder = Path(out) if out is not None else _run_folder(Path(resume))  # type: ignore[arg-type]
     spec = get_problem(config.problem["name"])
     setup, solver = build_solver(spec, config)
+    stream_history(solver, folder)
+    solver.loggers += list(loggers)
     if resume is not None:
         path, payload = load_latest(Path(resume))
+        _carry_stream(_run_folder(Path(resume)), folder)
         _check_compatible(payload["meta"], config, path)
         solver.initialise(setup.batch, setup.data)
         solver.load_state_dict(payload["solver"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,6 +28,8 @@ from ._errors import ConfigError
 from ._io import atomic_write_text
 from ._registry import Registry
 from .config import RunConfig
+from .history import History
+from .loggers import Logger
 from .problem import ConstrainedProblem
 from .reference import Reference
 from .solver import Solver, make_optimizer
@@ -249,7 +251,7 @@ def summarize(
         "steps": solver.step_count,
         "objective": None if last is None else last.objective,
         "max_violation": None if last is None else last.max_violation,
-        "multipliers": [] if last is None else list(last.multipliers),
+        "multipliers": _dense_multipliers(solver),
         "multiplier_names": history.labels,
         "seconds": seconds,
         "seconds_per_step": seconds / max(solver.step_count, 1),
@@ -265,6 +267,12 @@ def summarize(
         summary["reference"] = compare_with_reference(reference, solver)
     summary.update(spec.report(setup.full or setup, solver))
     return summary
+
+
+def _dense_multipliers(solver: Solver) -> list[float]:
+    """The dense multipliers now, in the order of the history's labels."""
+    store = solver.multiplier_store
+    return [] if store is None else [float(x) for x in store.dense.detach().cpu().tolist()]
 
 
 def compare_with_reference(reference: Reference, solver: Solver) -> dict[str, Any]:
@@ -322,12 +330,14 @@ def run(
     *,
     progress: bool | None = None,
     figures: bool = True,
+    loggers: Sequence[Logger] = (),
 ) -> RunResult:
     """Run a registered problem as configured; write a report under ``out`` if given.
 
     The report: ``summary.json``, ``config.yaml``, ``history.csv``, ``history.json`` and
     PNG figures (objective, constraints against their bounds, multipliers), plus the
-    problem's own figures.
+    problem's own figures; the history is streamed to ``history.jsonl`` as the run goes.
+    ``loggers`` (e.g. a :class:`constrain.TensorBoardLogger`) receive every record.
     """
     spec = get_problem(config.problem["name"])
     setup, solver = build_solver(spec, config)
@@ -339,6 +349,9 @@ def run(
         config.order,
         config.steps,
     )
+    if out is not None:
+        stream_history(solver, Path(out))
+    solver.loggers += list(loggers)
     start = time.perf_counter()
     solver.fit(setup.data, config.steps, batch=setup.batch, progress=progress)
     seconds = time.perf_counter() - start
@@ -356,6 +369,16 @@ def run(
         if is_main_process():
             write_report(Path(out), spec, config, setup, solver, summary, figures=figures)
     return RunResult(summary, solver, setup, config)
+
+
+HISTORY_STREAM = "history.jsonl"
+"""The file of a run folder that the history streams to."""
+
+
+def stream_history(solver: Solver, folder: Path) -> None:
+    """Stream ``solver``'s history to ``folder/history.jsonl`` (main process only)."""
+    if distributed.is_main_process():
+        solver.history = History(stream=folder / HISTORY_STREAM)
 
 
 def write_report(
