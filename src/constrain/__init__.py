@@ -19,6 +19,7 @@ from .exact import Tolerances, ValidationReport, to_cvxpy, validate
 from .formulations import AugmentedLagrangian, Formulation, Lagrangian, QuadraticPenalty
 from .history import History, StepRecord
 from .layout import ConstraintLayout
+from .loggers import Logger, TensorBoardLogger
 from .multipliers import Multipliers
 from .problem import (
     ConstrainedProblem,
@@ -29,6 +30,7 @@ from .problem import (
     constraint,
 )
 from .runner import ProblemSpec, Reference, RunResult, Setup, get_problem, problem_names, run
+from .schedules import ScheduledValue
 from .solver import Solver, SolveResult, make_optimizer, solve
 from .variables import Variables
 
@@ -47,6 +49,7 @@ __all__ = [
     "Formulation",
     "History",
     "Lagrangian",
+    "Logger",
     "Multipliers",
     "NonFiniteError",
     "ProblemSpec",
@@ -56,11 +59,13 @@ __all__ = [
     "Regularizer",
     "RunConfig",
     "RunResult",
+    "ScheduledValue",
     "Setup",
     "ShapeError",
     "SolveResult",
     "Solver",
     "StepRecord",
+    "TensorBoardLogger",
     "Tolerances",
     "UnknownNameError",
     "ValidationReport",

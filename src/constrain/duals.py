@@ -14,7 +14,7 @@ small interface to the solver:
 A proposed update with a NaN/Inf entry is dropped on the device (the old multipliers
 stay) and reported in the step's :class:`DualReport`; the solver raises
 :class:`~constrain.NonFiniteError` naming the constraint when the step is flushed, or
-(``on_nonfinite="skip"``) logs it. See ``docs/algorithms.md``, 'Multiplier controllers' and
+(``on_nonfinite="skip"``) logs it. See docs/algorithms.md, 'Multiplier controllers' and
 'Formulations', for the update rules and the projection convention.
 """
 

@@ -10,7 +10,7 @@ problem to the model's parameters once (names or ``fnmatch`` patterns), then
 * :meth:`RegularizerStage.diagnostics` reports what the stage knows about itself (the
   number of distinct values of each parameter, for regularizers that count clusters).
 
-See ``docs/algorithms.md``, 'The weight-sharing proximal operator'.
+See docs/algorithms.md, 'The weight-sharing proximal operator'.
 """
 
 from __future__ import annotations
@@ -105,7 +105,9 @@ class RegularizerStage:
         """Run every prox on its parameters, in place, with strength ``strength * lr``."""
         if not self._proxes:
             return
-        with torch.no_grad():
+        from .prox._checks import without_input_checks
+
+        with torch.no_grad(), without_input_checks():
             for target in self._proxes:
                 reg = target.regularizer
                 for name, p in target.params:

@@ -28,7 +28,7 @@ history.
 In the default *simultaneous* order the multiplier step uses ``g(x_t)`` (evaluated by
 ``lagrangian``); in ``"dual_primal"`` it happens inside ``lagrangian`` (the primal loss
 then uses ``lam_{t+1}``: the order of the nuPI paper's experiments); in ``"primal_dual"``
-``dual_step`` evaluates the constraints again at ``x_{t+1}``. See ``docs/algorithms.md``,
+``dual_step`` evaluates the constraints again at ``x_{t+1}``. See docs/algorithms.md,
 'Update orders'.
 """
 
@@ -756,7 +756,7 @@ def _schedules(
     """
     out: dict[str, ScheduleRunner] = {}
     if dual_lr is not None:
-        out["dual_lr"] = ScheduleRunner("dual_lr_schedule", dual_lr, positive=True)
+        out["dual_lr"] = ScheduleRunner("dual_lr_schedule", dual_lr, positive=False)
     if penalty is not None:
         if not isinstance(formulation, PenalizedFormulation):
             raise ConfigError(
