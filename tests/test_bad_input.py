@@ -255,7 +255,7 @@ ROWS: list[Row] = [
         "negative augmented-Lagrangian penalty",
         lambda t: formulations.build("augmented_lagrangian", penalty=-1.0),
         ConfigError,
-        ("penalty:", "greater than or equal to 0", "received -1.0"),
+        ("penalty:", "must be > 0", "received -1.0"),
     ),
     Row(
         "negative-primal-lr",

@@ -163,6 +163,7 @@ def test_compare_writes_one_figure(capsys: pytest.CaptureFixture[str], tmp_path:
         "20",
         "--out",
         str(out),
+        "--overwrite",  # the folder holds the first comparison
         "--json",
     )
     assert [r["controller"] for r in data["runs"]] == ["gda", "nupi"]

@@ -18,9 +18,15 @@ PAGE = ROOT / "docs" / "algorithms.md"
 SCANNED = ("src", "tests", "docs", "problems", "examples", "benchmarks", "README.md")
 SUFFIXES = {".py", ".md", ".yml", ".yaml", ".toml", ".txt", ".cfg"}
 
-# A title on one line; between the comma and the quote only blanks and comment markers
-# (a citation broken across two lines of a docstring or a comment).
-CITATION = re.compile(r"docs/algorithms\.md,[\s#*]*'(?P<title>[^'\n]+)'")
+# The path (possibly in code markup), a comma, then one or more quoted titles joined by
+# commas or "and"; each title on one line, with only blanks and comment markers between the
+# parts (a citation broken across lines of a docstring or a comment).
+_TITLE = r"'[^'\n]+'"
+_GAP = r"[\s#*]*"
+CITATION = re.compile(
+    rf"docs/algorithms\.md`{{0,2}},{_GAP}(?P<titles>{_TITLE}(?:{_GAP}(?:,|and){_GAP}{_TITLE})*)"
+)
+TITLE = re.compile(r"'(?P<title>[^'\n]+)'")
 MENTION = re.compile(r"docs/algorithms\.md")
 # The design notes outside the repository (spelled in two pieces so that this file does
 # not match itself).
@@ -98,6 +104,15 @@ def test_the_reference_has_its_stable_sections() -> None:
     assert expected <= TITLES, sorted(expected - TITLES)
 
 
+def test_citation_forms() -> None:
+    text = (
+        "see docs/algorithms.md, 'GDA'; ``docs/algorithms.md``, 'A' and\n    'B', and "
+        "docs/algorithms.md,\n    # 'C', 'D'"
+    )
+    titles = [t["title"] for c in CITATION.finditer(text) for t in TITLE.finditer(c["titles"])]
+    assert titles == ["GDA", "A", "B", "C", "D"]
+
+
 def test_headings_are_found_and_fences_skipped() -> None:
     text = "# Top\n\n## A, b and c\n\n```python\n# not a heading\n```\n### Last ##\n"
     assert headings(text) == {"Top", "A, b and c", "Last"}
@@ -117,7 +132,11 @@ def _citations() -> list[tuple[str, str]]:
     found = []
     for path in _files():
         text = path.read_text(encoding="utf-8")
-        found += [(str(path.relative_to(ROOT)), m["title"]) for m in CITATION.finditer(text)]
+        found += [
+            (str(path.relative_to(ROOT)), title["title"])
+            for citation in CITATION.finditer(text)
+            for title in TITLE.finditer(citation["titles"])
+        ]
     return found
 
 
@@ -136,7 +155,7 @@ def test_every_citation_names_an_existing_section(where: str, title: str) -> Non
 
 
 def test_every_mention_is_a_citation_with_a_section() -> None:
-    """``docs/algorithms.md`` alone says too little: name the section."""
+    """docs/algorithms.md alone says too little: name the section."""
     bare = []
     for path in _files():
         text = path.read_text(encoding="utf-8")

@@ -26,7 +26,7 @@ LAYERS: dict[str, int] = {
     "duals": 4, "primal": 4, "distributed": 4,
     "_checkpoint_state": 5,
     "solver": 6,
-    "config": 7, "runner": 7, "checkpoint": 7, "plots": 7, "bench": 7, "exact": 7,
+    "config": 7, "runner": 7, "checkpoint": 7, "plots": 7, "bench": 7, "exact": 7, "validation": 7,
     "cli": 8,
     "__init__": 9,
 }  # fmt: skip
@@ -92,3 +92,22 @@ def test_no_module_imports_a_higher_layer(path: Path) -> None:
 def test_every_module_has_a_layer() -> None:
     heads = {p.relative_to(SRC).parts[0].removesuffix(".py") for p in MODULES}
     assert heads <= set(LAYERS), sorted(heads - set(LAYERS))
+
+
+@pytest.mark.parametrize(
+    ("old", "name", "new"),
+    [
+        ("constrain.multipliers", "ConstraintLayout", "constrain.layout"),
+        ("constrain.validation", "validate", "constrain.exact"),
+        ("constrain._validation", "build_component", "constrain._components"),
+        ("constrain.distributed", "shard_setup", "constrain.runner"),
+    ],
+)
+def test_old_module_paths_still_work_for_one_release(old: str, name: str, new: str) -> None:
+    import importlib
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        moved = getattr(importlib.import_module(old), name)
+    assert moved is getattr(importlib.import_module(new), name)

@@ -14,7 +14,7 @@ small interface to the solver:
 A proposed update with a NaN/Inf entry is dropped on the device (the old multipliers
 stay) and reported in the step's :class:`DualReport`; the solver raises
 :class:`~constrain.NonFiniteError` naming the constraint when the step is flushed, or
-(``on_nonfinite="skip"``) logs it. See docs/algorithms.md, 'Multiplier controllers' and
+(``on_nonfinite="skip"``) logs it. See docs/algorithms.md, 'Multiplier controllers', and docs/algorithms.md,
 'Formulations', for the update rules and the projection convention.
 """
 
@@ -154,6 +154,11 @@ class Duals:
         lam = self.multipliers
         signal = formulation.dual_signal(stacked, self.formulation_state)
         dense, controller_state = controller.update(lam.dense, signal, self.controller_state)
+        if stacked.observed is not None:  # unobserved entries keep multiplier and state
+            dense = torch.where(stacked.observed, dense, lam.dense)
+            controller_state = _keep_unobserved(
+                stacked.observed, controller_state, self.controller_state
+            )
         ok = _all_finite(dense)
         self.controller_state = _keep_unless(ok, controller_state, self.controller_state)
         lam.dense = torch.where(ok, formulation.project(dense, self.layout.equality), lam.dense)
@@ -186,6 +191,8 @@ class Duals:
             return lam
         signal = self.formulation.dual_signal(stacked, self.formulation_state)
         dense = self.controller.extrapolate(lam.dense, signal, self.controller_state)
+        if stacked.observed is not None:
+            dense = torch.where(stacked.observed, dense, lam.dense)
         per_sample = dict(lam.per_sample)
         for name, iv in stacked.per_sample.items():
             sig = self.formulation.indexed_signal(iv.violation, self.formulation_state)
@@ -282,6 +289,24 @@ def _all_finite(values: Tensor) -> Tensor:
 def _keep_unless(ok: Tensor, new: ControllerState, old: ControllerState) -> ControllerState:
     """``new`` where ``ok`` else ``old``, key by key (keys only in ``new`` are taken)."""
     return {k: torch.where(ok, v, old[k]) if k in old else v for k, v in new.items()}
+
+
+def _keep_unobserved(
+    observed: Tensor, new: ControllerState, old: ControllerState
+) -> ControllerState:
+    """``new`` controller state, with the unobserved entries (last dimension) of ``old``."""
+    out = {}
+    for key, value in new.items():
+        before = old.get(key)
+        if (
+            before is not None
+            and before.shape == value.shape
+            and value.shape[-1:] == observed.shape
+        ):
+            out[key] = torch.where(observed, value, before)
+        else:
+            out[key] = value
+    return out
 
 
 def clone_tree(tree: Any, device: torch.device | None = None) -> Any:

@@ -10,6 +10,7 @@ minibatch are read and written.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import torch
 from torch import Tensor
@@ -67,12 +68,16 @@ class StackedConstraints:
         primal: Dense values seen by the primal player (proxies where given), with graph.
         equality: Boolean mask of the dense entries that are equality constraints.
         per_sample: Observed entries of each per-sample group, by name.
+        observed: Boolean mask of the dense entries measured by this evaluation (``None``:
+            all). Unobserved entries have violation 0, no primal term and get no
+            multiplier update.
     """
 
     violation: Tensor
     primal: Tensor
     equality: Tensor
     per_sample: dict[str, IndexedViolation] = field(default_factory=dict)
+    observed: Tensor | None = None
 
 
 NONFINITE_HINT = (
@@ -140,6 +145,7 @@ class ConstraintLayout:
         self.sign = (torch.cat(sign) if sign else empty).to(self.device)
         self.equality = (torch.cat(equality) if equality else empty.bool()).to(self.device)
         self.names = [c.name for c in self.dense]
+        self._per_sample_names = {c.name for c in self.per_sample}
         self._rhs_values: tuple[object, ...] | None = None
         self._set_rhs(self._current_rhs())
         self.has_equality = bool(self.equality.any()) or any(c.is_equality for c in self.per_sample)
@@ -223,24 +229,32 @@ class ConstraintLayout:
         """
         if self.dense:
             self._set_rhs(self._current_rhs())
+        expected = len(self.dense) + len(self.per_sample)
+        if len(state.constraints) != expected:
+            self._raise_names(state)
         values: list[Tensor] = []
         primals: list[Tensor] = []
+        masks: list[Tensor | None] = []
         any_proxy = False
         for c in self.dense:
             try:
                 raw = state.constraints[c.name]
             except KeyError:
-                raise ConfigError(
-                    f"evaluate() did not return constraint {c.name!r}; returned "
-                    f"{sorted(state.constraints)}."
-                ) from None
+                self._raise_names(state)
             value = as_constraint_value(c.name, raw)
+            if value.value.device != self.device:
+                raise ShapeError(
+                    f"constraint {c.name!r} is on {value.value.device} but the model and the "
+                    f"multipliers are on {self.device}; compute it on the model's device."
+                )
             values.append(value.value.reshape(-1))
+            masks.append(None if value.observed is None else value.observed.reshape(-1))
             if value.proxy is not None:
                 any_proxy = True
                 primals.append(value.proxy.reshape(-1))
             else:
                 primals.append(values[-1])
+        observed: Tensor | None = None
         if values:
             if any(v.numel() != n for v, n in zip(values, self.sizes, strict=True)):
                 self._raise_size_mismatch(values)
@@ -251,6 +265,17 @@ class ConstraintLayout:
                 primal = self._standard_form(torch.cat(primals).to(self.dtype))
             else:
                 primal = violation
+            if any(m is not None for m in masks):
+                observed = torch.cat(
+                    [
+                        torch.ones(v.numel(), dtype=torch.bool, device=self.device)
+                        if m is None
+                        else m
+                        for v, m in zip(values, masks, strict=True)
+                    ]
+                )
+                violation = torch.where(observed, violation, 0.0)
+                primal = torch.where(observed, primal, 0.0)
         else:
             violation = primal = torch.zeros(0, dtype=self.dtype, device=self.device)
         per_sample: dict[str, IndexedViolation] = {}
@@ -259,7 +284,25 @@ class ConstraintLayout:
         # The signal is a copy: it must never share memory with a tensor of the user's (a
         # constraint that returns a parameter itself would otherwise change under the
         # optimizer step, and controllers keep signals in their state).
-        return StackedConstraints(violation.detach().clone(), primal, self.equality, per_sample)
+        return StackedConstraints(
+            violation.detach().clone(), primal, self.equality, per_sample, observed
+        )
+
+    def _raise_names(self, state: ProblemState) -> NoReturn:
+        declared = [c.name for c in self.dense + self.per_sample]
+        missing = sorted(set(declared) - set(state.constraints))
+        extra = sorted(set(state.constraints) - set(declared))
+        if missing:
+            kind = "per-sample constraint" if missing[0] in self._per_sample_names else "constraint"
+            raise ConfigError(
+                f"evaluate() did not return {kind} {missing[0]!r}; returned "
+                f"{sorted(state.constraints)} (declared: {declared})."
+            )
+        raise ConfigError(
+            f"evaluate() returned constraint(s) {extra} that the problem does not declare "
+            f"(declared: {declared}). Declare every constraint up front: one that first "
+            "appears after the first step would be ignored."
+        )
 
     def _standard_form(self, flat: Tensor) -> Tensor:
         """``sign * (flat - rhs)`` as one fused operation (identity when already standard)."""

@@ -59,7 +59,7 @@ from .layout import ConstraintLayout, StackedConstraints
 from .loggers import Logger
 from .multipliers import Multipliers
 from .primal import LocalReducer, OptimizerSpec, PrimalSide, SignalReducer, make_optimizer
-from .problem import ConstrainedProblem, ProblemState, check_names
+from .problem import ConstrainedProblem, ProblemState, check_names, check_trainable
 from .recording import Recorder
 from .regularization import RegularizerStage
 from .schedules import Schedule, ScheduleRunner
@@ -253,6 +253,7 @@ class Solver:
         self._always_record = -1
         self._pending: _Pending | None = None
         self._recorder: Recorder | None = None
+        self._trainable_checked = False
 
     # -- public state (read-only views of the stages) -------------------------------------
     optimizers = _View[list[torch.optim.Optimizer]](
@@ -376,6 +377,9 @@ class Solver:
         self._expect("lagrangian", idle=True)
         start = time.perf_counter()
         objective, stacked, state = self._evaluate(batch)
+        if not self._trainable_checked and torch.is_grad_enabled() and self.primal.group_of:
+            check_trainable(self.problem, state)
+            self._trainable_checked = True
         self._apply_penalty()
         pending = _Pending([_Micro(batch, objective, stacked, state)], start)
         self._pending = pending

@@ -25,7 +25,7 @@ class ExtraGradient(Controller):
 
     (the primal player does the same: its real step is taken from ``x_t`` with the
     gradient at ``(x_half, lam_half)``). On bilinear games, where simultaneous gradient
-    descent-ascent spirals outwards, this converges.
+    descent-ascent spirals outwards, this converges (docs/algorithms.md, 'Extragradient').
 
     Stateless.
 

@@ -19,7 +19,7 @@ class GDA(Controller):
         lam_{t+1} = lam_t + lr * e_t
 
     Stateless. Equal to :class:`~constrain.controllers.NuPI` with ``ki = 1, kp = 0`` (any
-    ``nu``).
+    ``nu``). See docs/algorithms.md, 'GDA'.
 
     Attributes:
         lr: Step size ``eta``.

@@ -26,7 +26,7 @@ class MultiplicativeWeights(Controller):
     per-sample use). Multipliers stay positive, so projection never acts; a multiplier at
     zero stays at zero forever, hence :meth:`initial_multipliers` starts every multiplier
     at ``initial_value``. Large ``lr * e_t`` overflows to ``inf``: keep ``lr`` small
-    relative to the size of the violations.
+    relative to the size of the violations (docs/algorithms.md, 'Multiplicative weights').
 
     Only for inequality constraints (:attr:`supports_equality` is ``False``): a
     multiplier of an equality constraint must be able to change sign.

@@ -21,7 +21,8 @@ class Optimistic(Controller):
 
     It approximates extragradient without a second evaluation of the problem, reusing the
     previous signal as the look-ahead correction. Equal to
-    :class:`~constrain.controllers.NuPI` with ``lr = 1, nu = 0, ki = kp = lr``.
+    :class:`~constrain.controllers.NuPI` with ``lr = 1, nu = 0, ki = kp = lr``
+    (docs/algorithms.md, 'Optimistic gradient ascent').
 
     Attributes:
         lr: Step size ``eta``.

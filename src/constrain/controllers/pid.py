@@ -27,9 +27,9 @@ class PID(Controller):
     """PID Lagrangian multipliers (Stooke, Achiam, Abbeel, "Responsive safety in RL by PID
     Lagrangian methods", ICML 2020).
 
-    A *positional* controller: the multipliers are the controller's output, not an
-    increment of the incoming ones. With error signal ``e_t`` (the constraint violation),
-    each update computes::
+    A *positional* controller (docs/algorithms.md, 'PID Lagrangian'): the multipliers are
+    the controller's output, not an increment of the incoming ones. With error signal
+    ``e_t`` (the constraint violation), each update computes::
 
         I   = max(0, I + ki * e_t)                  # integral with anti-windup
         P   = ema_p * P + (1 - ema_p) * e_t         # EMA of the error

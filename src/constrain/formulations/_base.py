@@ -5,18 +5,36 @@ from __future__ import annotations
 from typing import Annotated, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from ..layout import ConstraintLayout, StackedConstraints
 from ..multipliers import Multipliers
 
-__all__ = ["Formulation", "FormulationState", "PenalizedFormulation", "PenaltySchedule"]
+__all__ = [
+    "Formulation",
+    "FormulationState",
+    "PenalizedFormulation",
+    "Penalty",
+    "PenaltySchedule",
+]
 
 FormulationState = dict[str, Tensor]
 """Explicit formulation state (e.g. the current penalty coefficient), saved in checkpoints."""
 
-NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+def _positive_penalty(value: float) -> float:
+    if value <= 0:
+        raise ValueError(
+            "the penalty must be > 0: at 0 the quadratic term vanishes and the augmented "
+            "Lagrangian's multiplier step (c * g) does not move, so the constraints would be "
+            "ignored; use a positive penalty (or the plain 'lagrangian' formulation)"
+        )
+    return value
+
+
+Penalty = Annotated[float, Field(allow_inf_nan=False), AfterValidator(_positive_penalty)]
+"""A finite penalty coefficient ``c > 0``."""
 
 
 class Formulation(BaseModel):
@@ -146,11 +164,12 @@ class PenalizedFormulation(Formulation):
     checkpointed and grows by the schedule after every multiplier step.
 
     Args:
-        penalty: Initial penalty coefficient ``c >= 0``.
+        penalty: Initial penalty coefficient ``c > 0`` (0 is refused: it would ignore the
+            constraints).
         schedule: When and how ``c`` grows (default: constant).
     """
 
-    penalty: NonNegative = 1.0
+    penalty: Penalty = 1.0
     schedule: PenaltySchedule = PenaltySchedule()
 
     def init_state(self, layout: ConstraintLayout) -> FormulationState:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ._base import FormulationState, NonNegative, PenalizedFormulation
+from ._base import FormulationState, PenalizedFormulation, Penalty
 from ._registry import register
 
 __all__ = ["QuadraticPenalty"]
@@ -15,13 +15,13 @@ class QuadraticPenalty(PenalizedFormulation):
     """``f + (c/2) (||max(g, 0)||^2 + ||h||^2)``: a penalty method without multipliers.
 
     Args:
-        penalty: Penalty coefficient ``c >= 0``.
+        penalty: Penalty coefficient ``c > 0`` (0 is refused).
         schedule: When and how ``c`` grows (default: constant).
     """
 
     uses_multipliers = False
 
-    penalty: NonNegative = 10.0
+    penalty: Penalty = 10.0
 
     def terms(
         self, multipliers: Tensor, values: Tensor, equality: Tensor, state: FormulationState
