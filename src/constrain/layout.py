@@ -336,11 +336,26 @@ class ConstraintLayout:
 
     def merge(self, evaluations: list[StackedConstraints]) -> StackedConstraints:
         """One evaluation from several micro-batches (gradient accumulation): the mean of
-        the dense violations, and the observed entries of every micro-batch together (a
-        sample seen in several counts once, with the mean of its values)."""
+        the dense violations (over the micro-batches that observed each entry), and the
+        observed entries of every per-sample group together (a sample seen in several
+        micro-batches counts once, with the mean of its values). Only the violations are
+        merged: the primal values stay with each micro-batch's loss."""
         if len(evaluations) == 1:
             return evaluations[0]
-        violation = torch.stack([e.violation for e in evaluations]).mean(0)
+        violations = torch.stack([e.violation for e in evaluations])
+        observed: Tensor | None = None
+        if all(e.observed is None for e in evaluations):
+            violation = violations.mean(0)
+        else:  # the mean over the micro-batches that observed each entry
+            masks = torch.stack(
+                [
+                    torch.ones_like(e.violation, dtype=torch.bool) if e.observed is None else e.observed
+                    for e in evaluations
+                ]
+            )
+            counts = masks.sum(0)
+            violation = (violations * masks).sum(0) / counts.clamp_min(1)
+            observed = counts > 0
         per_sample: dict[str, IndexedViolation] = {}
         for name, first in evaluations[0].per_sample.items():
             parts = [e.per_sample[name] for e in evaluations]
@@ -353,7 +368,7 @@ class ConstraintLayout:
             per_sample[name] = IndexedViolation(
                 values, values, given, first.equality, mask, raw, first.size
             )
-        return StackedConstraints(violation, violation, self.equality, per_sample)
+        return StackedConstraints(violation, violation, self.equality, per_sample, observed)
 
     def check_indices(self, stacked: StackedConstraints, step: int | None = None) -> None:
         """Raise :class:`ShapeError` if a per-sample group's indices leave ``[0, size)``
