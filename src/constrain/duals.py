@@ -281,9 +281,9 @@ class DualReport:
 
 
 def _all_finite(values: Tensor) -> Tensor:
-    """0-dim bool tensor: every entry of ``values`` is finite (``x * 0`` is NaN exactly
-    for NaN and Inf; one reduction, no host synchronisation)."""
-    return (values * 0).sum() == 0
+    """0-dim bool tensor: every entry of ``values`` is finite (their float64 sum is
+    non-finite exactly then; no host synchronisation)."""
+    return torch.isfinite(values.sum(dtype=torch.float64))
 
 
 def _keep_unless(ok: Tensor, new: ControllerState, old: ControllerState) -> ControllerState:

@@ -91,9 +91,12 @@ class StepRecord:
 _FIELDS = {f.name for f in fields(StepRecord)}
 
 
+_STREAMED = [f.name for f in fields(StepRecord) if f.name != "seconds"]
+
+
 def _line(record: StepRecord) -> str:
-    data = asdict(record)
-    del data["seconds"]
+    """One stream line (no copy of the record: ``asdict`` would deep-copy its vectors)."""
+    data = {name: getattr(record, name) for name in _STREAMED}
     return json.dumps(data, separators=(",", ":"), allow_nan=True) + "\n"
 
 

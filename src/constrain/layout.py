@@ -147,6 +147,7 @@ class ConstraintLayout:
         self.names = [c.name for c in self.dense]
         self._per_sample_names = {c.name for c in self.per_sample}
         self._rhs_values: tuple[object, ...] | None = None
+        self._rhs_source: object = None
         self._set_rhs(self._current_rhs())
         self.has_equality = bool(self.equality.any()) or any(c.is_equality for c in self.per_sample)
 
@@ -228,27 +229,46 @@ class ConstraintLayout:
                 per-sample group has indices out of range or repeated within the batch.
         """
         if self.dense:
-            self._set_rhs(self._current_rhs())
+            # The declarations are rebuilt (a new list) whenever a field of the problem
+            # changes: only then can a right-hand side have changed.
+            source = getattr(self.problem, "_declared", None)
+            if source is None or source is not self._rhs_source:
+                self._set_rhs(self._current_rhs())
+                self._rhs_source = source
         expected = len(self.dense) + len(self.per_sample)
-        if len(state.constraints) != expected:
+        constraints = state.constraints
+        if len(constraints) != expected:
             self._raise_names(state)
         values: list[Tensor] = []
         primals: list[Tensor] = []
         masks: list[Tensor | None] = []
-        any_proxy = False
-        for c in self.dense:
+        any_proxy = any_mask = False
+        device = self.device
+        for c, n in zip(self.dense, self.sizes, strict=True):
             try:
-                raw = state.constraints[c.name]
+                raw = constraints[c.name]
             except KeyError:
                 self._raise_names(state)
+            if type(raw) is Tensor and raw.is_floating_point() and raw.device == device:
+                # The common case, a plain tensor: nothing else to check.
+                flat = raw if raw.dim() == 1 else raw.reshape(-1)
+                values.append(flat)
+                primals.append(flat)
+                masks.append(None)
+                if flat.numel() != n:
+                    self._raise_size_mismatch(values)
+                continue
             value = as_constraint_value(c.name, raw)
-            if value.value.device != self.device:
+            if value.value.device != device:
                 raise ShapeError(
                     f"constraint {c.name!r} is on {value.value.device} but the model and the "
-                    f"multipliers are on {self.device}; compute it on the model's device."
+                    f"multipliers are on {device}; compute it on the model's device."
                 )
             values.append(value.value.reshape(-1))
+            if values[-1].numel() != n:
+                self._raise_size_mismatch(values)
             masks.append(None if value.observed is None else value.observed.reshape(-1))
+            any_mask |= value.observed is not None
             if value.proxy is not None:
                 any_proxy = True
                 primals.append(value.proxy.reshape(-1))
@@ -256,8 +276,6 @@ class ConstraintLayout:
                 primals.append(values[-1])
         observed: Tensor | None = None
         if values:
-            if any(v.numel() != n for v, n in zip(values, self.sizes, strict=True)):
-                self._raise_size_mismatch(values)
             flat = torch.cat(values) if len(values) > 1 else values[0]
             flat = flat.to(self.dtype)
             violation = self._standard_form(flat)
@@ -265,19 +283,17 @@ class ConstraintLayout:
                 primal = self._standard_form(torch.cat(primals).to(self.dtype))
             else:
                 primal = violation
-            if any(m is not None for m in masks):
+            if any_mask:
                 observed = torch.cat(
                     [
-                        torch.ones(v.numel(), dtype=torch.bool, device=self.device)
-                        if m is None
-                        else m
+                        torch.ones(v.numel(), dtype=torch.bool, device=device) if m is None else m
                         for v, m in zip(values, masks, strict=True)
                     ]
                 )
                 violation = torch.where(observed, violation, 0.0)
                 primal = torch.where(observed, primal, 0.0)
         else:
-            violation = primal = torch.zeros(0, dtype=self.dtype, device=self.device)
+            violation = primal = torch.zeros(0, dtype=self.dtype, device=device)
         per_sample: dict[str, IndexedViolation] = {}
         for c in self.per_sample:
             per_sample[c.name] = self._stack_indexed(c, state.constraints.get(c.name))
@@ -391,7 +407,7 @@ class ConstraintLayout:
         return c
 
     def _raise_size_mismatch(self, values: list[Tensor]) -> None:
-        for c, n, v in zip(self.dense, self.sizes, values, strict=True):
+        for c, n, v in zip(self.dense, self.sizes, values, strict=False):
             if v.numel() != n:
                 raise ShapeError(
                     f"constraint {c.name!r} returned {v.numel()} entries but has {n} "

@@ -75,6 +75,8 @@ class PrimalSide:
         self.reducer = reducer
         self.on_nonfinite = on_nonfinite
         self.group_of = _parameter_groups(self.optimizers, model)
+        self._needs_closure = [_needs_closure(o) for o in self.optimizers]
+        self._named = list(model.named_parameters())
 
     def backward(self, loss: Tensor) -> None:
         """``zero_grad``, ``loss.backward()`` and the gradient reduction (no host
@@ -86,8 +88,8 @@ class PrimalSide:
 
     def step(self, closure: Callable[[], Tensor] | None = None) -> None:
         """Step every optimizer (with ``closure`` for those that require one)."""
-        for optimizer in self.optimizers:
-            if closure is not None and _needs_closure(optimizer):
+        for optimizer, needs in zip(self.optimizers, self._needs_closure, strict=True):
+            if closure is not None and needs:
                 optimizer.step(closure)  # type: ignore[arg-type]
             else:
                 optimizer.step()
@@ -96,14 +98,16 @@ class PrimalSide:
         """The names of the parameters with a gradient and the max-norm ``max |g|`` of
         each (one tensor on the device, NaN/Inf exactly where a gradient is not finite;
         no host synchronisation), or ``None`` if no parameter has a gradient."""
-        grads = [(n, p.grad) for n, p in self.model.named_parameters() if p.grad is not None]
+        grads = [(n, p.grad) for n, p in self._named if p.grad is not None]
         if not grads:
             return None
         tensors = [g for _, g in grads]
         norms = torch._foreach_norm(tensors, math.inf)
-        dtype = torch.float64 if any(g.dtype == torch.float64 for g in tensors) else torch.float32
-        device = tensors[0].device
-        return tuple(n for n, _ in grads), torch.stack([x.to(device, dtype) for x in norms])
+        dtype, device = norms[0].dtype, norms[0].device
+        if any(x.dtype != dtype or x.device != device for x in norms):
+            dtype = torch.float64
+            norms = [x.to(device, dtype) for x in norms]
+        return tuple(n for n, _ in grads), torch.stack(list(norms))
 
     def check_gradients(self, step: int) -> bool:
         """Host check (``on_nonfinite="skip"``): False, with the gradients dropped and a

@@ -71,6 +71,25 @@ class _Groups:
             self.mode = "segment"
             self.lengths = torch.tensor(sizes, dtype=torch.int64, device=device)
 
+    def bad(self, x: Tensor) -> Tensor:
+        """Per group: 1.0 if an entry of ``x`` is NaN or Inf, else 0.0 (a float64 sum is
+        non-finite exactly then: it cannot overflow for float32 entries)."""
+        if self.mode == "one":
+            total = x.sum(dtype=torch.float64).reshape(1)
+        elif self.mode == "equal":
+            total = x.reshape(len(self.sizes), -1).sum(1, dtype=torch.float64)
+        else:
+            total = self.reduce(x.to(torch.float64), "sum")
+        return (~torch.isfinite(total)).to(x.dtype)
+
+    def norm(self, x: Tensor) -> Tensor:
+        """Per-group 2-norm."""
+        if self.mode == "one":
+            return torch.linalg.vector_norm(x).reshape(1)
+        if self.mode == "equal":
+            return torch.linalg.vector_norm(x.reshape(len(self.sizes), -1), dim=1)
+        return self.reduce(x * x, "sum").sqrt()
+
     def reduce(self, x: Tensor, how: str) -> Tensor:
         """Per-group ``"max"`` (NaN-propagating; ``-inf`` for an empty group) or ``"sum"``."""
         fill = -math.inf if how == "max" else 0.0
@@ -118,6 +137,7 @@ class FlushedRow:
     seconds: float
     objective: float
     group_violation: list[float]
+    dense_max: float
     group_multiplier_norm: list[float]
     group_proposal: list[float] | None
     per_sample: dict[str, list[float]]
@@ -200,13 +220,18 @@ class Recorder:
         metrics = metrics or {}
         pieces: list[Tensor] = [objective.detach().reshape(1).to(dtype)]
         v = stacked.violation
+        groups = self._groups
         if self.layout.sizes:
             positive = torch.where(stacked.equality, v.abs(), v) if self._any_equality else v
-            pieces.append(self._groups.reduce(positive + (v - v), "max"))  # NaN if not finite
-            lam = multipliers.dense.to(dtype)
-            pieces.append(self._groups.reduce(lam * lam, "sum").sqrt())
-            if proposal is not None:
-                pieces.append(self._groups.reduce((proposal - proposal).to(dtype), "max"))
+            # NaN or +Inf where an entry is NaN or +Inf (a -Inf entry makes the multiplier
+            # proposal non-finite, and the error check then looks at the evaluation).
+            group_max = groups.reduce(positive, "max")
+            pieces.append(group_max)
+            if len(self.layout.sizes) > 1:
+                pieces.append(group_max.max().reshape(1))  # one number for the host's scan
+            pieces.append(groups.norm(multipliers.dense.to(dtype)))
+            if proposal is not None and len(self.layout.sizes) > 1:  # one group: dual_ok names it
+                pieces.append(groups.bad(proposal.to(dtype)))
         for name, size, equality in self._samples:
             pieces.append(self._sample_row(name, size, equality, stacked, multipliers, proposals))
         pieces += [value.detach().reshape(1).to(dtype).to(device) for value in diagnostics.values()]
@@ -238,7 +263,7 @@ class Recorder:
                 tuple(metrics),
                 names,
                 len(extra),
-                proposal is not None,
+                proposal is not None and len(self.layout.sizes) > 1,
                 skipped,
                 seconds,
                 size,
@@ -307,9 +332,14 @@ class Recorder:
         groups = len(self.layout.sizes)
         n = self.layout.num_dense
         at = 1
-        group_violation = values[at : at + groups] if groups else []
-        norms = values[at + groups : at + 2 * groups] if groups else []
-        at += 2 * groups if groups else 0
+        group_violation = values[at : at + groups]
+        at += groups
+        dense_max = -math.inf
+        if groups:
+            dense_max = values[at] if groups > 1 else group_violation[0]
+            at += 1 if groups > 1 else 0
+        norms = values[at : at + groups]
+        at += groups
         proposal = None
         if row.candidate and groups:
             proposal = values[at : at + groups]
@@ -339,6 +369,7 @@ class Recorder:
             row.seconds,
             values[0],
             group_violation,
+            dense_max,
             norms,
             proposal,
             per_sample,
@@ -380,15 +411,16 @@ class Recorder:
                 size = next(s for n, s, _ in self._samples if n == name)
                 return ShapeError(index_message(name, size, stats[7], stats[8], step))
         if policy == "raise":
-            bad_eval = not math.isfinite(row.objective) or any(map(math.isnan, row.group_violation))
+            bad_eval = not math.isfinite(row.objective) or _bad(row.dense_max)
             bad_eval |= any(math.isnan(s[4]) for s in row.per_sample.values())
             bad_eval |= any(map(math.isnan, row.extra))
-            if bad_eval:
+            if bad_eval or not row.dual_ok:  # the evaluation first, where it is at hand
                 for objective, stacked in evaluations:
                     try:
                         self.layout.check_finite(objective, stacked, step)
                     except NonFiniteError as exc:
                         return exc
+            if bad_eval:
                 return NonFiniteError(self._evaluation_message(row))
             bad = [name for name, norm in row.gradients.items() if not math.isfinite(norm)]
             if bad:
@@ -418,7 +450,7 @@ class Recorder:
         if not math.isfinite(row.objective):
             return f"the objective is {row.objective} at step {row.step} ({NONFINITE_HINT})."
         for name, value in zip(self.layout.names, row.group_violation, strict=True):
-            if math.isnan(value):
+            if _bad(value):
                 return f"constraint {name!r} is not finite {where}; {NONFINITE_HINT}."
         for name, stats in row.per_sample.items():
             if math.isnan(stats[4]):
@@ -431,7 +463,7 @@ class Recorder:
     def _proposal_group(self, row: FlushedRow) -> str:
         if row.group_proposal is not None:
             for name, value in zip(self.layout.names, row.group_proposal, strict=True):
-                if math.isnan(value):
+                if value:
                     return name
         for name, stats in row.per_sample.items():
             if math.isnan(stats[5]):
@@ -445,7 +477,7 @@ class Recorder:
         the observed per-sample entries; it is NaN when any of them is not finite (a
         skipped step never reads as feasible).
         """
-        worst = [0.0, *row.group_violation]
+        worst = [0.0, row.dense_max]
         per_sample: dict[str, dict[str, float]] = {}
         for name, stats in row.per_sample.items():
             per_sample[name] = {
@@ -490,6 +522,11 @@ def _metric_scalar(name: str, metric: object, like: Tensor) -> Tensor:
         f"metric {name!r} must be a real scalar (a number or a one-element tensor); got "
         f"{describe(metric)}. Reduce it (e.g. .mean()) or return one metric per entry."
     )
+
+
+def _bad(value: float) -> bool:
+    """A group maximum that shows a NaN or +Inf entry (``-inf``: an empty group)."""
+    return not math.isfinite(value) and value != -math.inf
 
 
 def _max_with_nan(values: list[float]) -> float:
