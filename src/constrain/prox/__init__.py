@@ -13,8 +13,11 @@ is left untouched.
 * ``"proxsparse"`` -- :func:`proxsparse`, the exact prox of the ProxSparse 2:4 regularizer
   ``sum_{i<j<k} |w_i w_j w_k|`` over blocks of 4 consecutive weights (Liu et al., ICML
   2025); :func:`two_four_mask` is one-shot magnitude 2:4 pruning.
+* ``"wgsef"`` -- :func:`wgsef`, the prox of the weighted group sparse envelope function
+  (Refael, Arbel & Huleihel) or of its k-level gap ``S - Q`` (``mode="gap"``).
 """
 
+from ._envelope import group_norms, wgsef, wgsef_gap, wgsef_value
 from ._isotonic import IsotonicInfo
 from ._registry import PROX, ProxFn, get, names, register
 from ._semistructured import (
@@ -45,6 +48,7 @@ __all__ = [
     "count_clusters",
     "get",
     "group_l1",
+    "group_norms",
     "is_two_four",
     "isotonic_regression",
     "l1",
@@ -60,4 +64,7 @@ __all__ = [
     "weight_sharing_",
     "weight_sharing_l1",
     "weight_sharing_penalty",
+    "wgsef",
+    "wgsef_gap",
+    "wgsef_value",
 ]
