@@ -7,7 +7,8 @@
 * :mod:`~constrain.studies.sparsity`: hard-concrete L0 gates, :class:`L0Linear`, expected
   and achieved density, magnitude density.
 * :mod:`~constrain.studies.per_sample`: per-sample loss constraints with indexed
-  multipliers (:class:`FeasibleLearning`).
+  multipliers (:class:`FeasibleLearning`), optionally relaxed by per-sample slacks of
+  minimal norm (:class:`SampleSlack`).
 * :mod:`~constrain.studies.balancing`: per-group accuracy-gap constraints between a dense
   and a sparse model ("Balancing Act").
 
@@ -30,7 +31,7 @@ from .fairness import (
     true_positive_rate_parity,
 )
 from .groups import Groups, group_counts, group_means
-from .per_sample import FeasibleLearning, per_sample_losses
+from .per_sample import FeasibleLearning, SampleSlack, per_sample_losses
 from .sparsity import (
     GateStructure,
     HardConcreteGate,
@@ -51,6 +52,7 @@ __all__ = [
     "Groups",
     "HardConcreteGate",
     "L0Linear",
+    "SampleSlack",
     "accuracy_gap",
     "achieved_density",
     "correctness",
