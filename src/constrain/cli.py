@@ -2,9 +2,11 @@
 
 Commands:
     constrain list [--json]
+    constrain show PROBLEM [--controller NAME] [--yaml] [--json]
     constrain run PROBLEM [--controller NAME] [--steps N] [--set KEY=VALUE ...]
                   [--config FILE] [--out DIR] [--json]
-    constrain compare PROBLEM --controllers a,b,c [--steps N] [--set ...] [--out DIR] [--json]
+    constrain compare PROBLEM --controllers "a,b(key=value,...),c" [--seeds N] [--steps N]
+                      [--set ...] [--out DIR] [--json]
     constrain validate PROBLEM [--controller NAME] [--steps N] [--json]
     constrain bench [prox|solver] [--quick]
 
@@ -43,6 +45,24 @@ def _parser() -> argparse.ArgumentParser:
         "list", help="list problems, controllers, formulations and prox operators"
     )
     p_list.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p_show = sub.add_parser(
+        "show",
+        help="a problem's description, hyperparameters, default configuration and whether "
+        "validate applies",
+    )
+    p_show.add_argument(
+        "problem", metavar="PROBLEM", help="registered problem (see `constrain list`)"
+    )
+    p_show.add_argument(
+        "--controller", help="show the default configuration with this controller instead"
+    )
+    p_show.add_argument(
+        "--yaml",
+        action="store_true",
+        help="print only the default run configuration as YAML (save it, edit it, pass it to --config)",
+    )
+    p_show.add_argument("--json", action="store_true", help="print one JSON object")
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -87,11 +107,34 @@ def _parser() -> argparse.ArgumentParser:
         "--resume", type=Path, metavar="DIR", help="resume from the latest checkpoint in DIR"
     )
 
-    p_cmp = sub.add_parser("compare", help="run one problem with several controllers; one figure")
+    p_cmp = sub.add_parser(
+        "compare",
+        help="run one problem with several settings (and seeds); table, figures and a saved report",
+    )
     common(p_cmp)
-    p_cmp.add_argument("--controllers", required=True, help="comma-separated controller names")
     p_cmp.add_argument(
-        "--out", type=Path, default=Path("runs/compare"), help="folder for the figure and summaries"
+        "--controllers",
+        required=True,
+        metavar="ENTRIES",
+        help="comma-separated entries, each a controller name with optional settings of its own, "
+        'e.g. "gda(lr=0.1),nupi(kp=1,ki=0.1,nu=0,lr=1)" (a dotted key such as optimizer.lr=0.01 '
+        "sets any config value of that entry); or a YAML/JSON file holding a list of entries "
+        "(names, controller mappings or partial run configurations)",
+    )
+    p_cmp.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run every entry with N seeds (--seed, --seed+1, ...); the table shows mean ± std, "
+        "the figures a min-max band (default: %(default)s)",
+    )
+    p_cmp.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/compare"),
+        help="report folder: compare.md, compare.json, figures and one run folder per entry "
+        "(default: %(default)s)",
     )
 
     p_val = sub.add_parser(
@@ -104,13 +147,20 @@ def _parser() -> argparse.ArgumentParser:
         "bench", help="speed benchmarks (ratios against baselines measured in the same run)"
     )
     p_bench.add_argument("suite", nargs="?", default="all", choices=["all", "prox", "solver"])
-    p_bench.add_argument("--quick", action="store_true", help="small sizes only")
+    p_bench.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes and short measurements (seconds instead of minutes; an estimate of "
+        "the duration is printed before any run)",
+    )
     p_bench.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
-def _config(args: argparse.Namespace, controller: str | None) -> Any:
-    from .config import RunConfig, apply_overrides, load_config
+def _base(args: argparse.Namespace, controller: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """The problem's spec and the base configuration: the config file or the problem's
+    default, with ``--controller``, ``--steps`` and ``--seed`` applied (not ``--set``)."""
+    from .config import load_config
     from .runner import get_problem
 
     spec = get_problem(args.problem)
@@ -128,6 +178,13 @@ def _config(args: argparse.Namespace, controller: str | None) -> Any:
         base["steps"] = args.steps
     if args.seed is not None:
         base["seed"] = args.seed
+    return spec, base
+
+
+def _config(args: argparse.Namespace, controller: str | None) -> Any:
+    from .config import RunConfig, apply_overrides
+
+    spec, base = _base(args, controller)
     data = apply_overrides(base, args.overrides)
     config = RunConfig.parse(data)
     # Build the components once now so that bad --set values fail before any work.
@@ -188,13 +245,27 @@ def _summary_table(summary: dict[str, Any]) -> str:
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
 
 
+def _print_group_tables(summary: dict[str, Any]) -> None:
+    """The per-group tables of studies that report ``group_metrics`` (fairness)."""
+    tables = summary.get("group_metrics")
+    if not isinstance(tables, dict):
+        return
+    from .studies import format_group_metrics
+
+    for split, table in tables.items():
+        print(f"\n{split} set, per group:")
+        print(format_group_metrics(table))
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from . import controllers, formulations, prox
     from .runner import get_problem, problem_names
 
-    problems = {name: get_problem(name).description for name in problem_names()}
+    specs = {name: get_problem(name) for name in problem_names()}
+    problems = {name: spec.description for name, spec in specs.items()}
     data = {
         "problems": problems,
+        "validate": [name for name, spec in specs.items() if spec.validates],
         "controllers": controllers.names(),
         "formulations": formulations.FORMULATIONS.names(),
         "prox": prox.names(),
@@ -202,11 +273,29 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(data)
         return 0
-    print("problems:")
+    print("problems (validate: whether `constrain validate` checks it exactly against CVXPY;")
+    print("`constrain show PROBLEM` lists its hyperparameters and default configuration):")
+    print(f"  {'name':<24} {'validate':<9} description")
     for name, text in problems.items():
-        print(f"  {name:<24} {text}")
+        print(f"  {name:<24} {'yes' if specs[name].validates else 'no':<9} {text}")
     for key in ("controllers", "formulations", "prox"):
         print(f"{key}: {', '.join(data[key])}")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from ._show import format_problem_info, problem_info
+    from .runner import get_problem
+
+    spec = get_problem(args.problem)
+    info = problem_info(spec, args.controller)
+    yaml_text = spec.default_config(args.controller).to_yaml()
+    if args.json:
+        _print_json(info)
+    elif args.yaml:
+        sys.stdout.write(yaml_text)
+    else:
+        print(format_problem_info(info, yaml_text))
     return 0
 
 
@@ -232,54 +321,60 @@ def _cmd_run(args: argparse.Namespace) -> int:
         _print_json(result.summary)
     else:
         print(_summary_table(result.summary))
+        _print_group_tables(result.summary)
         if args.out is not None:
             print(f"report written to {args.out}")
     return 0
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .plots import compare_figure
-    from .runner import run
+    from .comparison import (
+        entry_configs,
+        format_table,
+        parse_entries,
+        run_comparison,
+        write_comparison,
+    )
+    from .history import LATE_FRACTION
 
-    names = [n.strip() for n in args.controllers.split(",") if n.strip()]
-    if not names:
+    spec, base = _base(args)
+    entries = parse_entries(args.controllers)
+    configs = entry_configs(spec, base, entries, args.overrides)  # validate all before any run
+    if args.seeds < 1:
         from ._errors import ConfigError
 
-        raise ConfigError("--controllers needs at least one name, e.g. --controllers gda,nupi")
-    configs = [(_config(args, name)) for name in names]  # validate all before running any
-    summaries, histories = [], {}
-    reference = None
-    for name, (_, config) in zip(names, configs, strict=True):
-        result = run(config, out=args.out / name, progress=args.progress, figures=False)
-        summaries.append(result.summary)
-        histories[name] = result.solver.history
-        if "reference" in result.summary:
-            reference = result.summary["reference"]["multipliers"]
-    figure = compare_figure(
-        histories,
-        args.out / "compare.png",
-        reference=reference,
-        title=f"{args.problem}: {', '.join(names)}",
+        raise ConfigError(f"--seeds must be >= 1; got {args.seeds}.")
+    logger.info(
+        "comparing %d entries x %d seed(s) on %s; report folder: %s",
+        len(configs),
+        args.seeds,
+        spec.name,
+        args.out,
     )
-    if args.json:
-        _print_json({"problem": args.problem, "figure": str(figure), "runs": summaries})
+    comparison = run_comparison(spec, configs, args.out, seeds=args.seeds, progress=args.progress)
+    if not _is_main_process():
         return 0
-    extra = [k for k in _REPORT_KEYS if any(isinstance(run.get(k), float) for run in summaries)]
-    header = (
-        f"{'controller':<16}{'objective':>14}{'max viol.':>12}{'mult. error':>14}{'ms/step':>10}"
+    written = write_comparison(comparison, spec, args.out)
+    if args.json:
+        data = comparison.to_dict()
+        data["figures"] = [str(args.out / f) for f in data["figures"]]
+        data["figure"] = data["figures"][0] if data["figures"] else None
+        data["report"] = str(args.out / "compare.md")
+        _print_json(data)
+        return 0
+    print(format_table(comparison))
+    steps = comparison.to_dict()["steps"]
+    print(
+        f"late window: the last {LATE_FRACTION:.0%} of the {steps} steps"
+        + (f"; mean ± std over seeds {comparison.seeds}" if args.seeds > 1 else "")
     )
-    print(header + "".join(f"{_REPORT_KEYS[k]:>13}" for k in extra))
-    for s in summaries:
-        err = s.get("reference", {}).get("multiplier_error")
-        cells = "".join(
-            f"{s[k]:>13.4g}" if isinstance(s.get(k), float) else f"{'-':>13}" for k in extra
-        )
-        print(
-            f"{s['controller']:<16}{s['objective']:>14.6g}{s['max_violation']:>12.3g}"
-            f"{'-' if err is None else format(err, '.3g'):>14}{1e3 * s['seconds_per_step']:>10.3f}"
-            + cells
-        )
-    print(f"figure written to {figure}")
+    figures = [p for p in written if p.suffix == ".png"]
+    if figures:
+        print(f"figure written to {figures[0]}")
+    print(
+        f"report written to {args.out}: compare.md, compare.json, "
+        + ", ".join(p.name for p in figures)
+    )
     return 0
 
 
@@ -349,6 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     handlers = {
         "list": _cmd_list,
+        "show": _cmd_show,
         "run": _cmd_run,
         "compare": _cmd_compare,
         "validate": _cmd_validate,
