@@ -4,6 +4,8 @@
   per-group means.
 * :mod:`~constrain.studies.fairness`: demographic parity, true-positive-rate parity,
   equalized odds, per-group accuracy and loss; :class:`FairClassification`.
+* :mod:`~constrain.studies.group_metrics`: per-group report of a binary classifier
+  (sizes, rates, parity gaps) with bootstrap confidence intervals.
 * :mod:`~constrain.studies.sparsity`: hard-concrete L0 gates, :class:`L0Linear`, expected
   and achieved density, magnitude density.
 * :mod:`~constrain.studies.per_sample`: per-sample loss constraints with indexed
@@ -29,6 +31,7 @@ from .fairness import (
     positive_rates,
     true_positive_rate_parity,
 )
+from .group_metrics import format_group_metrics, group_metrics
 from .groups import Groups, group_counts, group_means
 from .per_sample import FeasibleLearning, per_sample_losses
 from .sparsity import (
@@ -58,10 +61,12 @@ __all__ = [
     "dense_accuracy",
     "equalized_odds",
     "expected_density",
+    "format_group_metrics",
     "gated_layers",
     "group_accuracy",
     "group_counts",
     "group_loss",
+    "group_metrics",
     "group_means",
     "l0_density",
     "magnitude_density",
