@@ -84,7 +84,7 @@ class GDA(Controller):
     ``nu``).
 
     Attributes:
-        lr: Step size ``eta``.
+        lr: Step size ``eta``. Default ``0.01``.
     """
 
     def update(

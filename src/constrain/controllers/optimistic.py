@@ -25,7 +25,7 @@ class Optimistic(Controller):
     :class:`~constrain.controllers.NuPI` with ``lr = 1, nu = 0, ki = kp = lr``.
 
     Attributes:
-        lr: Step size ``eta``.
+        lr: Step size ``eta``. Default ``0.01``.
 
     State:
         ``previous_signal``: ``e_{t-1}`` (shape of the multipliers).
