@@ -380,7 +380,17 @@ def _tradeoff_figure(
     colors = [colormaps["tab10"](k % 10) for k in range(len(entries))]
     fig = new_figure(9, 5.2)
     ax = fig.subplots()
-    dense = float(np.mean([r["dense_test_accuracy"] for e in entries for r in e["runs"]]))
+    dense = float(
+        np.mean(
+            [
+                r["dense_test_accuracy"]
+                for e in entries
+                for r in e["runs"]
+                if "dense_test_accuracy" in r
+            ]
+            or [reference["dense_test_accuracy"]]
+        )
+    )
     low, high = _wilson(dense, n_test)
     ax.axhspan(low, high, color="0.85", zorder=0, label="dense MLP: 95% interval")
     ax.axhline(dense, color="0.3", ls="--", lw=1.0, label=f"dense MLP (no gates): acc {dense:.3f}")

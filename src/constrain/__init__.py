@@ -15,9 +15,11 @@ from ._errors import (
 )
 from .config import RunConfig, load_config
 from .controllers import Controller
+from .exact import Tolerances, ValidationReport, to_cvxpy, validate
 from .formulations import AugmentedLagrangian, Formulation, Lagrangian, QuadraticPenalty
 from .history import History, StepRecord
-from .multipliers import ConstraintLayout, Multipliers
+from .layout import ConstraintLayout
+from .multipliers import Multipliers
 from .problem import (
     ConstrainedProblem,
     Constraint,
@@ -28,7 +30,6 @@ from .problem import (
 )
 from .runner import ProblemSpec, Reference, RunResult, Setup, get_problem, problem_names, run
 from .solver import Solver, SolveResult, make_optimizer, solve
-from .validation import Tolerances, ValidationReport, to_cvxpy, validate
 from .variables import Variables
 
 __version__ = "0.1.0"

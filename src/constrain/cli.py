@@ -379,7 +379,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from .validation import validate_registered
+    from .exact import validate_registered
 
     spec, config = _config(args, args.controller)
     report = validate_registered(spec, config, progress=args.progress)

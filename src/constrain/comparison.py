@@ -103,7 +103,9 @@ class Entry:
 
 def _split_top_level(text: str, what: str) -> list[str]:
     """Split at commas outside parentheses and brackets."""
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
     for char in text:
         if char in "([{":
             depth += 1
@@ -341,7 +343,7 @@ def entry_configs(
         prepared.append((entry, data))
     for text, path in parsed:
         if skipped[text] and not applied[text]:
-            from ._validation import field_owners
+            from ._components import field_owners
 
             owners = field_owners(controllers.CONTROLLERS, path[1])
             where = f"; {path[1]} belongs to controller(s) {', '.join(owners)}" if owners else ""

@@ -12,9 +12,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ._components import format_validation_error
 from ._errors import ConfigError
 from ._io import atomic_write_text
-from ._validation import format_validation_error
 
 __all__ = ["RunConfig", "apply_overrides", "load_config", "parse_override"]
 

@@ -34,7 +34,7 @@ from matplotlib.figure import Figure
 
 from ._io import atomic_write
 from .history import LATE_FRACTION, History
-from .multipliers import ConstraintLayout
+from .layout import ConstraintLayout
 
 __all__ = [
     "clip_transient",
@@ -54,7 +54,7 @@ __all__ = [
 _MAX_LINES = 12
 """Constraint entries drawn one line each; more are drawn as a max/median/min envelope."""
 
-_RAW = {"lw": 0.5, "alpha": 0.3}
+_RAW_WIDTH, _RAW_ALPHA = 0.5, 0.25
 """Style of the thin raw line under a running-max envelope."""
 
 _LATE_COLOR = "0.88"
@@ -140,7 +140,7 @@ def violation_floor(*arrays: np.ndarray) -> float:
     smallest = min((float(p.min()) for p in positive if p.size), default=None)
     if smallest is None:
         return 1e-6
-    return max(_MIN_FLOOR, 10 ** (np.floor(np.log10(smallest)) - 0.5))
+    return max(_MIN_FLOOR, float(10 ** (np.floor(np.log10(smallest)) - 0.5)))
 
 
 def plot_violation(
@@ -170,7 +170,7 @@ def plot_violation(
         line = np.median(shown, axis=1)
     else:
         if window > 1:
-            ax.plot(steps, np.maximum(values, floor), color=color, **_RAW)
+            ax.plot(steps, np.maximum(values, floor), color=color, lw=_RAW_WIDTH, alpha=_RAW_ALPHA)
         line = shown
     suffix = f" (running max over {window} steps)" if window > 1 and label else ""
     ax.plot(steps, line, color=color, lw=1.4, label=None if label is None else label + suffix)

@@ -18,6 +18,7 @@ one vector so that the cost of a step does not grow with the number of groups.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeAlias
@@ -65,11 +66,16 @@ class ConstraintValue:
             primal player's Lagrangian uses it instead of ``value``.
         indices: For per-sample (indexed) constraints: the sample indices the entries of
             ``value`` belong to (1-d integer tensor, same length as ``value``).
+        observed: Optional boolean mask (shape of ``value``) of the entries this batch
+            measured. An unobserved entry (e.g. the parity gap of a group absent from the
+            batch) gets no multiplier update, no primal term and counts as no violation;
+            its value may be anything, NaN included.
     """
 
     value: Tensor
     proxy: Tensor | None = None
     indices: Tensor | None = None
+    observed: Tensor | None = None
 
 
 @dataclass
@@ -92,6 +98,14 @@ def _check_finite_number(value: float, what: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{what} must be finite; got {value!r}")
     return value
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+
+
+def _suggest_name(value: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9_.\-]+", "_", value).strip("_") or "constraint"
+    return cleaned if cleaned[0].isalpha() or cleaned[0] == "_" else "c_" + cleaned
 
 
 class Constraint(BaseModel):
@@ -133,10 +147,11 @@ class Constraint(BaseModel):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
-        if value != value.strip() or any(c in value for c in "\n\t,="):
+        if not _NAME.fullmatch(value):
             raise ValueError(
-                "constraint names may not contain whitespace at the ends, tabs, newlines, "
-                f"',' or '='; got {value!r}"
+                "a constraint name is a letter or '_' followed by letters, digits, '_', '-' "
+                f"or '.' (it names history columns, config keys and figure labels); got "
+                f"{value!r}. For example {_suggest_name(value)!r}"
             )
         return value
 
@@ -230,7 +245,9 @@ class Regularizer(BaseModel):
         options: Extra keyword arguments for the prox (e.g. ``{"method": "sort_pava"}``).
         name: Label in the history (defaults to the prox or penalty name).
         track_clusters: Record the number of distinct values of each parameter after the
-            prox (the weight-sharing diagnostic).
+            prox (the weight-sharing diagnostic; it costs a sort of the parameter). ``None``
+            (the default): only for the weight-sharing proxes. Counted only on the steps
+            whose full record is kept, never on the others.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
@@ -241,7 +258,7 @@ class Regularizer(BaseModel):
     params: tuple[str, ...] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     name: str | None = None
-    track_clusters: bool = True
+    track_clusters: bool | None = None
 
     @field_validator("params", mode="before")
     @classmethod
@@ -263,6 +280,13 @@ class Regularizer(BaseModel):
         if self.penalty is not None and not callable(self.penalty):
             raise ValueError(f"penalty must be a callable; got {describe(self.penalty)}")
         return self
+
+    @property
+    def counts_clusters(self) -> bool:
+        """Whether the history records this regularizer's cluster counts."""
+        if self.track_clusters is not None:
+            return self.track_clusters
+        return isinstance(self.prox, str) and self.prox.startswith("weight_sharing")
 
     @property
     def label(self) -> str:
@@ -472,6 +496,15 @@ class ConstrainedProblem(BaseModel):
         result: Tensor = self.objective_fn(model, batch)
         return result
 
+    def constraint_values(self, model: Any, batch: Any = None) -> dict[str, Tensor]:
+        """The constraints' left-hand sides at ``model`` (true values, not proxies, not
+        standard form), evaluated without gradient."""
+        with torch.no_grad():
+            state = self.evaluate(model, batch)
+        return {
+            n: as_constraint_value(n, raw).value.detach() for n, raw in state.constraints.items()
+        }
+
     def evaluate(self, model: Any, batch: Any) -> ProblemState:
         """Evaluate objective, constraints and smooth regularizer penalties.
 
@@ -512,29 +545,98 @@ def as_constraint_value(name: str, raw: object) -> ConstraintValue:
     value = raw if isinstance(raw, ConstraintValue) else ConstraintValue(raw)  # type: ignore[arg-type]
     if not isinstance(value.value, Tensor):
         raise ShapeError(
-            f"constraint {name!r}: expected a tensor (or ConstraintValue); got {describe(value.value)}."
+            f"constraint {name!r}: expected a tensor (or ConstraintValue); got "
+            f"{describe(value.value)}. Return torch.as_tensor(...) of the value."
         )
     if not value.value.is_floating_point():
         raise ShapeError(
-            f"constraint {name!r}: expected a floating-point tensor; got {describe(value.value)}. "
-            "Cast counts or booleans with .float()."
+            f"constraint {name!r}: expected a floating-point tensor (real, not complex); got "
+            f"{describe(value.value)}. Cast counts or booleans with .float()."
         )
-    if value.proxy is not None and value.proxy.shape != value.value.shape:
-        raise ShapeError(
-            f"constraint {name!r}: proxy has shape {tuple(value.proxy.shape)} but the value has "
-            f"shape {tuple(value.value.shape)}; they must match."
-        )
-    if value.indices is not None:
-        if value.indices.dtype not in (torch.int64, torch.int32):
+    device = value.value.device
+    if value.proxy is not None:
+        if not isinstance(value.proxy, Tensor) or not value.proxy.is_floating_point():
             raise ShapeError(
-                f"constraint {name!r}: indices must be an integer tensor; got {describe(value.indices)}."
+                f"constraint {name!r}: the proxy must be a real floating-point tensor (with a "
+                f"gradient); got {describe(value.proxy)}."
+            )
+        if value.proxy.shape != value.value.shape:
+            raise ShapeError(
+                f"constraint {name!r}: proxy has shape {tuple(value.proxy.shape)} but the "
+                f"value has shape {tuple(value.value.shape)}; they must match."
+            )
+        if value.proxy.device != device:
+            raise ShapeError(
+                f"constraint {name!r}: the proxy is on {value.proxy.device} but the value is "
+                f"on {device}; put both on the model's device."
+            )
+    if value.indices is not None:
+        if not isinstance(value.indices, Tensor) or value.indices.dtype not in (
+            torch.int64,
+            torch.int32,
+        ):
+            raise ShapeError(
+                f"constraint {name!r}: indices must be an integer tensor; got "
+                f"{describe(value.indices)}. Pass torch.as_tensor(indices)."
             )
         if value.indices.reshape(-1).shape != value.value.reshape(-1).shape:
             raise ShapeError(
-                f"constraint {name!r}: {value.indices.numel()} indices for {value.value.numel()} "
-                "values; give one sample index per value."
+                f"constraint {name!r}: {value.indices.numel()} indices for "
+                f"{value.value.numel()} values; give one sample index per value."
             )
+        if value.indices.device != device:
+            raise ShapeError(
+                f"constraint {name!r}: the indices are on {value.indices.device} but the "
+                f"value is on {device}; put both on the model's device."
+            )
+    if value.observed is not None and (
+        not isinstance(value.observed, Tensor)
+        or value.observed.dtype != torch.bool
+        or value.observed.shape != value.value.shape
+        or value.observed.device != device
+    ):
+        raise ShapeError(
+            f"constraint {name!r}: observed must be a boolean tensor of the value's shape "
+            f"{tuple(value.value.shape)} on {device}; got {describe(value.observed)}."
+        )
     return value
+
+
+def check_trainable(problem: ConstrainedProblem, state: ProblemState) -> None:
+    """Check, once, that the primal player can see what it must minimise (call with
+    gradients enabled and a model that has trainable parameters).
+
+    Raises:
+        ShapeError: For a complex or integer objective.
+        ConfigError: If a constraint's primal value (its proxy, else its value) carries no
+            gradient (detached, integer, computed under ``no_grad``, or a count without a
+            proxy), or if neither the objective nor any constraint depends on the model.
+    """
+    objective = state.objective
+    if isinstance(objective, Tensor) and not objective.is_floating_point():
+        raise ShapeError(
+            f"{type(problem).__name__}: the objective must be a real floating-point scalar; "
+            f"got {describe(objective)}. An integer or complex objective cannot be trained."
+        )
+    blind = []
+    for name, raw in state.constraints.items():
+        value = as_constraint_value(name, raw)
+        primal = value.proxy if value.proxy is not None else value.value
+        if not primal.requires_grad:
+            blind.append(name)
+    if blind:
+        raise ConfigError(
+            f"constraint(s) {blind} carry no gradient to the model: the primal player cannot "
+            "see them (a detached or integer value, a count or rate without a proxy, or a "
+            "value computed under torch.no_grad()). Return "
+            "ConstraintValue(exact_value, proxy=differentiable_surrogate)."
+        )
+    if isinstance(objective, Tensor) and not objective.requires_grad and not state.constraints:
+        raise ConfigError(
+            f"{type(problem).__name__}: the objective does not depend on the model (no "
+            "gradient: computed under torch.no_grad(), detached or constant) and there are no "
+            "constraints; nothing can be trained."
+        )
 
 
 def check_names(problem: ConstrainedProblem, state: ProblemState) -> None:

@@ -9,6 +9,7 @@ by name in :data:`PROBLEMS`, which loads the entry-point group ``constrain.probl
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -21,12 +22,14 @@ import torch
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
+from . import distributed
+from ._components import format_validation_error
 from ._errors import ConfigError
 from ._io import atomic_write_text
 from ._registry import Registry
-from ._validation import format_validation_error
 from .config import RunConfig
 from .problem import ConstrainedProblem
+from .reference import Reference
 from .solver import Solver, make_optimizer
 
 __all__ = [
@@ -64,24 +67,6 @@ class Setup:
     data: Iterable[Any] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     full: Setup | None = None
-
-
-@dataclass
-class Reference:
-    """An exact solution to compare against.
-
-    Attributes:
-        objective: Optimal objective value.
-        multipliers: Optimal multipliers by constraint name (library convention:
-            ``>= 0`` for inequalities in standard form ``g <= 0``).
-        primal: Optimal primal variables by parameter name, if known.
-        source: How it was obtained (e.g. ``"cvxpy/clarabel"``).
-    """
-
-    objective: float
-    multipliers: dict[str, np.ndarray]
-    primal: dict[str, np.ndarray] | None = None
-    source: str = ""
 
 
 class ProblemSpec:
@@ -151,19 +136,30 @@ class ProblemSpec:
     def shard(self, setup: Setup, rank: int, world_size: int) -> Setup:
         """This rank's part of ``setup`` for a distributed run (``torchrun``).
 
-        The default (:func:`constrain.distributed.shard_setup`) splits a full ``batch`` of
+        The default (:func:`shard_setup`) splits a full ``batch`` of
         tensors into contiguous row blocks in rank order and strides ``data`` (a
         ``DataLoader`` with a ``DistributedSampler`` is kept). Constraint groups with one
         entry per row must declare their full ``size`` so that they are gathered across
         ranks (see :mod:`constrain.distributed`). Override for other data.
         """
-        from .distributed import shard_setup
-
         return shard_setup(setup, rank, world_size)
 
 
 PROBLEMS: Registry[type[ProblemSpec]] = Registry("problem")
 _ENTRY_POINTS_LOADED = False
+
+
+def shard_setup(setup: Setup, rank: int, world_size: int) -> Setup:
+    """The default :meth:`constrain.ProblemSpec.shard`: shard ``batch`` with
+    :func:`constrain.distributed.shard_batch` and ``data`` with
+    :func:`constrain.distributed.shard_data`; ``extras`` are kept whole and
+    ``full`` points to ``setup`` (references and reports use the whole data)."""
+    return dataclasses.replace(
+        setup,
+        batch=distributed.shard_batch(setup.batch, rank, world_size),
+        data=distributed.shard_data(setup.data, rank, world_size),
+        full=setup,
+    )
 
 
 def register_problem(cls: type[ProblemSpec]) -> type[ProblemSpec]:
@@ -236,7 +232,6 @@ def build_solver(spec: ProblemSpec, config: RunConfig) -> tuple[Setup, Solver]:
     finally:
         torch.set_default_dtype(previous)
     setup.model.to(_DTYPES[config.dtype])
-    from . import distributed
 
     if distributed.launched_distributed() or distributed.is_distributed():
         rank, world = distributed.init_from_env()

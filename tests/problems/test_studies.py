@@ -85,7 +85,9 @@ def test_study_smoke_run_writes_its_report_and_figures(name: str, tmp_path: Path
     assert summary["steps"] == 15
     spec = get_problem(name)
     figures = spec.figures(result.setup, result.solver, tmp_path / "again")
-    assert figures and all(p.suffix == ".png" and p.stat().st_size > 5000 for p in figures)
+    pngs = [p for p in figures if p.suffix == ".png"]
+    assert pngs and all(p.stat().st_size > 5000 for p in pngs)
+    assert all(p.suffix in (".png", ".md") and p.exists() for p in figures)
     expected_fields = {
         "fairness-adult": {"test_accuracy", "max_parity_gap", "unconstrained_test_accuracy"},
         "sparsity-digits": {"density", "expected_density", "test_accuracy", "sweep"},
@@ -93,6 +95,11 @@ def test_study_smoke_run_writes_its_report_and_figures(name: str, tmp_path: Path
         "weight-sharing-digits": {"clusters", "mlp_clusters", "cnn_test_accuracy"},
     }[name]
     assert expected_fields <= set(summary)
+    if name == "fairness-adult":  # the per-group table, for both splits, in JSON and Markdown
+        tables = summary["group_metrics"]
+        assert set(tables) == {"train", "test"}
+        assert all("positive_rate_ci" in row for row in tables["test"]["groups"])
+        assert (tmp_path / "fairness_groups.md").read_text().count("| group | size |") == 2
 
 
 def test_study_runs_are_reproducible() -> None:
