@@ -187,7 +187,7 @@ def finish_violation_axis(ax: Axes, floor: float, *, what: str = "max violation"
         color=_FEASIBLE_COLOR,
         zorder=0,
         lw=0,
-        label=f"feasible (violation 0, drawn at {floor:.0e})",
+        label=f"feasible: violation 0 (or below {floor:.0e}), drawn at {floor:.0e}",
     )
     ax.set_ylim(bottom, max(top, floor * 10))
     ax.set_ylabel(f"{what}, max(g, 0) (constraint units, log)")
@@ -344,7 +344,8 @@ def _max_violation_panel(ax: Axes, history: History) -> None:
 def plot_history(
     history: History, title: str = "", reference: Mapping[str, Any] | None = None
 ) -> Figure:
-    """One figure with three panels: objective, max violation, multipliers.
+    """One figure: objective, max violation and multipliers, plus the distance to the exact
+    multipliers when ``reference`` gives them.
 
     Args:
         history: The run's history.
@@ -353,18 +354,36 @@ def plot_history(
             ``multipliers``), drawn dashed when given.
     """
     ref_objective, ref_multipliers = _reference_arrays(reference)
-    fig = new_figure(16, 4.8)
-    axes = fig.subplots(1, 3)
+    lam = history.multipliers()
+    with_distance = ref_multipliers is not None and ref_multipliers.size == lam.shape[1] > 0
+    fig = new_figure(21 if with_distance else 16, 4.8)
+    axes = fig.subplots(1, 4 if with_distance else 3)
     _objective_panel(axes[0], history, ref_objective)
     _max_violation_panel(axes[1], history)
     steps = history.steps()
     mark_late_window(axes[2], steps)
-    _entry_lines(axes[2], steps, history.multipliers(), history.labels, ref_multipliers)
+    _entry_lines(axes[2], steps, lam, history.labels, ref_multipliers)
     axes[2].set(
         title="multipliers",
         xlabel="step",
         ylabel="multiplier lambda (objective / constraint units)",
     )
+    if with_distance:
+        assert ref_multipliers is not None
+        mark_late_window(axes[3], steps)
+        distance = np.linalg.norm(lam - ref_multipliers[None, :], axis=1)
+        axes[3].semilogy(
+            steps,
+            np.maximum(distance, 1e-16),
+            color="tab:purple",
+            lw=1.2,
+            label="||lambda - lambda*||",
+        )
+        axes[3].set(
+            title="distance to the exact multipliers",
+            xlabel="step",
+            ylabel="||lambda - lambda*|| (2-norm, log)",
+        )
     if title:
         fig.suptitle(title)
     legend_outside(fig, axes)
@@ -412,7 +431,7 @@ def run_figures(
     axes[0].set(
         title="constraints in standard form g = value - bound",
         xlabel="step",
-        ylabel="g (constraint units; <= 0 is feasible)",
+        ylabel="g (constraint units; feasible: g <= 0, equalities g = 0)",
     )
     _max_violation_panel(axes[1], history)
     if title:
