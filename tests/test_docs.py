@@ -29,7 +29,9 @@ RUNNER = DOCS / "_hooks" / "run_examples.py"
 DIRECTIVE = re.compile(r"^:::\s+(?P<path>[\w.]+)\s*$", re.MULTILINE)
 
 # Pages whose examples take a few seconds at most run in the default suite; the others
-# (many training runs, subprocesses of the command line) are marked slow.
+# (many training runs, subprocesses of the command line; 10 to 40 s of CPU each) are marked
+# slow. Every page's shown code is checked statically in the default suite
+# (test_page_code_needs_no_hidden_block), so a page that cannot run verbatim fails fast.
 FAST_PAGES = {"index.md", "how-it-works.md"}
 
 

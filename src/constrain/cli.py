@@ -232,10 +232,21 @@ def _summary_table(summary: dict[str, Any]) -> str:
         ),
         ("time / step", f"{1e3 * summary['seconds_per_step']:.3f} ms"),
     ]
+    if "late_max_violation" in summary:
+        window = summary["late_window"]
+        rows.append(
+            (
+                "late max / mean viol.",
+                f"{summary['late_max_violation']:.3g} / {summary['late_mean_violation']:.3g} "
+                f"(steps {window['first_step']}-{window['last_step']}, the last 10%)",
+            )
+        )
     ref = summary.get("reference")
     if ref:
         rows.append(("reference objective", f"{ref['objective']:.6g}"))
         rows.append(("multiplier error", f"{ref['multiplier_error']:.3g}"))
+        if "late_max_multiplier_error" in summary:
+            rows.append(("late max mult. error", f"{summary['late_max_multiplier_error']:.3g}"))
         if "primal_error" in ref:
             rows.append(("primal error", f"{ref['primal_error']:.3g}"))
     for key, value in summary.items():
