@@ -353,6 +353,7 @@ class SparsityDigits(ProblemSpec):
                 runs[0],
                 out / "sparsity_tradeoff.png",
                 title="sparsity-digits: test accuracy against achieved density",
+                sweeps=True,
             )
         ]
 
@@ -367,7 +368,12 @@ def _wilson(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def _tradeoff_figure(
-    entries: list[dict[str, Any]], reference: dict[str, Any], path: Path, *, title: str
+    entries: list[dict[str, Any]],
+    reference: dict[str, Any],
+    path: Path,
+    *,
+    title: str,
+    sweeps: bool = False,
 ) -> Path:
     """Test accuracy against achieved density: per entry the seeds (dots) and their mean
     +/- standard deviation, or, for one seed, the 95% binomial interval of the test accuracy
@@ -435,7 +441,7 @@ def _tradeoff_figure(
                 label=f"{entry['label']}: density {dens[0]:.3f}, acc {accs[0]:.3f}",
             )
         for r in entry["runs"]:
-            for point in r.get("sweep", []) if len(entries) > 1 else []:
+            for point in r.get("sweep", []) if sweeps else []:
                 ax.scatter(
                     point["density"],
                     point["test_accuracy"],
@@ -444,7 +450,7 @@ def _tradeoff_figure(
                     color=color,
                     zorder=3,
                 )
-    if len(entries) > 1 and any(r.get("sweep") for e in entries for r in e["runs"]):
+    if sweeps and any(r.get("sweep") for e in entries for r in e["runs"]):
         ax.scatter([], [], marker="^", s=30, color="0.4", label="sweep targets of each run")
     ax.set(
         title=title,

@@ -133,8 +133,9 @@ def _window(length: int) -> int:
 def violation_floor(*arrays: np.ndarray) -> float:
     """The value at which zero violations are drawn on a log axis.
 
-    Half a decade below the smallest positive value of ``arrays`` (at least ``1e-12``);
-    ``1e-6`` if no value is positive.
+    Half a decade below the smallest positive value of ``arrays``, so that only zeros are
+    drawn there, but at least ``1e-12`` (smaller values are drawn at ``1e-12`` too, and the
+    band's label says so); ``1e-6`` if no value is positive.
     """
     positive = [a[a > 0] for a in (np.asarray(x, dtype=np.float64).ravel() for x in arrays)]
     smallest = min((float(p.min()) for p in positive if p.size), default=None)
@@ -187,7 +188,11 @@ def finish_violation_axis(ax: Axes, floor: float, *, what: str = "max violation"
         color=_FEASIBLE_COLOR,
         zorder=0,
         lw=0,
-        label=f"feasible: violation 0 (or below {floor:.0e}), drawn at {floor:.0e}",
+        label=(
+            f"feasible: violation 0 (or below {floor:.0e}), drawn at {floor:.0e}"
+            if floor <= _MIN_FLOOR
+            else f"feasible: violation 0, drawn at {floor:.0e}"
+        ),
     )
     ax.set_ylim(bottom, max(top, floor * 10))
     ax.set_ylabel(f"{what}, max(g, 0) (constraint units, log)")
