@@ -266,6 +266,7 @@ class SparsityDigits(ProblemSpec):
     # -- figures ------------------------------------------------------------------------
     def figures(self, setup: Setup, solver: Solver, out: Path) -> list[Path]:
         from matplotlib import colormaps
+        from matplotlib.ticker import MaxNLocator
 
         from constrain.plots import legend_outside, mark_late_window, new_figure, save_figure
 
@@ -322,7 +323,7 @@ class SparsityDigits(ProblemSpec):
         first = next(m for m in solver.model.modules() if isinstance(m, L0Linear))
         with evaluating(solver.model):
             active = (first.effective_weight() != 0).float()  # (hidden, 64)
-        fig = new_figure(9, 4)
+        fig = new_figure(10.5, 4)
         axes = fig.subplots(1, 2)
         image = axes[0].imshow(active.sum(0).reshape(8, 8).numpy(), cmap="viridis")
         fig.colorbar(image, ax=axes[0], fraction=0.046, label="kept connections")
@@ -336,6 +337,8 @@ class SparsityDigits(ProblemSpec):
             xlabel="kept inputs (of 64)",
             ylabel="hidden units",
         )
+        axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes[1].yaxis.set_major_locator(MaxNLocator(integer=True))
         fig.suptitle(
             f"first layer at target {params.density:g} "
             f"(layer density {report['layer_density'][0]:.3f})"
