@@ -156,8 +156,9 @@ def plot_violation(
 ) -> None:
     """Draw ``max(values, 0)`` on a log axis, values ``<= floor`` at ``floor``.
 
-    With ``envelope`` and more than 100 points, a thin raw line is drawn under the running
-    maximum over about 1% of the points (labelled).
+    With ``envelope`` and at least 200 points, the line is the running maximum over about
+    1% of the points (the label says over how many steps), over a thin line of the raw
+    values.
 
     Args:
         values: Shape ``(T,)`` (one curve) or ``(T, S)`` (seeds: the median and a
@@ -200,7 +201,8 @@ def finish_violation_axis(ax: Axes, floor: float, *, what: str = "max violation"
 
 def legend_outside(owner: Figure | Axes, axes: Sequence[Axes] | None = None) -> None:
     """One legend of the labelled artists of ``axes`` (duplicates merged), outside the data:
-    below the panels of a figure, or right of a single axes."""
+    below the panels of a figure (which needs the constrained layout of
+    :func:`new_figure`), or right of a single axes."""
     axes_list = list(axes) if axes is not None else ([owner] if isinstance(owner, Axes) else [])
     handles: dict[str, Any] = {}
     for ax in axes_list:
