@@ -112,8 +112,9 @@ def group_metrics(
     Returns:
         ``{"n", "positive_rate", "accuracy", "max_abs_parity_gap", "n_boot", "confidence",
         "groups"}`` (with ``n_boot > 0`` also ``accuracy_ci`` and ``max_abs_parity_gap_ci``,
-        the intervals of the overall accuracy and of ``max_g |parity_gap_g|``) where
-        ``groups`` holds one dict per group: ``name``, ``size``, ``positives``, the
+        the intervals of the overall accuracy and of ``max_g |parity_gap_g|``; a maximum of
+        noisy gaps is biased upwards under resampling, so the point value can sit near the
+        low end of its interval) where ``groups`` holds one dict per group: ``name``, ``size``, ``positives``, the
         statistics of :data:`RATES` and, with ``n_boot > 0``, ``<statistic>_ci`` as
         ``[low, high]``. Undefined values (an empty group, a TPR without positives) are
         ``None``.
