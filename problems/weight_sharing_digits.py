@@ -276,7 +276,7 @@ class WeightSharingDigits(ProblemSpec):
             xlabel="step",
             ylabel="distinct values (clusters, log)",
         )
-        names = ["MLP + WS", "MLP", "CNN (natural)", "CNN (permuted)"]
+        names = ["MLP +\nweight sharing", "MLP", "CNN\n(natural pixels)", "CNN"]
         accs = [
             report["test_accuracy"],
             report["mlp_test_accuracy"],

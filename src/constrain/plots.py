@@ -310,11 +310,15 @@ def clip_transient(ax: Axes, values: Sequence[np.ndarray], *, skip: float = 0.05
     if float(whole.max()) - float(whole.min()) <= 5 * span:
         return
     ax.set_ylim(low - 0.1 * span, high + 0.1 * span)
+    beyond = []
+    if float(whole.max()) > high + 0.1 * span:
+        beyond.append(f"up to {float(whole.max()):.3g}")
+    if float(whole.min()) < low - 0.1 * span:
+        beyond.append(f"down to {float(whole.min()):.3g}")
     ax.text(
         0.99,
         0.98,
-        f"y axis clipped: the first {skip:.0%} of the steps reach "
-        f"[{float(whole.min()):.3g}, {float(whole.max()):.3g}]",
+        f"y axis clipped: the first {skip:.0%} of the steps reach " + " and ".join(beyond),
         ha="right",
         va="top",
         fontsize=7,
@@ -362,6 +366,14 @@ def plot_history(
     """
     ref_objective, ref_multipliers = _reference_arrays(reference)
     lam = history.multipliers()
+    if lam.shape[1] == 0:  # no constraints: only the objective has something to show
+        fig = new_figure(7.5, 4.6)
+        ax = fig.subplots()
+        _objective_panel(ax, history, ref_objective, title="objective (no constraints)")
+        if title:
+            fig.suptitle(title)
+        legend_outside(fig, [ax])
+        return fig
     with_distance = ref_multipliers is not None and ref_multipliers.size == lam.shape[1] > 0
     fig = new_figure(21 if with_distance else 16, 4.8)
     axes = fig.subplots(1, 4 if with_distance else 3)
@@ -404,7 +416,8 @@ def run_figures(
     title: str = "",
     reference: Mapping[str, Any] | None = None,
 ) -> list[Path]:
-    """Write ``overview.png``, ``objective.png``, ``constraints.png`` and ``multipliers.png``.
+    """Write ``overview.png``, ``objective.png``, ``constraints.png`` and ``multipliers.png``
+    (the last two only for a problem with constraints).
 
     Args:
         history: The run's history (nothing is written if it is empty).
@@ -429,6 +442,8 @@ def run_figures(
     _objective_panel(ax, history, ref_objective, title=f"{prefix}objective")
     legend_outside(ax)
     written.append(save_figure(fig, out / "objective.png"))
+    if not history.labels:
+        return written  # no constraints, no multipliers: nothing more to draw
 
     fig = new_figure(14, 4.8)
     axes = fig.subplots(1, 2)
