@@ -4,7 +4,7 @@ Declare a :class:`ConstrainedProblem`, pick a formulation and a multiplier contr
 and run a :class:`Solver` (or :func:`solve`) with any ``torch.optim`` optimizer.
 """
 
-from . import blocks, controllers, formulations
+from . import blocks, controllers, formulations, schedules
 from ._errors import (
     CheckpointError,
     ConfigError,
@@ -75,6 +75,7 @@ __all__ = [
     "make_optimizer",
     "problem_names",
     "run",
+    "schedules",
     "solve",
     "to_cvxpy",
     "validate",

@@ -302,7 +302,7 @@ def run_with_checkpoints(
         )
     meta = {
         "problem": spec.name,
-        "controller": config.controller["name"],
+        "controller": config.controller_label,
         "every": every,
         "config": config.model_dump(mode="json"),
         "world_size": world_size(),

@@ -40,7 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p_list = sub.add_parser(
-        "list", help="list problems, controllers, formulations and prox operators"
+        "list",
+        help="list problems, controllers, formulations, prox operators, penalty updaters and "
+        "rhs schedules",
     )
     p_list.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -133,7 +135,7 @@ def _config(args: argparse.Namespace, controller: str | None) -> Any:
     # Build the components once now so that bad --set values fail before any work.
     from . import controllers, formulations
 
-    controllers.build(config.controller)
+    controllers.build_controllers(config.controller)
     formulations.build(config.formulation)
     return spec, config
 
@@ -189,7 +191,7 @@ def _summary_table(summary: dict[str, Any]) -> str:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from . import controllers, formulations, prox
+    from . import controllers, formulations, prox, schedules
     from .runner import get_problem, problem_names
 
     problems = {name: get_problem(name).description for name in problem_names()}
@@ -198,6 +200,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
         "controllers": controllers.names(),
         "formulations": formulations.FORMULATIONS.names(),
         "prox": prox.names(),
+        "penalty_updaters": formulations.PENALTY_UPDATERS.names(),
+        "rhs_schedules": schedules.names(),
     }
     if args.json:
         _print_json(data)
@@ -205,8 +209,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     print("problems:")
     for name, text in problems.items():
         print(f"  {name:<24} {text}")
-    for key in ("controllers", "formulations", "prox"):
-        print(f"{key}: {', '.join(data[key])}")
+    for key in ("controllers", "formulations", "prox", "penalty_updaters", "rhs_schedules"):
+        print(f"{key.replace('_', ' ')}: {', '.join(data[key])}")
     return 0
 
 

@@ -5,18 +5,34 @@ All dense constraint groups of a problem share one flat vector: group ``k`` occu
 ``torch.cat`` plus two vectorised operations, whatever the number of groups. Per-sample
 (indexed) groups keep one multiplier per sample and only the entries observed in a
 minibatch are read and written.
+
+Right-hand sides are read at every step (a schedule's value, a changed problem field, a
+solver-level ``rhs_schedule`` override). Groups that a step does not measure (an
+intermittent constraint left out of ``evaluate()``, or a ``ConstraintValue`` with
+``observed=False``) are marked as unobserved: their violation reads 0 and the dual side
+leaves their multipliers alone.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from . import schedules as _schedules
 from ._errors import ConfigError, NonFiniteError, ShapeError, describe
+from ._patterns import match_patterns
 from .multipliers import Multipliers
-from .problem import ConstrainedProblem, Constraint, ProblemState, as_constraint_value
+from .problem import (
+    ConstrainedProblem,
+    Constraint,
+    ProblemState,
+    as_constraint_value,
+)
+from .schedules import RhsSchedule
 
 __all__ = ["ConstraintLayout", "IndexedViolation", "StackedConstraints"]
 
@@ -30,12 +46,15 @@ class IndexedViolation:
         primal: Standard-form values the primal player differentiates (proxy or true).
         indices: Sample indices (int64), one per entry, unique within a batch.
         equality: True if the group is an equality constraint (multipliers of any sign).
+        observed: False when the step gave only a proxy (``ConstraintValue.proxy_only``):
+            the violation reads 0 and the multipliers do not move.
     """
 
     violation: Tensor
     primal: Tensor
     indices: Tensor
     equality: bool = False
+    observed: bool = True
 
 
 @dataclass
@@ -48,12 +67,18 @@ class StackedConstraints:
         primal: Dense values seen by the primal player (proxies where given), with graph.
         equality: Boolean mask of the dense entries that are equality constraints.
         per_sample: Observed entries of each per-sample group, by name.
+        unobserved: Names of the dense groups this evaluation did not measure (their
+            violation reads 0; their multipliers must not move).
+        observed: Boolean mask of the dense entries that were measured, or ``None`` when
+            all were.
     """
 
     violation: Tensor
     primal: Tensor
     equality: Tensor
     per_sample: dict[str, IndexedViolation] = field(default_factory=dict)
+    unobserved: frozenset[str] = frozenset()
+    observed: Tensor | None = None
 
 
 class ConstraintLayout:
@@ -65,9 +90,25 @@ class ConstraintLayout:
     Args:
         problem: The problem.
         state: A first evaluation (used to infer undeclared sizes and the dtype/device).
+        rhs_schedule: Right-hand sides that replace the declared ones, by constraint-name
+            pattern: schedules (:mod:`constrain.schedules`: instances, mappings with a
+            ``name``) or numbers. Groups no pattern matches keep their declaration.
+
+    Raises:
+        ShapeError: For a non-scalar objective, sizes that disagree with the declaration
+            or the right-hand side, or an intermittent group without a declared size that
+            the first evaluation did not measure.
+        ConfigError: For an ``rhs_schedule`` pattern that matches no group or a group
+            matched by two patterns, or an invalid schedule.
     """
 
-    def __init__(self, problem: ConstrainedProblem, state: ProblemState) -> None:
+    def __init__(
+        self,
+        problem: ConstrainedProblem,
+        state: ProblemState,
+        *,
+        rhs_schedule: Mapping[str, Any] | None = None,
+    ) -> None:
         self.dense: list[Constraint] = []
         self.per_sample: list[Constraint] = []
         sizes: list[int] = []
@@ -85,6 +126,15 @@ class ConstraintLayout:
         for c in problem.all_constraints:
             if c.per_sample:
                 self.per_sample.append(c)
+                continue
+            if c.name not in state.constraints and c.intermittent:
+                if c.size is None:
+                    raise ShapeError(
+                        f"intermittent constraint {c.name!r} was not measured at the first "
+                        "evaluation, so its size is unknown; declare it with size=N."
+                    )
+                self.dense.append(c)
+                sizes.append(c.size)
                 continue
             value = as_constraint_value(c.name, state.constraints[c.name])
             n = value.value.numel()
@@ -105,7 +155,10 @@ class ConstraintLayout:
             self.offsets.append(self.offsets[-1] + n)
         self.num_dense = self.offsets[-1]
         self.problem = problem
-        self.dtype = dual_dtype(reference, [state.constraints[c.name] for c in self.dense])
+        self.dtype = dual_dtype(
+            reference,
+            [state.constraints[c.name] for c in self.dense if c.name in state.constraints],
+        )
         self.device = reference.device
         sign, equality = [], []
         for c, n in zip(self.dense, sizes, strict=True):
@@ -115,22 +168,47 @@ class ConstraintLayout:
         self.sign = (torch.cat(sign) if sign else empty).to(self.device)
         self.equality = (torch.cat(equality) if equality else empty.bool()).to(self.device)
         self.names = [c.name for c in self.dense]
+        self.group_names = self.names + [c.name for c in self.per_sample]
+        self._all_plus = all(c.sign == 1.0 for c in self.dense)
+        self._rhs_override = _rhs_overrides(rhs_schedule, self.group_names)
+        self._masks: dict[frozenset[str], Tensor] = {}
         self._rhs_values: tuple[object, ...] | None = None
-        self._set_rhs(self._current_rhs())
+        self._set_rhs(self._current_rhs(0))
         self.has_equality = bool(self.equality.any()) or any(c.is_equality for c in self.per_sample)
 
     # -- right-hand sides -------------------------------------------------------------
-    def _current_rhs(self) -> tuple[object, ...]:
-        """The dense groups' right-hand sides as the problem declares them now (a field
-        named by ``rhs=`` can change between steps: schedules, tightening)."""
-        current = {c.name: c for c in self.problem.all_constraints}
-        return tuple(current[c.name].rhs if c.name in current else c.rhs for c in self.dense)
+    def rhs_of(
+        self, c: Constraint, step: int, declared: Mapping[str, Constraint] | None = None
+    ) -> float | tuple[float, ...]:
+        """Group ``c``'s right-hand side at step ``step``: the solver-level override if one
+        matches it, else the problem's current declaration (a schedule's value there).
+
+        Args:
+            c: The group.
+            step: The solver step.
+            declared: The problem's current constraints by name (looked up if omitted).
+        """
+        override = self._rhs_override.get(c.name)
+        if override is not None:
+            return float(override.at(step))
+        current = declared.get(c.name, c) if declared is not None else self._declared(c)
+        return current.rhs_at(step)
+
+    def _current_rhs(self, step: int) -> tuple[object, ...]:
+        """The dense groups' right-hand sides at ``step`` (a field named by ``rhs=`` can
+        change between steps, a schedule moves with the step)."""
+        declared = {c.name: c for c in self.problem.all_constraints}
+        return tuple(self.rhs_of(c, step, declared) for c in self.dense)
 
     def _set_rhs(self, values: tuple[object, ...]) -> None:
         if values == self._rhs_values:
             return
         parts = []
-        for value, n in zip(values, self.sizes, strict=True):
+        for c, value, n in zip(self.dense, values, self.sizes, strict=True):
+            if isinstance(value, tuple) and len(value) != n:
+                raise ShapeError(
+                    f"constraint {c.name!r} has {len(value)} right-hand sides for {n} entries."
+                )
             parts.append(
                 torch.as_tensor(value, dtype=self.dtype).expand(n)
                 if isinstance(value, float)
@@ -138,7 +216,12 @@ class ConstraintLayout:
             )
         rhs = torch.cat(parts) if parts else torch.zeros(0, dtype=self.dtype)
         self.rhs = rhs.to(self.device)
-        self._identity_form = bool((self.sign == 1).all()) and bool((self.rhs == 0).all())
+        # Decided on the host (no device synchronisation when a schedule moves the rhs).
+        zero = all(
+            (v == 0.0) if isinstance(v, float) else all(x == 0.0 for x in v)  # type: ignore[attr-defined]
+            for v in values
+        )
+        self._identity_form = self._all_plus and zero
         self._shift = -self.sign * self.rhs
         self._rhs_values = values
 
@@ -162,6 +245,22 @@ class ConstraintLayout:
         return {
             c.name: flat[self.offsets[k] : self.offsets[k + 1]] for k, c in enumerate(self.dense)
         }
+
+    def entry_mask(self, excluded: frozenset[str]) -> Tensor | None:
+        """Boolean mask of the dense entries whose group is not in ``excluded`` (``None``
+        when no dense group is excluded). Cached: one host-to-device copy per distinct
+        set."""
+        excluded = excluded.intersection(self.names)
+        if not excluded:
+            return None
+        mask = self._masks.get(excluded)
+        if mask is None:
+            flags = [c.name not in excluded for c in self.dense]
+            mask = torch.tensor(flags, dtype=torch.bool).repeat_interleave(
+                torch.tensor(self.sizes, dtype=torch.int64)
+            )
+            mask = self._masks[excluded] = mask.to(self.device)
+        return mask
 
     def signature(self) -> dict[str, object]:
         """A JSON description used to check that a checkpoint belongs to this problem."""
@@ -192,21 +291,34 @@ class ConstraintLayout:
             ShapeError: If a group's size changed since the layout was built, or a
                 per-sample group has indices out of range or repeated within the batch.
         """
+        step = 0 if step is None else step
         if self.dense:
-            self._set_rhs(self._current_rhs())
+            self._set_rhs(self._current_rhs(step))
         values: list[Tensor] = []
         primals: list[Tensor] = []
         any_proxy = False
-        for c in self.dense:
-            try:
-                raw = state.constraints[c.name]
-            except KeyError:
-                raise ConfigError(
-                    f"evaluate() did not return constraint {c.name!r}; returned "
-                    f"{sorted(state.constraints)}."
-                ) from None
+        unobserved: set[str] = set()  # no measurement: violation 0, multipliers frozen
+        absent: set[str] = set()  # neither value nor proxy: no primal term either
+        for c, n in zip(self.dense, self.sizes, strict=True):
+            raw = state.constraints.get(c.name)
+            if raw is None:
+                if not c.intermittent:
+                    raise ConfigError(
+                        f"evaluate() did not return constraint {c.name!r}; returned "
+                        f"{sorted(state.constraints)}. Declare it intermittent=True if it is "
+                        "only measured on some steps."
+                    )
+                unobserved.add(c.name)
+                absent.add(c.name)
+                values.append(torch.zeros(n, dtype=self.dtype, device=self.device))
+                primals.append(values[-1])
+                continue
             value = as_constraint_value(c.name, raw)
             values.append(value.value.reshape(-1))
+            if not value.observed:
+                unobserved.add(c.name)
+                if value.proxy is None:
+                    absent.add(c.name)
             if value.proxy is not None:
                 any_proxy = True
                 primals.append(value.proxy.reshape(-1))
@@ -224,13 +336,30 @@ class ConstraintLayout:
                 primal = violation
         else:
             violation = primal = torch.zeros(0, dtype=self.dtype, device=self.device)
+        observed = self.entry_mask(frozenset(unobserved))
+        if observed is not None:
+            violation = torch.where(observed, violation, 0.0)
+            has_primal = self.entry_mask(frozenset(absent))
+            primal = violation if not any_proxy else primal
+            if has_primal is not None:
+                primal = torch.where(has_primal, primal, 0.0)
         per_sample: dict[str, IndexedViolation] = {}
         for c in self.per_sample:
-            per_sample[c.name] = self._stack_indexed(c, state.constraints.get(c.name))
+            raw = state.constraints.get(c.name)
+            if raw is None and c.intermittent:
+                continue  # not measured at this step
+            per_sample[c.name] = self._stack_indexed(c, raw, step)
         # The signal is a copy: it must never share memory with a tensor of the user's (a
         # constraint that returns a parameter itself would otherwise change under the
         # optimizer step, and controllers keep signals in their state).
-        return StackedConstraints(violation.detach().clone(), primal, self.equality, per_sample)
+        return StackedConstraints(
+            violation.detach().clone(),
+            primal,
+            self.equality,
+            per_sample,
+            frozenset(unobserved),
+            observed,
+        )
 
     def _standard_form(self, flat: Tensor) -> Tensor:
         """``sign * (flat - rhs)`` as one fused operation (identity when already standard)."""
@@ -238,7 +367,7 @@ class ConstraintLayout:
             return flat
         return torch.addcmul(self._shift, self.sign, flat)
 
-    def _stack_indexed(self, c: Constraint, raw: object) -> IndexedViolation:
+    def _stack_indexed(self, c: Constraint, raw: object, step: int) -> IndexedViolation:
         if raw is None:
             raise ConfigError(f"evaluate() did not return per-sample constraint {c.name!r}.")
         value = as_constraint_value(c.name, raw)
@@ -253,9 +382,12 @@ class ConstraintLayout:
                 f"per-sample constraint {c.name!r}: indices must lie in [0, {c.size}); got "
                 f"[{int(indices.min())}, {int(indices.max())}]."
             )
-        current = self._declared(c)
-        v = current.violation(value.value.reshape(-1).to(self.dtype))
-        p = v if value.proxy is None else current.violation(value.proxy.reshape(-1).to(self.dtype))
+        rhs = self.rhs_of(c, step)
+        assert isinstance(rhs, float)  # per-sample groups take a scalar rhs
+        v = c.sign * (value.value.reshape(-1).to(self.dtype) - rhs)
+        p = v if value.proxy is None else c.sign * (value.proxy.reshape(-1).to(self.dtype) - rhs)
+        if not value.observed:
+            v = torch.zeros_like(v)
         if indices.numel() > 1:
             unique, inverse = torch.unique(indices, return_inverse=True)
             if unique.numel() != indices.numel():
@@ -267,7 +399,7 @@ class ConstraintLayout:
                 v = torch.zeros_like(counts).index_add(0, inverse, v) / counts
                 p = torch.zeros_like(counts).index_add(0, inverse, p) / counts
                 indices = unique
-        return IndexedViolation(v.detach().clone(), p, indices, c.is_equality)
+        return IndexedViolation(v.detach().clone(), p, indices, c.is_equality, value.observed)
 
     def _declared(self, c: Constraint) -> Constraint:
         """The problem's current declaration of ``c`` (its rhs may have changed)."""
@@ -344,3 +476,40 @@ def dual_dtype(objective: Tensor, constraints: list[object]) -> torch.dtype:
         if candidate.is_floating_point:
             dtype = torch.promote_types(dtype, candidate)
     return dtype
+
+
+def _rhs_overrides(spec: Mapping[str, Any] | None, names: list[str]) -> dict[str, RhsSchedule]:
+    """Resolve a solver-level ``rhs_schedule`` mapping to one schedule per matched group.
+
+    Raises:
+        ConfigError: For a pattern matching no group, a group matched twice, a value that
+            is not a schedule, a mapping with a ``name`` or a number.
+    """
+    if not spec:
+        return {}
+    if not isinstance(spec, Mapping):
+        raise ConfigError(
+            "rhs_schedule must map constraint-name patterns to schedules, e.g. "
+            "{'parity*': {'name': 'linear', 'start': 0.1, 'end': 0.02, 'steps': 500}}; got "
+            f"{describe(spec)}."
+        )
+    assigned = match_patterns(spec, names, what="rhs_schedule", require_all=False)
+    out: dict[str, RhsSchedule] = {}
+    built = {pattern: _build_schedule(pattern, value) for pattern, value in spec.items()}
+    for name, pattern in assigned.items():
+        out[name] = built[pattern]
+    return out
+
+
+def _build_schedule(pattern: str, value: object) -> RhsSchedule:
+    if isinstance(value, (RhsSchedule, Mapping)) or (
+        isinstance(value, (int, float)) and not isinstance(value, bool)
+    ):
+        try:
+            return _schedules.build(value)
+        except ConfigError as exc:
+            raise ConfigError(f"rhs_schedule[{pattern!r}]: {exc}") from None
+    raise ConfigError(
+        f"rhs_schedule[{pattern!r}]: expected a schedule (a mapping with a 'name' key, a "
+        f"constrain.schedules.RhsSchedule or a number); got {describe(value)}."
+    )

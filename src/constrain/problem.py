@@ -18,15 +18,25 @@ one vector so that the cost of a step does not grow with the number of groups.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeAlias
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializeAsAny,
+    field_validator,
+    model_validator,
+)
 from torch import Tensor
 
+from . import schedules as _schedules
 from ._errors import ConfigError, ShapeError, describe
+from .schedules import RhsSchedule
 
 __all__ = [
     "ConstrainedProblem",
@@ -65,11 +75,22 @@ class ConstraintValue:
             primal player's Lagrangian uses it instead of ``value``.
         indices: For per-sample (indexed) constraints: the sample indices the entries of
             ``value`` belong to (1-d integer tensor, same length as ``value``).
+        observed: False when ``value`` is not a measurement of this step (e.g. an exact
+            rate measured on a held-out set every few steps): the multipliers, their
+            controller state and the penalties of the group do not move; the proxy (if
+            given) still enters the primal loss. Build one with :meth:`proxy_only`.
     """
 
     value: Tensor
     proxy: Tensor | None = None
     indices: Tensor | None = None
+    observed: bool = True
+
+    @classmethod
+    def proxy_only(cls, proxy: Tensor, indices: Tensor | None = None) -> ConstraintValue:
+        """A step that only gives the primal player a differentiable surrogate: the true
+        value is not measured (``observed=False``), so the multipliers stay put."""
+        return cls(proxy.detach(), proxy, indices, observed=False)
 
 
 @dataclass
@@ -100,7 +121,9 @@ class Constraint(BaseModel):
     Args:
         name: Unique name (used for multipliers, history columns and plots).
         sense: ``"<="``, ``">="`` or ``"=="``.
-        rhs: Right-hand side: a scalar, or one value per entry of the group.
+        rhs: Right-hand side: a scalar, one value per entry of the group, or a schedule
+            ``b_t`` read at every step (a :class:`constrain.schedules.RhsSchedule` or a
+            mapping ``{"name": "linear", "start": ..., "end": ..., "steps": ...}``).
         size: Number of entries in the group; ``None`` infers it at the first evaluation.
             For per-sample constraints this is the number of samples.
         fn: For composition: ``fn(model, batch)`` returning the left-hand side (a tensor or
@@ -110,18 +133,26 @@ class Constraint(BaseModel):
         per_sample: If true the group is indexed: each evaluation returns the values of a
             minibatch of samples with their ``indices`` and only those multipliers move.
         description: Free text shown in reports.
+        max_multiplier: Upper bound ``M >= 0`` on the group's multipliers: ``lam`` is kept
+            in ``[0, M]`` (inequalities) or ``|mu| <= M`` (equalities) after every update.
+            ``None``: unbounded. A solver-level ``max_multiplier`` overrides it.
+        intermittent: The group is measured on some steps only: ``evaluate()`` may leave it
+            out (a ``fn`` may return ``None``); on those steps its multipliers, controller
+            state and penalties stay put and it adds nothing to the primal loss.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
     name: str = Field(min_length=1)
     sense: Sense = "<="
-    rhs: float | tuple[float, ...] = 0.0
+    rhs: float | tuple[float, ...] | SerializeAsAny[RhsSchedule] = 0.0
     size: int | None = Field(default=None, ge=1)
     fn: Any = None
     proxy: Any = None
     per_sample: bool = False
     description: str = ""
+    max_multiplier: float | None = Field(default=None, ge=0)
+    intermittent: bool = False
 
     def __init__(self, name: str | None = None, sense: str | None = None, /, **data: Any):
         if name is not None:
@@ -159,6 +190,13 @@ class Constraint(BaseModel):
             )
         if isinstance(value, bool):
             raise ValueError("rhs must be a number or a sequence of numbers; got a bool")
+        if isinstance(value, RhsSchedule):
+            return value
+        if isinstance(value, Mapping):
+            try:
+                return _schedules.build(value)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
         if isinstance(value, (int, float)):
             return _check_finite_number(float(value), "rhs")
         if isinstance(value, Sequence) and not isinstance(value, str):
@@ -202,12 +240,20 @@ class Constraint(BaseModel):
         """+1 for ``<=`` and ``==``, -1 for ``>=`` (the standard-form factor)."""
         return -1.0 if self.sense == ">=" else 1.0
 
-    def violation(self, value: Tensor) -> Tensor:
-        """Standard form of ``value``: ``sign * (value - rhs)`` (``<= 0`` / ``== 0`` when met)."""
+    def rhs_at(self, step: int = 0) -> float | tuple[float, ...]:
+        """The right-hand side at solver step ``step`` (a schedule's value there)."""
+        if isinstance(self.rhs, RhsSchedule):
+            return float(self.rhs.at(step))
+        return self.rhs
+
+    def violation(self, value: Tensor, step: int = 0) -> Tensor:
+        """Standard form of ``value``: ``sign * (value - rhs)`` (``<= 0`` / ``== 0`` when met),
+        with the right-hand side of step ``step``."""
+        bound = self.rhs_at(step)
         rhs: float | Tensor = (
-            self.rhs
-            if isinstance(self.rhs, float)
-            else torch.as_tensor(self.rhs, dtype=value.dtype, device=value.device)
+            bound
+            if isinstance(bound, float)
+            else torch.as_tensor(bound, dtype=value.dtype, device=value.device)
         )
         return self.sign * (value - rhs)
 
@@ -288,11 +334,13 @@ _CONSTRAINT_ATTR = "__constrain_constraint__"
 def constraint(
     sense: str = "<=",
     *,
-    rhs: float | Sequence[float] | str = 0.0,
+    rhs: float | Sequence[float] | str | RhsSchedule | Mapping[str, Any] = 0.0,
     size: int | str | None = None,
     per_sample: bool = False,
     name: str | None = None,
     description: str = "",
+    max_multiplier: float | None = None,
+    intermittent: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Mark a method of a :class:`ConstrainedProblem` subclass as a constraint.
 
@@ -302,13 +350,17 @@ def constraint(
 
     Args:
         sense: ``"<="``, ``">="`` or ``"=="``.
-        rhs: Right-hand side, or the *name of a field* of the problem holding it (so that
-            a hyperparameter such as a tolerance is validated and configurable).
+        rhs: Right-hand side (a number, a sequence, a schedule), or the *name of a field*
+            of the problem holding it (so that a hyperparameter such as a tolerance is
+            validated and configurable).
         size: Number of entries (``None``: inferred at the first evaluation), or the name
             of an integer field of the problem holding it.
         per_sample: Indexed per-sample constraint (``size`` = number of samples).
         name: Constraint name (defaults to the method name).
         description: Free text shown in reports.
+        max_multiplier: Upper bound on the group's multipliers (see :class:`Constraint`).
+        intermittent: The method may return ``None`` on steps where the group is not
+            measured (see :class:`Constraint`).
 
     Example:
         >>> class Budget(ConstrainedProblem):
@@ -331,6 +383,8 @@ def constraint(
                 "per_sample": per_sample,
                 "name": name or method.__name__,
                 "description": description,
+                "max_multiplier": max_multiplier,
+                "intermittent": intermittent,
             },
         )
         return method
@@ -421,6 +475,8 @@ class ConstrainedProblem(BaseModel):
                     fn=getattr(self, attr_name),
                     per_sample=meta["per_sample"],
                     description=meta["description"],
+                    max_multiplier=meta.get("max_multiplier"),
+                    intermittent=meta.get("intermittent", False),
                 )
             )
         seen: set[str] = set()
@@ -504,10 +560,13 @@ class ConstrainedProblem(BaseModel):
                     f"{type(self).__name__}."
                 )
             value = c.fn(model, batch)
+            if value is None and c.intermittent:
+                continue  # not measured at this step
             if c.proxy is not None:
                 base = value.value if isinstance(value, ConstraintValue) else value
                 indices = value.indices if isinstance(value, ConstraintValue) else None
-                value = ConstraintValue(base, c.proxy(model, batch), indices)
+                observed = value.observed if isinstance(value, ConstraintValue) else True
+                value = ConstraintValue(base, c.proxy(model, batch), indices, observed)
             values[c.name] = value
         return ProblemState(objective=self.objective(model, batch), constraints=values)
 
@@ -563,8 +622,9 @@ def check_names(problem: ConstrainedProblem, state: ProblemState) -> None:
     """
     declared = {c.name for c in problem.all_constraints}
     got = set(state.constraints)
-    if declared != got:
-        missing = sorted(declared - got)
+    optional = {c.name for c in problem.all_constraints if c.intermittent}
+    if not (declared - optional) <= got or not got <= declared:
+        missing = sorted(declared - optional - got)
         extra = sorted(got - declared)
         raise ConfigError(
             f"{type(problem).__name__}.evaluate() returned constraints {sorted(got)} but "

@@ -230,6 +230,10 @@ def build_solver(spec: ProblemSpec, config: RunConfig) -> tuple[Setup, Solver]:
         order=config.order,
         on_nonfinite=config.on_nonfinite,
         record_every=config.record_every,
+        max_multiplier=config.max_multiplier,
+        restart=config.restart,
+        dual_every=config.dual_every,
+        rhs_schedule=config.rhs_schedule,
     )
     return setup, solver
 
@@ -242,7 +246,7 @@ def summarize(
     last = history.last if len(history) else None
     summary: dict[str, Any] = {
         "problem": spec.name,
-        "controller": config.controller["name"],
+        "controller": config.controller_label,
         "controller_config": solver.controller.spec(),
         "formulation": config.formulation["name"],
         "order": config.order,

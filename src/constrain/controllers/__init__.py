@@ -8,9 +8,13 @@ Registered rules: ``gda`` (:class:`GDA`), ``momentum`` (:class:`Momentum`), ``ne
 (:class:`Nesterov`), ``adam`` (:class:`Adam`), ``nupi`` (:class:`NuPI`), ``pid``
 (:class:`PID`), ``optimistic`` (:class:`Optimistic`), ``extragradient``
 (:class:`ExtraGradient`) and ``multiplicative`` (:class:`MultiplicativeWeights`).
+
+Different groups may use different controllers: :func:`build_controllers` turns a mapping
+from constraint-name patterns to controllers into a :class:`ControllerMap`.
 """
 
 from ._base import Controller, ControllerState
+from ._map import ControllerMap, ControllerSpec, build_controllers
 from ._registry import CONTROLLERS, build, get, names, register
 from .adam import Adam
 from .extragradient import ExtraGradient
@@ -28,6 +32,8 @@ __all__ = [
     "PID",
     "Adam",
     "Controller",
+    "ControllerMap",
+    "ControllerSpec",
     "ControllerState",
     "ExtraGradient",
     "Momentum",
@@ -36,6 +42,7 @@ __all__ = [
     "NuPI",
     "Optimistic",
     "build",
+    "build_controllers",
     "get",
     "names",
     "register",
