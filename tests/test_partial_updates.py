@@ -198,3 +198,28 @@ def test_penalty_schedule_ignores_unobserved_groups() -> None:
     # Step 0: v = 1.5 (first check, no growth); step 1: v = 0 < 0.75: no growth; step 2:
     # v = 0, not > 0: no growth.
     assert solver.history.last.penalty == 1.0
+
+
+def test_distributed_runs_refuse_unmeasured_constraints(tmp_path: Any) -> None:
+    """Every rank reduces every constraint at every step: an unmeasured one is named."""
+    import torch.distributed as dist
+
+    from constrain.distributed import DistributedReducer
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        reducer = DistributedReducer()
+        problem = _intermittent(set())
+        model = Variables(x=torch.tensor([3.0, 1.0], dtype=DTYPE))
+        state = problem.evaluate(model, None)
+        with pytest.raises(ConfigError, match="constraint 'rate' is not measured at this step"):
+            reducer.reduce_state(problem, state)
+        proxy = _intermittent(set(), proxy=True)
+        with pytest.raises(ConfigError, match="'rate' is not measured"):
+            reducer.reduce_state(proxy, proxy.evaluate(model, None))
+    finally:
+        dist.destroy_process_group()

@@ -11,7 +11,12 @@ Version history:
   ``history``. Still loaded.
 * 2: ``optimizer`` and ``optimizer_type`` hold one optimizer's state and class name, or
   lists of them when the solver has several optimizers; ``extra`` holds the objects
-  registered with :meth:`Solver.register_state` (LR schedulers, ...).
+  registered with :meth:`Solver.register_state` (LR schedulers, ...). With per-group
+  controllers, ``controller`` holds ``{"name": "{pattern: name, ...}", pattern: spec}``
+  and ``controller_state`` holds ``{pattern: state}`` (one dense block per pattern;
+  per-sample groups stay under ``indexed_state``); per-entry penalties add
+  ``penalty/<group>``-style entries to ``formulation_state``. Single-controller states
+  are unchanged.
 """
 
 from __future__ import annotations

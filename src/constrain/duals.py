@@ -13,7 +13,7 @@ small interface to the solver:
 
 The non-finite policy lives here too: an update that makes a multiplier NaN/Inf raises
 :class:`~constrain.NonFiniteError` naming the constraint, or (``on_nonfinite="skip"``)
-keeps the old multipliers. See ``docs/algorithms.md``, 'Multiplier controllers' and
+keeps the old multipliers. See docs/algorithms.md, 'Multiplier controllers' and
 'Formulations', for the update rules and the projection convention.
 
 Per-group settings (each one value for all groups or a mapping from constraint-name

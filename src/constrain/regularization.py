@@ -10,7 +10,7 @@ problem to the model's parameters once (names or ``fnmatch`` patterns), then
 * :meth:`RegularizerStage.diagnostics` reports what the stage knows about itself (the
   number of distinct values of each parameter, for regularizers that count clusters).
 
-See ``docs/algorithms.md``, 'The weight-sharing proximal operator'.
+See docs/algorithms.md, 'The weight-sharing proximal operator'.
 """
 
 from __future__ import annotations

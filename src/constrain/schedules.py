@@ -10,7 +10,7 @@ start=0.1, end=0.02, steps=500))`` or ``rhs={"name": "linear", ...}``; a problem
 by ``@constraint(rhs="tolerance")`` may hold one too), or for any problem from the solver or
 a run configuration: ``Solver(..., rhs_schedule={"parity*": {"name": "linear", "start":
 0.1, "end": 0.02, "steps": 500}})``, ``rhs_schedule:`` in a config file, or ``--set
-rhs_schedule.parity*.end=0.02``. See ``docs/algorithms.md``, 'Right-hand-side schedules'.
+rhs_schedule.parity*.end=0.02``. See docs/algorithms.md, 'Right-hand-side schedules'.
 
 Schedules are registered components (``constrain list``); third-party ones come from the
 entry-point group ``constrain.schedules``.

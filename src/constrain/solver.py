@@ -22,7 +22,7 @@ accumulation, several optimizers)::
 In the default *simultaneous* order the multiplier step uses ``g(x_t)`` (evaluated by
 ``lagrangian``); in ``"dual_primal"`` it happens inside ``lagrangian`` (the primal loss
 then uses ``lam_{t+1}``: the order of the nuPI paper's experiments); in ``"primal_dual"``
-``dual_step`` evaluates the constraints again at ``x_{t+1}``. See ``docs/algorithms.md``,
+``dual_step`` evaluates the constraints again at ``x_{t+1}``. See docs/algorithms.md,
 'Update orders'.
 """
 

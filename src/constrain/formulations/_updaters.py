@@ -19,7 +19,7 @@ with ``increase(c) = growth * c`` (``multiplicative``) or ``c + increment``
 measures complementarity (``measure="complementarity"``, augmented Lagrangian only; it uses
 the multipliers before the step's update). ``shrink = 0`` drops the comparison with the
 previous check (Cooper's rule: grow whenever the violation exceeds the tolerance).
-See ``docs/algorithms.md``, 'Penalty updaters'.
+See docs/algorithms.md, 'Penalty updaters'.
 
 Updaters are registered components (``constrain list``); third-party ones come from the
 entry-point group ``constrain.penalty_updaters``.

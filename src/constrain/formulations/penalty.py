@@ -20,8 +20,8 @@ class QuadraticPenalty(PenalizedFormulation):
     Args:
         penalty: Penalty coefficient ``c >= 0``, or ``{pattern: c}`` per constraint group.
         schedule: When and how one shared ``c`` grows (default: constant).
-        updater: Per-entry feasibility-driven growth (docs/algorithms.md, 'Penalty
-            updaters').
+        updater: Per-entry feasibility-driven growth (see docs/algorithms.md,
+            'Penalty updaters').
     """
 
     uses_multipliers = False
