@@ -76,6 +76,10 @@ class RhsSchedule(BaseModel):
     def _with_name(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         return {"name": self.name, **handler(self)}
 
+    def __str__(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items())
+        return f"{self.name}({options})"
+
 
 def register(name: str, *, overwrite: bool = False) -> Callable[[S], S]:
     """Class decorator registering a :class:`RhsSchedule` subclass under ``name``."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 from pydantic import (
@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .._errors import ConfigError
 from .._patterns import match_patterns
-from ..layout import ConstraintLayout, StackedConstraints
+from ..layout import ConstraintLayout, IndexedViolation, StackedConstraints
 from ..multipliers import Multipliers
 from ._updaters import PenaltyUpdater, build_updater
 
@@ -78,7 +78,9 @@ class Formulation(BaseModel):
             loss = loss + self.terms(lam, iv.primal, mask, self.group_state(state, name, iv))
         return loss
 
-    def group_state(self, state: FormulationState, name: str, iv: Any) -> FormulationState:
+    def group_state(
+        self, state: FormulationState, name: str, iv: IndexedViolation
+    ) -> FormulationState:
         """The state seen by :meth:`terms` and :meth:`indexed_signal` for the observed
         entries ``iv`` (an :class:`~constrain.layout.IndexedViolation`) of per-sample
         group ``name`` (default: ``state`` itself; per-entry penalties are gathered)."""
@@ -287,7 +289,9 @@ class PenalizedFormulation(Formulation):
             state[f"last_violation/{c.name}"] = torch.full_like(full, torch.inf)
         return state
 
-    def group_state(self, state: FormulationState, name: str, iv: Any) -> FormulationState:
+    def group_state(
+        self, state: FormulationState, name: str, iv: IndexedViolation
+    ) -> FormulationState:
         """Per-entry penalties: ``state["penalty"]`` becomes the observed samples' ones."""
         key = f"penalty/{name}"
         if key not in state:
