@@ -20,10 +20,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from constrain import (
     CheckpointError,
-    History,
     ConfigError,
     ConstrainedProblem,
     ConstraintValue,
+    History,
     Solver,
     Variables,
     constraint,

@@ -354,9 +354,7 @@ class History:
 
     def multipliers(self) -> np.ndarray:
         """Dense multipliers at :meth:`vector_steps`, shape ``(T_v, n)``."""
-        return self._matrix(
-            [r.multipliers for r in self if r.multipliers is not None], self.labels
-        )
+        return self._matrix([r.multipliers for r in self if r.multipliers is not None], self.labels)
 
     def group_violation(self) -> np.ndarray:
         """Largest violation of each dense group per step, shape ``(T, len(groups))``."""

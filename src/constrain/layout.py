@@ -172,7 +172,7 @@ class ConstraintLayout:
         self.rhs = rhs.to(self.device)
         # Decided from the declarations, not from the device tensors (no synchronisation).
         self._identity_form = all(c.sign == 1 for c in self.dense) and all(
-            all(float(x) == 0.0 for x in (v if isinstance(v, tuple) else (v,)))  # type: ignore[union-attr]
+            all(float(x) == 0.0 for x in (v if isinstance(v, tuple) else (v,)))
             for v in values
         )
         self._shift = -self.sign * self.rhs
@@ -346,9 +346,7 @@ class ConstraintLayout:
         first = None
         if indices.numel() > 1:
             v, p, first = _merge_repeats(indices, v, p)
-        return IndexedViolation(
-            v.detach().clone(), p, indices, c.is_equality, first, given, size
-        )
+        return IndexedViolation(v.detach().clone(), p, indices, c.is_equality, first, given, size)
 
     def merge(self, evaluations: list[StackedConstraints]) -> StackedConstraints:
         """One evaluation from several micro-batches (gradient accumulation): the mean of
@@ -365,7 +363,9 @@ class ConstraintLayout:
         else:  # the mean over the micro-batches that observed each entry
             masks = torch.stack(
                 [
-                    torch.ones_like(e.violation, dtype=torch.bool) if e.observed is None else e.observed
+                    torch.ones_like(e.violation, dtype=torch.bool)
+                    if e.observed is None
+                    else e.observed
                     for e in evaluations
                 ]
             )
@@ -377,7 +377,9 @@ class ConstraintLayout:
             parts = [e.per_sample[name] for e in evaluations]
             given = torch.cat([iv.indices for iv in parts])
             values = torch.cat([iv.violation for iv in parts])
-            raw = torch.cat([iv.raw_indices if iv.raw_indices is not None else iv.indices for iv in parts])
+            raw = torch.cat(
+                [iv.raw_indices if iv.raw_indices is not None else iv.indices for iv in parts]
+            )
             mask = None
             if given.numel() > 1:
                 values, _, mask = _merge_repeats(given, values, values)

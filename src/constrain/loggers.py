@@ -52,7 +52,9 @@ class TensorBoardLogger:
         ConfigError: If ``tensorboard`` is not installed.
     """
 
-    def __init__(self, log_dir: str | Path, *, max_entries: int = 16, **writer_options: Any) -> None:
+    def __init__(
+        self, log_dir: str | Path, *, max_entries: int = 16, **writer_options: Any
+    ) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
@@ -97,7 +99,8 @@ class TensorBoardLogger:
             counts = Counter(groups)
             self._labels = labels
             self._small = [
-                (k, label) for k, (label, g) in enumerate(zip(labels, groups, strict=True))
+                (k, label)
+                for k, (label, g) in enumerate(zip(labels, groups, strict=True))
                 if counts[g] <= self.max_entries
             ]
         for k, label in self._small:

@@ -85,10 +85,12 @@ class _Groups:
     def norm(self, x: Tensor) -> Tensor:
         """Per-group 2-norm."""
         if self.mode == "one":
-            return torch.linalg.vector_norm(x).reshape(1)
-        if self.mode == "equal":
-            return torch.linalg.vector_norm(x.reshape(len(self.sizes), -1), dim=1)
-        return self.reduce(x * x, "sum").sqrt()
+            out: Tensor = torch.linalg.vector_norm(x).reshape(1)
+        elif self.mode == "equal":
+            out = torch.linalg.vector_norm(x.reshape(len(self.sizes), -1), dim=1)
+        else:
+            out = self.reduce(x * x, "sum").sqrt()
+        return out
 
     def reduce(self, x: Tensor, how: str) -> Tensor:
         """Per-group ``"max"`` (NaN-propagating; ``-inf`` for an empty group) or ``"sum"``."""
@@ -348,7 +350,9 @@ class Recorder:
         for name, _, _ in self._samples:
             per_sample[name] = values[at : at + _PER_SAMPLE_WIDTH]
             at += _PER_SAMPLE_WIDTH
-        diagnostics = dict(zip(row.diagnostics, values[at : at + len(row.diagnostics)], strict=True))
+        diagnostics = dict(
+            zip(row.diagnostics, values[at : at + len(row.diagnostics)], strict=True)
+        )
         at += len(row.diagnostics)
         metrics = dict(zip(row.metrics, values[at : at + len(row.metrics)], strict=True))
         at += len(row.metrics)

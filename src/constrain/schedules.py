@@ -52,7 +52,11 @@ class ScheduledValue(torch.optim.Optimizer):
     """
 
     def __init__(self, value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
             raise ConfigError(f"ScheduledValue needs a finite number; got {value!r}.")
         super().__init__([torch.zeros(0, requires_grad=True)], {"lr": float(value)})
 

@@ -556,7 +556,10 @@ class Solver:
             return
         state = self.duals.formulation_state
         value = schedule.value(self.step_count)
-        self.duals.formulation_state = {**state, "penalty": torch.full_like(state["penalty"], value)}
+        self.duals.formulation_state = {
+            **state,
+            "penalty": torch.full_like(state["penalty"], value),
+        }
 
     def _backward(self, loss: Tensor) -> None:
         self.primal.backward(loss)
