@@ -117,7 +117,7 @@ def test_version_one_states_have_no_extra(old_state: dict[str, Any]) -> None:
     old = {k: v for k, v in old_state.items() if k != "extra"}
     check_solver_state(old_state)
     check_solver_state({**old, "version": 1})
-    with pytest.raises(CheckpointError, match="'extra': the entry is missing"):
+    with pytest.raises(CheckpointError, match="lacks the entry 'extra'"):
         check_solver_state(old)
 
 
@@ -199,7 +199,7 @@ CRAFTED = [
         "a finite number >= 0.0; got -1.0",
     ),
     # more of the same kind
-    ("missing-entry", _drop("rng"), "'rng'", "the entry is missing (it is required)"),
+    ("missing-entry", _drop("rng"), "'rng'", "lacks the entry 'rng'"),
     ("extra-entry", _set("surprise", 1), "its top level", "unexpected entry 'surprise'"),
     ("bool-step-count", _set("step_count", True), "'step_count'", "got True (bool)"),
     ("nan-lr", _set("optimizer.param_groups[0].lr", float("nan")), "param_groups[0].lr", "nan"),
@@ -231,7 +231,7 @@ CRAFTED = [
         "'data.position'",
         ">= 0",
     ),
-    ("controller-no-name", _set("controller", {"lr": 1.0}), "'controller.name'", "missing"),
+    ("controller-no-name", _set("controller", {"lr": 1.0}), "'controller.name'", "lacks the entry 'name'"),
     ("layout-tensor", _set("layout", torch.zeros(2)), "'layout'", "plain data"),
     ("state-tensor-list", _set("controller_state.xi", [1.0]), "controller_state.xi", "mapping"),
     ("optimizer-state-key", _set("optimizer.state", {"0": {}}), "optimizer.state key", "integer"),

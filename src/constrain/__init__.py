@@ -29,6 +29,14 @@ from .problem import (
     Regularizer,
     constraint,
 )
+from .randomized import (
+    CandidateDistribution,
+    RandomizedPredictor,
+    Snapshot,
+    Snapshots,
+    best_iterate,
+    shrinking_distribution,
+)
 from .runner import ProblemSpec, Reference, RunResult, Setup, get_problem, problem_names, run
 from .schedules import ScheduledValue
 from .solver import Solver, SolveResult, make_optimizer, solve
@@ -38,6 +46,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AugmentedLagrangian",
+    "CandidateDistribution",
     "CheckpointError",
     "ConfigError",
     "ConstrainError",
@@ -55,6 +64,7 @@ __all__ = [
     "ProblemSpec",
     "ProblemState",
     "QuadraticPenalty",
+    "RandomizedPredictor",
     "Reference",
     "Regularizer",
     "RunConfig",
@@ -62,6 +72,8 @@ __all__ = [
     "ScheduledValue",
     "Setup",
     "ShapeError",
+    "Snapshot",
+    "Snapshots",
     "SolveResult",
     "Solver",
     "StepRecord",
@@ -71,6 +83,7 @@ __all__ = [
     "ValidationReport",
     "Variables",
     "__version__",
+    "best_iterate",
     "blocks",
     "constraint",
     "controllers",
@@ -80,6 +93,7 @@ __all__ = [
     "make_optimizer",
     "problem_names",
     "run",
+    "shrinking_distribution",
     "solve",
     "to_cvxpy",
     "validate",

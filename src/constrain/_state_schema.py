@@ -203,8 +203,8 @@ def mapping(
             if missing:
                 where = f"{path}.{missing[0]}" if path else missing[0]
                 raise CheckpointError(
-                    f"the saved solver state is malformed at {_where(where)}: the entry is "
-                    "missing (it is required). The checkpoint was damaged or not written by "
+                    f"the solver state lacks the entry {missing[0]!r} (at {_where(where)}; it "
+                    "is required). The checkpoint was damaged or not written by "
                     "Solver.state_dict(); resume from an earlier checkpoint."
                 )
             unknown = [k for k in value if k not in fields]

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import signal
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -64,6 +64,9 @@ class Setup:
         extras: Anything the spec wants to keep (test data, reference data, ...).
         full: In a distributed run, the whole-data setup this rank's shard came from
             (references, reports and figures use it); ``None`` otherwise.
+        callback: Called after every training step as ``callback(solver, record)`` (see
+            :meth:`Solver.fit`), e.g. a schedule of a problem hyperparameter or
+            :class:`constrain.Snapshots`.
     """
 
     problem: ConstrainedProblem
@@ -72,6 +75,7 @@ class Setup:
     data: Iterable[Any] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     full: Setup | None = None
+    callback: Callable[[Solver, Any], None] | None = None
 
 
 class ProblemSpec:
@@ -408,7 +412,8 @@ def execute(
 ) -> RunResult:
     """Take ``steps`` steps and write the report into ``folder``, whatever happens.
 
-    ``callback(solver, record)`` runs after every step. ``at_end(interrupted)`` runs once
+    ``setup.callback`` and then ``callback(solver, record)`` run after every step.
+    ``at_end(interrupted)`` runs once
     the steps are done, or after a first SIGINT/SIGTERM has stopped the run between two
     steps (e.g. to write a checkpoint); the report is then written without figures, the
     summary says ``"interrupted": true``, and :class:`RunInterrupted` is raised. On an
@@ -433,6 +438,8 @@ def execute(
             )
 
     def after_step(current: Solver, record: Any) -> None:
+        if setup.callback is not None:
+            setup.callback(current, record)
         if callback is not None:
             callback(current, record)
         stop.check(current.step_count)
