@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
+from constrain import controllers, problem_names, prox
 from constrain.cli import main
+from constrain.formulations import FORMULATIONS
 
 pytest.importorskip("cvxpy")  # iris-svm's exact reference
 
@@ -56,9 +58,13 @@ def test_list_text(capsys: pytest.CaptureFixture[str]) -> None:
 def test_list_json(capsys: pytest.CaptureFixture[str]) -> None:
     data = run_json(capsys, "list", "--json")
     assert set(data) == {"problems", "controllers", "formulations", "prox"}
+    # Exactly what is registered (so registering an entry changes the listing, not this test).
+    assert set(data["problems"]) == set(problem_names())
+    assert set(data["controllers"]) == set(controllers.names())
+    assert set(data["formulations"]) == set(FORMULATIONS.names())
+    assert set(data["prox"]) == set(prox.names())
     assert {"iris-svm", "simplex", "random-qp"} <= set(data["problems"])
     assert {"gda", "nupi", "pid", "momentum", "nesterov", "adam"} <= set(data["controllers"])
-    assert set(data["formulations"]) == {"lagrangian", "augmented_lagrangian", "quadratic_penalty"}
     assert "weight_sharing" in data["prox"]
 
 
@@ -157,6 +163,7 @@ def test_compare_writes_one_figure(capsys: pytest.CaptureFixture[str], tmp_path:
         "20",
         "--out",
         str(out),
+        "--overwrite",  # the folder holds the first comparison
         "--json",
     )
     assert [r["controller"] for r in data["runs"]] == ["gda", "nupi"]

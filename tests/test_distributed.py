@@ -210,6 +210,28 @@ def _worker(rank: int, store: str, out: str) -> None:
     except ReplicaDivergenceError as exc:
         results["divergence_error"] = str(exc)
 
+    # 6. a DDP model whose forward is called through model.module: detected at once.
+    torch.manual_seed(0)
+    ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 1).double())
+    Xs, ys = shard_batch(_rate_data(), rank, WORLD)
+    bypass = ConstrainedProblem(
+        objective=lambda m, b: F.binary_cross_entropy_with_logits(
+            m.module(b[0]).squeeze(1), b[1]
+        ),
+    )
+    ddp_solver = Solver(bypass, ddp, torch.optim.SGD(ddp.parameters(), lr=0.1))
+    try:
+        ddp_solver.fit(None, 2, batch=(Xs, ys))
+        results["ddp_error"] = ""
+    except ReplicaDivergenceError as exc:
+        results["ddp_error"] = str(exc)
+
+    # 7. the same sample drawn on both ranks counts once, with its mean: as in one process.
+    dup, model = _indexed_solver()
+    picks = torch.tensor([[0, 1, 2], [2, 3, 4]])[rank]  # sample 2 on both ranks
+    dup.step((X[picks], y[picks], picks))
+    results["duplicate_multipliers"] = dup.multipliers["margins"]
+
     # Every step of every scenario, compared across ranks at once (bitwise).
     assert_replicas_equal(trajectory, what="per-step parameters and multipliers")
     results["divergence_checks"] = len(trajectory)
@@ -330,6 +352,33 @@ def test_divergence_is_detected(ranks: list[dict[str, Any]]) -> None:
     for result in ranks:
         assert "ranks diverged" in result["divergence_error"]
         assert "differs between ranks by up to 0.001" in result["divergence_error"]
+
+
+def test_ddp_forward_through_module_is_detected(ranks: list[dict[str, Any]]) -> None:
+    for result in ranks:
+        assert "model.module" in result["ddp_error"], result["ddp_error"]
+
+
+def test_duplicates_across_ranks_follow_the_single_process_rule(
+    ranks: list[dict[str, Any]],
+) -> None:
+    single, _ = _indexed_solver()
+    X, y = _iris()
+    picks = torch.tensor([0, 1, 2, 2, 3, 4])
+    single.step((X[picks], y[picks], picks))
+    for result in ranks:
+        torch.testing.assert_close(
+            result["duplicate_multipliers"], single.multipliers["margins"], rtol=0, atol=1e-12
+        )
+
+
+def test_too_few_batches_for_the_ranks_is_refused() -> None:
+    from constrain.distributed import shard_data
+
+    with pytest.raises(ConfigError, match="fewer than the 2 ranks"):
+        shard_data([("full", "batch")], 0, 2)
+    strided = shard_data([1, 2, 3, 4, 5], 1, 2)
+    assert strided is not None and list(strided) == [2, 4]  # the fifth batch is dropped
 
 
 def test_reducer_needs_a_process_group() -> None:

@@ -1,5 +1,6 @@
 """The reference problems: exact references checked independently, the library converging
-to them, and the nuPI paper's iris-svm table (ALGORITHMS.md section 4)."""
+to them, and the nuPI paper's iris-svm table (see docs/algorithms.md,
+'The iris hard-margin SVM')."""
 
 from __future__ import annotations
 
@@ -144,7 +145,7 @@ def test_iris_svm_data_and_reference_kkt() -> None:
     assert 2 <= int((lam > 1e-6).sum()) <= 6  # a few support vectors
 
 
-# -- the nuPI paper's table (ALGORITHMS.md section 4) ---------------------------------------
+# -- the nuPI paper's table (docs/algorithms.md, 'The iris hard-margin SVM') ------------------
 
 TABLE: list[tuple[str, dict[str, Any], str]] = [
     ("GDA lr 0.1", {"name": "gda", "lr": 0.1}, "above"),

@@ -711,8 +711,8 @@ def test_indexed_equality_multipliers_are_signed() -> None:
 @pytest.mark.parametrize(
     ("batch", "message"),
     [
-        (torch.tensor([2, 2, 5]), "appears more than once"),
         (torch.tensor([0, N]), rf"indices must lie in \[0, {N}\)"),
+        (torch.tensor([-1, 2]), rf"indices must lie in \[0, {N}\)"),
     ],
 )
 def test_bad_indices_are_shape_errors(batch: Tensor, message: str) -> None:
@@ -720,6 +720,17 @@ def test_bad_indices_are_shape_errors(batch: Tensor, message: str) -> None:
     solver = Solver(Margins(), model, torch.optim.SGD(model.parameters(), lr=0.1))
     with pytest.raises(ShapeError, match=message):
         solver.step(batch)
+
+
+def test_duplicate_indices_count_once_with_their_mean() -> None:
+    """A sample drawn twice (sampling with replacement) gets one multiplier update, from
+    the mean of its values: the same as drawing it once when the values agree."""
+    once, twice = (Variables(x=torch.zeros(N, dtype=DTYPE)) for _ in range(2))
+    a = Solver(Margins(), once, torch.optim.SGD(once.parameters(), lr=0.1))
+    b = Solver(Margins(), twice, torch.optim.SGD(twice.parameters(), lr=0.1))
+    a.step(torch.tensor([2, 5]))
+    b.step(torch.tensor([2, 2, 5]))
+    torch.testing.assert_close(a.multipliers["margin"], b.multipliers["margin"], rtol=0, atol=0)
 
 
 def test_indexed_with_a_data_loader() -> None:
@@ -771,7 +782,13 @@ def test_prox_regularizer_runs_after_each_primal_step_with_strength_times_lr() -
         ),
         constraints=[Constraint("cap", "<=", rhs=1.0, fn=lambda m, b: m.w.sum())],
         regularizers=[
-            Regularizer(prox=soft_threshold, strength=0.5, params="w", options={"shift": 0.0})
+            Regularizer(
+                prox=soft_threshold,
+                strength=0.5,
+                params="w",
+                options={"shift": 0.0},
+                track_clusters=True,
+            )
         ],
     )
     model = Variables(w=torch.zeros(3, dtype=DTYPE), v=torch.zeros(3, dtype=DTYPE))

@@ -28,7 +28,7 @@ from constrain import (
     validate,
 )
 from constrain.cli import main
-from constrain.validation import CONVENTIONS, Tolerances, validate_registered
+from constrain.exact import CONVENTIONS, Tolerances, validate_registered
 
 pytest.importorskip("cvxpy")
 

@@ -15,9 +15,11 @@ from ._errors import (
 )
 from .config import RunConfig, load_config
 from .controllers import Controller
+from .exact import Tolerances, ValidationReport, to_cvxpy, validate
 from .formulations import AugmentedLagrangian, Formulation, Lagrangian, QuadraticPenalty
 from .history import History, StepRecord
-from .multipliers import ConstraintLayout, Multipliers
+from .layout import ConstraintLayout
+from .multipliers import Multipliers
 from .problem import (
     ConstrainedProblem,
     Constraint,
@@ -26,15 +28,23 @@ from .problem import (
     Regularizer,
     constraint,
 )
+from .randomized import (
+    CandidateDistribution,
+    RandomizedPredictor,
+    Snapshot,
+    Snapshots,
+    best_iterate,
+    shrinking_distribution,
+)
 from .runner import ProblemSpec, Reference, RunResult, Setup, get_problem, problem_names, run
 from .solver import Solver, SolveResult, make_optimizer, solve
-from .validation import Tolerances, ValidationReport, to_cvxpy, validate
 from .variables import Variables
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AugmentedLagrangian",
+    "CandidateDistribution",
     "CheckpointError",
     "ConfigError",
     "ConstrainError",
@@ -51,12 +61,15 @@ __all__ = [
     "ProblemSpec",
     "ProblemState",
     "QuadraticPenalty",
+    "RandomizedPredictor",
     "Reference",
     "Regularizer",
     "RunConfig",
     "RunResult",
     "Setup",
     "ShapeError",
+    "Snapshot",
+    "Snapshots",
     "SolveResult",
     "Solver",
     "StepRecord",
@@ -65,6 +78,7 @@ __all__ = [
     "ValidationReport",
     "Variables",
     "__version__",
+    "best_iterate",
     "blocks",
     "constraint",
     "controllers",
@@ -74,6 +88,7 @@ __all__ = [
     "make_optimizer",
     "problem_names",
     "run",
+    "shrinking_distribution",
     "solve",
     "to_cvxpy",
     "validate",

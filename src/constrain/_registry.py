@@ -26,11 +26,20 @@ class Registry(Generic[T]):
         kind: What the registry holds, used in error messages (e.g. ``"controller"``).
         entry_point_group: Optional ``importlib.metadata`` entry-point group to load
             plug-ins from, on the first lookup.
+        adopt: Called as ``adopt(name, obj)`` for every entry, plug-ins included, before
+            it is stored: validates it and tells it its registered name (so a plug-in
+            class, or a subclass of a built-in, reports the name it is registered under).
     """
 
-    def __init__(self, kind: str, entry_point_group: str | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        entry_point_group: str | None = None,
+        adopt: Callable[[str, T], None] | None = None,
+    ) -> None:
         self.kind = kind
         self.entry_point_group = entry_point_group
+        self._adopt = adopt
         self._items: dict[str, T] = {}
         self._plugins_loaded = entry_point_group is None
 
@@ -54,6 +63,8 @@ class Registry(Generic[T]):
                     f"({self._items[name]!r}); pass overwrite=True to replace it or "
                     "choose another name."
                 )
+            if self._adopt is not None:
+                self._adopt(name, obj)
             self._items[name] = obj
             return obj
 
@@ -72,7 +83,10 @@ class Registry(Generic[T]):
             if ep.name in self._items:
                 continue
             try:
-                self._items[ep.name] = ep.load()
+                loaded = ep.load()
+                if self._adopt is not None:
+                    self._adopt(ep.name, loaded)
+                self._items[ep.name] = loaded
             except Exception as exc:  # a broken plug-in must not break the library
                 import warnings
 

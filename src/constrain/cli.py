@@ -3,28 +3,32 @@
 Commands:
     constrain list [--json]
     constrain run PROBLEM [--controller NAME] [--steps N] [--set KEY=VALUE ...]
-                  [--config FILE] [--out DIR] [--json]
-    constrain compare PROBLEM --controllers a,b,c [--steps N] [--set ...] [--out DIR] [--json]
+                  [--config FILE] [--out DIR [--overwrite]] [--checkpoint-every K]
+                  [--resume DIR] [--json]
+    constrain compare PROBLEM --controllers a,b,c [--steps N] [--set ...]
+                  [--out DIR [--overwrite]] [--json]
     constrain validate PROBLEM [--controller NAME] [--steps N] [--json]
     constrain bench [prox|solver] [--quick]
 
 Errors in the configuration (unknown names, bad ``--set`` keys or values) exit with
 status 2 and one message naming the offending key; the process never ends in a bare
-traceback for bad input.
+traceback for bad input. A run folder (``--out``) is checked and locked before the first
+step; one holding a previous run is refused unless ``--overwrite`` or ``--resume`` says
+what to do with it. SIGINT (Ctrl-C) or SIGTERM stops a run after the current step, writes
+what exists (marked interrupted) and exits with 128 + the signal number (130, 143).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._errors import ConstrainError
+from ._errors import ConfigError, ConstrainError
+from ._io import strict_json_dumps
 
 __all__ = ["main"]
 
@@ -58,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
             help="override a config value, e.g. controller.kp=1 or optimizer.lr=0.01 (repeatable)",
         )
         p.add_argument("--config", type=Path, help="YAML/JSON run configuration to start from")
-        p.add_argument("--seed", type=int, help="random seed")
+        p.add_argument("--seed", type=int, help="random seed (an integer in [0, 2**63 - 1])")
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
         p.add_argument(
             "--progress",
@@ -75,7 +79,14 @@ def _parser() -> argparse.ArgumentParser:
     common(p_run)
     p_run.add_argument("--controller", help="multiplier controller (see `constrain list`)")
     p_run.add_argument(
-        "--out", type=Path, help="write a report (JSON, CSV, figures) into this folder"
+        "--out",
+        help="write a report (JSON, CSV, figures) into this folder (it must not hold "
+        "another run unless --overwrite or --resume)",
+    )
+    p_run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a previous run in --out (only that run's files are deleted)",
     )
     p_run.add_argument(
         "--checkpoint-every",
@@ -84,14 +95,20 @@ def _parser() -> argparse.ArgumentParser:
         help="save a checkpoint under --out every K steps",
     )
     p_run.add_argument(
-        "--resume", type=Path, metavar="DIR", help="resume from the latest checkpoint in DIR"
+        "--resume",
+        metavar="DIR",
+        help="resume from the latest checkpoint in DIR (and continue the run there, unless "
+        "--out names another folder)",
     )
 
     p_cmp = sub.add_parser("compare", help="run one problem with several controllers; one figure")
     common(p_cmp)
     p_cmp.add_argument("--controllers", required=True, help="comma-separated controller names")
+    p_cmp.add_argument("--out", default="runs/compare", help="folder for the figure and summaries")
     p_cmp.add_argument(
-        "--out", type=Path, default=Path("runs/compare"), help="folder for the figure and summaries"
+        "--overwrite",
+        action="store_true",
+        help="replace a previous comparison in --out (only its files are deleted)",
     )
 
     p_val = sub.add_parser(
@@ -110,46 +127,59 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace, controller: str | None) -> Any:
-    from .config import RunConfig, apply_overrides, load_config
-    from .runner import get_problem
+    """The run configuration: the problem's defaults, the ``--config`` file merged over
+    them, then ``--controller``, ``--steps``, ``--seed`` and ``--set``; validated once, as a
+    whole, and its components built once so that bad values fail before any work."""
+    from .config import RunConfig, apply_overrides, merge_config, read_config_file
+    from .runner import check_optimizer, get_problem
 
     spec = get_problem(args.problem)
+    update: dict[str, Any] = {}
     if args.config is not None:
-        base = load_config(args.config).model_dump()
-        base["problem"] = {**base["problem"], "name": spec.name}
-        if controller is not None and base["controller"].get("name") != controller:
-            base["controller"] = {
-                "name": controller,
-                **spec.controller_defaults.get(controller, {}),
-            }
-    else:
-        base = spec.default_config(controller).model_dump()
+        update = read_config_file(args.config)
+        named = update.get("problem")
+        named = named.get("name") if isinstance(named, dict) else named
+        if named is not None and named != spec.name:
+            raise ConfigError(
+                f"config file {str(args.config)!r} is for problem {named!r} but the command "
+                f"line names {spec.name!r}; expected the same problem. Run `constrain "
+                f"{args.command} {named} --config {args.config}`, or drop problem.name from "
+                "the file."
+            )
+    file_controller = update.get("controller")
+    if isinstance(file_controller, dict):
+        file_controller = file_controller.get("name")
+    if controller is not None and file_controller not in (None, controller):
+        update.pop("controller")  # --controller wins, with the problem's recommended values
+    chosen = controller if controller is not None else file_controller
+    base = spec.default_config(chosen if isinstance(chosen, str) else None).model_dump()
+    data = merge_config(base, update)
     if args.steps is not None:
-        base["steps"] = args.steps
+        data["steps"] = args.steps
     if args.seed is not None:
-        base["seed"] = args.seed
-    data = apply_overrides(base, args.overrides)
+        data["seed"] = args.seed
+    data = apply_overrides(data, args.overrides)
+    problem = data.get("problem")
+    named = problem.get("name") if isinstance(problem, dict) else problem
+    if named != spec.name:
+        raise ConfigError(
+            f"--set problem.name={named!r} conflicts with the problem named on the command line "
+            f"({spec.name!r}); expected the same name. Run `constrain {args.command} {named}` "
+            "to run that problem."
+        )
     config = RunConfig.parse(data)
     # Build the components once now so that bad --set values fail before any work.
     from . import controllers, formulations
 
     controllers.build(config.controller)
     formulations.build(config.formulation)
+    check_optimizer(config.optimizer)
     return spec, config
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(_jsonable(obj), default=float) + "\n")
+def _print_json(obj: Any, flag: str | None = None) -> None:
+    """One strict JSON line (non-finite numbers as null, listed under ``flag``)."""
+    sys.stdout.write(strict_json_dumps(obj, flag=flag) + "\n")
 
 
 _REPORT_KEYS = {
@@ -223,18 +253,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
             every=args.checkpoint_every,
             resume=args.resume,
             progress=args.progress,
+            overwrite=args.overwrite,
         )
     else:
-        result = run(config, out=args.out, progress=args.progress)
+        if args.overwrite and args.out is None:
+            raise ConfigError("--overwrite needs --out DIR (the folder whose run it replaces).")
+        result = run(config, out=args.out, progress=args.progress, overwrite=args.overwrite)
     if not _is_main_process():
         return 0
     if args.json:
-        _print_json(result.summary)
+        _print_json(result.summary, flag="nonfinite")
     else:
         print(_summary_table(result.summary))
-        if args.out is not None:
-            print(f"report written to {args.out}")
+        if args.out is not None or args.resume is not None:
+            print(f"report written to {result_folder(args)}")
     return 0
+
+
+def result_folder(args: argparse.Namespace) -> str:
+    """The folder ``run`` wrote its report into."""
+    if args.out is not None:
+        return str(args.out)
+    from .checkpoint import _folder_of
+
+    return str(_folder_of(Path(args.resume)))
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -243,48 +285,66 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     names = [n.strip() for n in args.controllers.split(",") if n.strip()]
     if not names:
-        from ._errors import ConfigError
-
         raise ConfigError("--controllers needs at least one name, e.g. --controllers gda,nupi")
     configs = [(_config(args, name)) for name in names]  # validate all before running any
+    from ._run_folder import RunFolder
+
+    out = Path(args.out)
     summaries, histories = [], {}
     reference = None
-    for name, (_, config) in zip(names, configs, strict=True):
-        result = run(config, out=args.out / name, progress=args.progress, figures=False)
-        summaries.append(result.summary)
-        histories[name] = result.solver.history
-        if "reference" in result.summary:
-            reference = result.summary["reference"]["multipliers"]
-    figure = compare_figure(
-        histories,
-        args.out / "compare.png",
-        reference=reference,
-        title=f"{args.problem}: {', '.join(names)}",
-    )
+    with RunFolder.claim(
+        args.out, overwrite=args.overwrite, info={"problem": args.problem, "compare": names}
+    ) as folder:
+        for name, (_, config) in zip(names, configs, strict=True):
+            result = run(
+                config,
+                out=out / name,
+                progress=args.progress,
+                figures=False,
+                overwrite=args.overwrite,
+            )
+            summaries.append(result.summary)
+            histories[name] = result.solver.history
+            if "reference" in result.summary:
+                reference = result.summary["reference"]["multipliers"]
+        figure = compare_figure(
+            histories,
+            out / "compare.png",
+            reference=reference,
+            title=f"{args.problem}: {', '.join(names)}",
+        )
+        folder.record(figure)
+        folder.finish("finished")
     if args.json:
-        _print_json({"problem": args.problem, "figure": str(figure), "runs": summaries})
+        _print_json(
+            {"problem": args.problem, "figure": str(figure), "runs": summaries}, "nonfinite"
+        )
         return 0
     extra = [k for k in _REPORT_KEYS if any(isinstance(run.get(k), float) for run in summaries)]
     header = (
         f"{'controller':<16}{'objective':>14}{'max viol.':>12}{'mult. error':>14}{'ms/step':>10}"
     )
     print(header + "".join(f"{_REPORT_KEYS[k]:>13}" for k in extra))
+
+    def cell(value: Any, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
     for s in summaries:
         err = s.get("reference", {}).get("multiplier_error")
         cells = "".join(
             f"{s[k]:>13.4g}" if isinstance(s.get(k), float) else f"{'-':>13}" for k in extra
         )
         print(
-            f"{s['controller']:<16}{s['objective']:>14.6g}{s['max_violation']:>12.3g}"
-            f"{'-' if err is None else format(err, '.3g'):>14}{1e3 * s['seconds_per_step']:>10.3f}"
-            + cells
+            f"{s['controller']:<16}{cell(s['objective'], '.6g'):>14}"
+            f"{cell(s['max_violation'], '.3g'):>12}"
+            f"{cell(err, '.3g'):>14}{1e3 * s['seconds_per_step']:>10.3f}" + cells
         )
     print(f"figure written to {figure}")
     return 0
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from .validation import validate_registered
+    from .exact import validate_registered
 
     spec, config = _config(args, args.controller)
     report = validate_registered(spec, config, progress=args.progress)
@@ -359,9 +419,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConstrainError as exc:
         sys.stderr.write(f"constrain: error: {exc}\n")
         return 2
-    except KeyboardInterrupt:  # pragma: no cover
+    except KeyboardInterrupt as exc:
+        from ._run_folder import RunInterrupted
+
+        if isinstance(exc, RunInterrupted) and exc.folder is not None:
+            from .checkpoint import list_checkpoints
+
+            hint = (
+                f"continue with --resume {exc.folder}"
+                if list_checkpoints(exc.folder)
+                else "no checkpoint (run with --checkpoint-every K to be able to resume)"
+            )
+            sys.stderr.write(
+                f"constrain: interrupted after {max(exc.step, 0)} steps; what exists was "
+                f'written to {exc.folder} (summary.json says "interrupted": true); {hint}.\n'
+            )
+            return exc.exit_status
         sys.stderr.write("constrain: interrupted\n")
-        return 130
+        return exc.exit_status if isinstance(exc, RunInterrupted) else 130
 
 
 if __name__ == "__main__":  # pragma: no cover

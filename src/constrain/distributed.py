@@ -23,7 +23,8 @@ How each part of one evaluation is combined over ``W`` ranks (``r`` = this rank)
 * **Per-sample (indexed) groups**: each rank's observed ``(indices, values)`` are
   all-gathered, so every rank checks the same values and applies the same multiplier
   updates to the same entries (works with ``DistributedSampler``; a sample that several
-  ranks drew, as ``DistributedSampler`` pads, counts once). The primal terms are sums over
+  ranks drew, as ``DistributedSampler`` pads, counts once with the mean of its values).
+  The primal terms are sums over
   the observed samples, so their gradients are scaled by ``W`` like sharded groups.
 
 Everything is combined in :meth:`DistributedReducer.reduce_state`, right after
@@ -48,7 +49,7 @@ import os
 import time
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -56,9 +57,6 @@ from torch import Tensor, nn
 
 from ._errors import ConfigError, ConstrainError, ShapeError, describe
 from .problem import ConstrainedProblem, ConstraintValue, ProblemState, as_constraint_value
-
-if TYPE_CHECKING:
-    from .runner import Setup
 
 __all__ = [
     "DistributedReducer",
@@ -71,7 +69,6 @@ __all__ = [
     "rank",
     "shard_batch",
     "shard_data",
-    "shard_setup",
     "world_size",
 ]
 
@@ -130,11 +127,18 @@ def _retain(*buffers: Tensor) -> None:
     """Keep ``buffers`` (private tensors just handed to a collective) alive until the
     communication backend has released them; forget those it has already released."""
     global _release_registered
-    _IN_FLIGHT[:] = [t for t in _IN_FLIGHT if t._use_count() > 1]
+    _IN_FLIGHT[:] = [t for t in _IN_FLIGHT if _held_elsewhere(t)]
     _IN_FLIGHT.extend(buffers)
     if not _release_registered:
         atexit.register(_release_all)
         _release_registered = True
+
+
+def _held_elsewhere(tensor: Tensor) -> bool:
+    """True while something besides this Python object holds the tensor (its TensorImpl
+    use count is above one)."""
+    count: int = tensor._use_count()  # type: ignore[attr-defined]
+    return count > 1
 
 
 def _release_all(timeout_s: float = 30.0) -> None:
@@ -142,9 +146,26 @@ def _release_all(timeout_s: float = 30.0) -> None:
     them. Runs at exit, before the interpreter finalises and before the process group is
     destroyed (atexit runs handlers in reverse order of registration)."""
     deadline = time.monotonic() + timeout_s
-    while any(t._use_count() > 1 for t in _IN_FLIGHT) and time.monotonic() < deadline:
+    while any(_held_elsewhere(t) for t in _IN_FLIGHT) and time.monotonic() < deadline:
         time.sleep(0.001)
     _IN_FLIGHT.clear()
+
+
+def __getattr__(name: str) -> Any:
+    """``shard_setup`` moved to :func:`constrain.runner.shard_setup` (kept here for one
+    release; the runner is the layer that knows :class:`~constrain.runner.Setup`)."""
+    if name == "shard_setup":
+        import importlib
+        import warnings
+
+        warnings.warn(
+            "constrain.distributed.shard_setup moved to constrain.runner.shard_setup; the "
+            "old path goes away in the next release.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return importlib.import_module("constrain.runner").shard_setup
+    raise AttributeError(f"module 'constrain.distributed' has no attribute {name!r}")
 
 
 def _destroy() -> None:
@@ -277,9 +298,21 @@ class _Strided:
         _set_epoch(self.data, epoch)
 
     def __iter__(self) -> Iterator[Any]:
+        usable = _usable_batches(self.data, self.world_size)
         for k, item in enumerate(self.data):
+            if usable is not None and k >= usable:
+                break  # every rank takes the same number of batches per pass
             if k % self.world_size == self.rank:
                 yield item
+
+
+def _usable_batches(data: Iterable[Any], world_size: int) -> int | None:
+    """Batches per pass that split evenly over the ranks (``None``: length unknown)."""
+    try:
+        n = len(data)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+    return (n // world_size) * world_size
 
 
 def shard_data(data: Iterable[Any] | None, rank: int, world_size: int) -> Iterable[Any] | None:
@@ -287,8 +320,13 @@ def shard_data(data: Iterable[Any] | None, rank: int, world_size: int) -> Iterab
 
     A ``DataLoader`` whose sampler is already a ``DistributedSampler`` is returned as is.
     Anything else is strided: rank ``r`` takes batches ``r, r + W, r + 2W, ...`` of every
-    pass, so one distributed step consumes ``W`` consecutive batches. For large data, build
-    the loader with ``DistributedSampler`` instead (each rank then only loads its share).
+    pass, so one distributed step consumes ``W`` consecutive batches; when the number of
+    batches is known, the last ``n mod W`` of a pass are dropped so that every rank takes
+    the same number. For large data, build the loader with ``DistributedSampler`` instead
+    (each rank then only loads its share).
+
+    Raises:
+        ConfigError: If a source of known length has fewer batches than ranks.
     """
     if data is None:
         return None
@@ -296,19 +334,15 @@ def shard_data(data: Iterable[Any] | None, rank: int, world_size: int) -> Iterab
 
     if isinstance(getattr(data, "sampler", None), DistributedSampler):
         return data
+    usable = _usable_batches(data, world_size)
+    if usable == 0:
+        raise ConfigError(
+            f"the data source yields {len(data)} batch(es) per pass, fewer than the "  # type: ignore[arg-type]
+            f"{world_size} ranks: some ranks would get none. Pass one full batch as "
+            "batch= (it is split by rows), use a DataLoader with a DistributedSampler, or "
+            "give at least one batch per rank."
+        )
     return _Strided(data, rank, world_size)
-
-
-def shard_setup(setup: Setup, rank: int, world_size: int) -> Setup:
-    """The default :meth:`constrain.ProblemSpec.shard`: shard ``batch`` with
-    :func:`shard_batch` and ``data`` with :func:`shard_data`; ``extras`` are kept whole and
-    ``full`` points to ``setup`` (references and reports use the whole data)."""
-    return dataclasses.replace(
-        setup,
-        batch=shard_batch(setup.batch, rank, world_size),
-        data=shard_data(setup.data, rank, world_size),
-        full=setup,
-    )
 
 
 # -- reduction --------------------------------------------------------------------------------
@@ -492,8 +526,9 @@ class DistributedReducer:
         bitwise equal everywhere), sharded dense groups and per-sample groups are
         concatenations in rank order. Gradients reach this rank's own values only: with
         factor 1 for means, ``W`` for concatenated parts (see the module docstring).
-        Per-sample entries that several ranks observed (``DistributedSampler`` pads by
-        repeating samples) are kept once, from the lowest rank.
+        Per-sample entries observed several times (``DistributedSampler`` pads by
+        repeating samples; sampling with replacement) are left in: the constraint layout
+        counts a repeated sample once with the mean of its values, as in one process.
 
         Raises:
             ShapeError: If a group's size differs from the first evaluation's, or the ranks
@@ -595,10 +630,7 @@ class DistributedReducer:
             for r in range(w):
                 chunks.append(gathered_indices[r][i_at[r] : i_at[r] + sizes[r]])
                 i_at[r] += sizes[r]
-            indices = torch.cat(chunks)
-            keep = _first_occurrences(indices)
-            if keep is not None:
-                indices, pieces = indices[keep], [p[keep] for p in pieces]
+            indices = torch.cat(chunks)  # repeats are averaged by the layout, as in one process
             out[name] = ConstraintValue(pieces[0], pieces[1] if has_proxy else None, indices)
         return ProblemState(new_objective, out, state.metrics)
 
@@ -636,7 +668,10 @@ class DistributedReducer:
         rank keeps ``None``; one that has a gradient on some rank gets the average with
         zeros for the others. Skipped for ``DistributedDataParallel`` models.
         """
-        if not self.average_gradients or isinstance(model, nn.parallel.DistributedDataParallel):
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            self._check_ddp_gradients(model)
+            return
+        if not self.average_gradients:
             return
         buckets: dict[tuple[torch.dtype, torch.device], list[nn.Parameter]] = {}
         for p in model.parameters():
@@ -665,6 +700,33 @@ class DistributedReducer:
                         p.grad.copy_(average)
                 offset += n
 
+    def _check_ddp_gradients(self, model: nn.Module) -> None:
+        """DDP averages gradients only when its own forward ran: a forward called through
+        ``model.module`` leaves each rank with its own gradient and the replicas drift
+        apart. Compare a fingerprint of the gradients across ranks (one small all-reduce).
+
+        Raises:
+            ReplicaDivergenceError: If the ranks hold different gradients.
+        """
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.detach().reshape(-1).to(torch.float64) for g in grads])
+        fingerprint = torch.stack([flat.sum(), (flat * flat).sum()])
+        high, low = fingerprint.clone(), fingerprint.clone()
+        dist.all_reduce(high, op=dist.ReduceOp.MAX, group=self.group)
+        dist.all_reduce(low, op=dist.ReduceOp.MIN, group=self.group)
+        _retain(high, low)
+        if bool((high != low).any()):
+            raise ReplicaDivergenceError(
+                "the DistributedDataParallel model holds different gradients on different "
+                f"ranks (gradient sums {float(low[0]):.6g} .. {float(high[0]):.6g}), so its "
+                "replicas would drift apart: DDP averages gradients only when its forward "
+                "runs, and the problem probably calls model.module(...). Call the DDP "
+                "wrapper itself, or pass the unwrapped module to the Solver (constrain then "
+                "averages the gradients)."
+            )
+
 
 def _pieces(value: ConstraintValue, has_proxy: bool) -> list[Tensor]:
     """``[value]`` or ``[value, proxy]``."""
@@ -673,20 +735,6 @@ def _pieces(value: ConstraintValue, has_proxy: bool) -> list[Tensor]:
             raise ShapeError("a constraint returned a proxy at the first evaluation but not now.")
         return [value.value, value.proxy]
     return [value.value]
-
-
-def _first_occurrences(indices: Tensor) -> Tensor | None:
-    """Mask keeping the first occurrence of every index, or ``None`` if all are distinct."""
-    if indices.numel() < 2:
-        return None
-    ordered, order = torch.sort(indices, stable=True)
-    first = torch.ones_like(ordered, dtype=torch.bool)
-    first[1:] = ordered[1:] != ordered[:-1]
-    if bool(first.all()):
-        return None
-    keep = torch.empty_like(first)
-    keep[order] = first
-    return keep
 
 
 def _common_dtype(tensors: list[Tensor]) -> torch.dtype:

@@ -1,59 +1,18 @@
-"""Stacked constraint layout and multiplier storage.
+"""Multiplier storage: one flat dense vector plus one vector per per-sample group.
 
-All dense constraint groups of a problem share one flat vector: group ``k`` occupies
-``[offset_k, offset_k + size_k)``. Stacking a :class:`~constrain.problem.ProblemState` is one
-``torch.cat`` plus two vectorised operations, whatever the number of groups. Per-sample
-(indexed) groups keep one multiplier per sample and only the entries observed in a
-minibatch are read and written.
+The stacked constraint layout that used to live here is :mod:`constrain.layout`; its names
+are still importable from this module for one release.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
-import torch
 from torch import Tensor
 
-from ._errors import ConfigError, NonFiniteError, ShapeError, describe
-from .problem import ConstrainedProblem, Constraint, ProblemState, as_constraint_value
-
-__all__ = ["ConstraintLayout", "IndexedViolation", "Multipliers", "StackedConstraints"]
-
-
-@dataclass
-class IndexedViolation:
-    """Observed entries of one per-sample constraint group.
-
-    Attributes:
-        violation: Standard-form true values ``g_i`` of the observed samples (detached).
-        primal: Standard-form values the primal player differentiates (proxy or true).
-        indices: Sample indices (int64), one per entry, unique within a batch.
-        equality: True if the group is an equality constraint (multipliers of any sign).
-    """
-
-    violation: Tensor
-    primal: Tensor
-    indices: Tensor
-    equality: bool = False
-
-
-@dataclass
-class StackedConstraints:
-    """All constraint values of one evaluation, in standard form.
-
-    Attributes:
-        violation: Dense true violations, one per dense constraint entry (detached); drives
-            the multipliers.
-        primal: Dense values seen by the primal player (proxies where given), with graph.
-        equality: Boolean mask of the dense entries that are equality constraints.
-        per_sample: Observed entries of each per-sample group, by name.
-    """
-
-    violation: Tensor
-    primal: Tensor
-    equality: Tensor
-    per_sample: dict[str, IndexedViolation] = field(default_factory=dict)
+__all__ = ["Multipliers"]
 
 
 @dataclass
@@ -73,227 +32,20 @@ class Multipliers:
         yield from self.per_sample.items()
 
 
-class ConstraintLayout:
-    """Where each constraint group lives in the stacked vectors.
+_MOVED = ("ConstraintLayout", "IndexedViolation", "StackedConstraints")
 
-    Built once from the problem declaration and the first evaluation (to infer sizes that
-    were not declared), then reused at every step.
 
-    Args:
-        problem: The problem.
-        state: A first evaluation (used to infer undeclared sizes and the dtype/device).
-    """
+def __getattr__(name: str) -> Any:
+    """The layout names moved to :mod:`constrain.layout` (kept here for one release)."""
+    if name in _MOVED:
+        import importlib
+        import warnings
 
-    def __init__(self, problem: ConstrainedProblem, state: ProblemState) -> None:
-        self.dense: list[Constraint] = []
-        self.per_sample: list[Constraint] = []
-        sizes: list[int] = []
-        reference = state.objective
-        if not isinstance(reference, Tensor):
-            raise ShapeError(
-                f"{type(problem).__name__}: the objective must be a scalar tensor; got "
-                f"{describe(reference)}."
-            )
-        if reference.numel() != 1:
-            raise ShapeError(
-                f"{type(problem).__name__}: the objective must be a scalar; got a tensor of "
-                f"shape {tuple(reference.shape)}. Reduce it with .mean() or .sum()."
-            )
-        for c in problem.all_constraints:
-            if c.per_sample:
-                self.per_sample.append(c)
-                continue
-            value = as_constraint_value(c.name, state.constraints[c.name])
-            n = value.value.numel()
-            if c.size is not None and n != c.size:
-                raise ShapeError(
-                    f"constraint {c.name!r} is declared with size {c.size} but its value has "
-                    f"{n} entries (shape {tuple(value.value.shape)})."
-                )
-            if isinstance(c.rhs, tuple) and len(c.rhs) != n:
-                raise ShapeError(
-                    f"constraint {c.name!r} has {len(c.rhs)} right-hand sides for {n} entries."
-                )
-            self.dense.append(c)
-            sizes.append(n)
-        self.sizes = sizes
-        self.offsets = [0]
-        for n in sizes:
-            self.offsets.append(self.offsets[-1] + n)
-        self.num_dense = self.offsets[-1]
-        self.dtype = reference.dtype if reference.is_floating_point() else torch.get_default_dtype()
-        self.device = reference.device
-        sign, rhs, equality = [], [], []
-        for c, n in zip(self.dense, sizes, strict=True):
-            sign.append(torch.full((n,), c.sign, dtype=self.dtype))
-            rhs.append(
-                torch.as_tensor(c.rhs, dtype=self.dtype).expand(n)
-                if isinstance(c.rhs, float)
-                else torch.tensor(c.rhs, dtype=self.dtype)
-            )
-            equality.append(torch.full((n,), c.is_equality, dtype=torch.bool))
-        empty = torch.zeros(0, dtype=self.dtype)
-        self.sign = (torch.cat(sign) if sign else empty).to(self.device)
-        self.rhs = (torch.cat(rhs) if rhs else empty).to(self.device)
-        self.equality = (torch.cat(equality) if equality else empty.bool()).to(self.device)
-        self.names = [c.name for c in self.dense]
-        self._identity_form = bool((self.sign == 1).all()) and bool((self.rhs == 0).all())
-        self._shift = -self.sign * self.rhs
-        self.has_equality = bool(self.equality.any()) or any(c.is_equality for c in self.per_sample)
-
-    # -- bookkeeping ------------------------------------------------------------------
-    def labels(self) -> list[str]:
-        """One label per dense entry: ``name`` for scalars, ``name[i]`` otherwise."""
-        out: list[str] = []
-        for c, n in zip(self.dense, self.sizes, strict=True):
-            out.extend([c.name] if n == 1 else [f"{c.name}[{i}]" for i in range(n)])
-        return out
-
-    def slice_of(self, name: str) -> slice:
-        """The slice of dense group ``name`` in the stacked vectors."""
-        for k, c in enumerate(self.dense):
-            if c.name == name:
-                return slice(self.offsets[k], self.offsets[k + 1])
-        raise ConfigError(f"no dense constraint named {name!r}; known: {self.names}.")
-
-    def split(self, flat: Tensor) -> dict[str, Tensor]:
-        """Split a dense vector into its groups (views)."""
-        return {
-            c.name: flat[self.offsets[k] : self.offsets[k + 1]] for k, c in enumerate(self.dense)
-        }
-
-    def signature(self) -> dict[str, object]:
-        """A JSON description used to check that a checkpoint belongs to this problem."""
-        return {
-            "dense": [[c.name, c.sense, n] for c, n in zip(self.dense, self.sizes, strict=True)],
-            "per_sample": [[c.name, c.sense, c.size] for c in self.per_sample],
-        }
-
-    def init_multipliers(self, initial: Tensor | None = None) -> Multipliers:
-        """Zero multipliers (or ``initial`` broadcast) for every group."""
-        dense = torch.zeros(self.num_dense, dtype=self.dtype, device=self.device)
-        per_sample = {
-            c.name: torch.zeros(int(c.size or 0), dtype=self.dtype, device=self.device)
-            for c in self.per_sample
-        }
-        if initial is not None:
-            dense = dense + initial
-            per_sample = {k: v + initial for k, v in per_sample.items()}
-        return Multipliers(dense, per_sample)
-
-    # -- stacking ---------------------------------------------------------------------
-    def stack(self, state: ProblemState, step: int | None = None) -> StackedConstraints:
-        """Bring every constraint of ``state`` to standard form and stack the dense ones.
-
-        Implements ``violation = sign * (value - rhs)`` on the concatenated values.
-
-        Raises:
-            ShapeError: If a group's size changed since the layout was built, or a
-                per-sample group has indices out of range or repeated within the batch.
-        """
-        values: list[Tensor] = []
-        primals: list[Tensor] = []
-        any_proxy = False
-        for c in self.dense:
-            try:
-                raw = state.constraints[c.name]
-            except KeyError:
-                raise ConfigError(
-                    f"evaluate() did not return constraint {c.name!r}; returned "
-                    f"{sorted(state.constraints)}."
-                ) from None
-            value = as_constraint_value(c.name, raw)
-            values.append(value.value.reshape(-1))
-            if value.proxy is not None:
-                any_proxy = True
-                primals.append(value.proxy.reshape(-1))
-            else:
-                primals.append(values[-1])
-        if values:
-            if any(v.numel() != n for v, n in zip(values, self.sizes, strict=True)):
-                self._raise_size_mismatch(values)
-            flat = torch.cat(values) if len(values) > 1 else values[0]
-            flat = flat.to(self.dtype)
-            violation = self._standard_form(flat)
-            if any_proxy:
-                primal = self._standard_form(torch.cat(primals).to(self.dtype))
-            else:
-                primal = violation
-        else:
-            violation = primal = torch.zeros(0, dtype=self.dtype, device=self.device)
-        per_sample: dict[str, IndexedViolation] = {}
-        for c in self.per_sample:
-            per_sample[c.name] = self._stack_indexed(c, state.constraints.get(c.name))
-        return StackedConstraints(violation.detach(), primal, self.equality, per_sample)
-
-    def _standard_form(self, flat: Tensor) -> Tensor:
-        """``sign * (flat - rhs)`` as one fused operation (identity when already standard)."""
-        if self._identity_form:
-            return flat
-        return torch.addcmul(self._shift, self.sign, flat)
-
-    def _stack_indexed(self, c: Constraint, raw: object) -> IndexedViolation:
-        if raw is None:
-            raise ConfigError(f"evaluate() did not return per-sample constraint {c.name!r}.")
-        value = as_constraint_value(c.name, raw)
-        if value.indices is None:
-            raise ShapeError(
-                f"per-sample constraint {c.name!r} needs sample indices: return "
-                "ConstraintValue(value, indices=batch_indices)."
-            )
-        indices = value.indices.reshape(-1).long()
-        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= int(c.size or 0)):
-            raise ShapeError(
-                f"per-sample constraint {c.name!r}: indices must lie in [0, {c.size}); got "
-                f"[{int(indices.min())}, {int(indices.max())}]."
-            )
-        if indices.numel() > 1 and int(torch.unique(indices).numel()) != indices.numel():
-            raise ShapeError(
-                f"per-sample constraint {c.name!r}: a sample index appears more than once in "
-                "the batch; each observed sample needs exactly one value (deduplicate the "
-                "batch or sample without replacement)."
-            )
-        v = c.violation(value.value.reshape(-1).to(self.dtype))
-        p = v if value.proxy is None else c.violation(value.proxy.reshape(-1).to(self.dtype))
-        return IndexedViolation(v.detach(), p, indices, c.is_equality)
-
-    def _raise_size_mismatch(self, values: list[Tensor]) -> None:
-        for c, n, v in zip(self.dense, self.sizes, values, strict=True):
-            if v.numel() != n:
-                raise ShapeError(
-                    f"constraint {c.name!r} returned {v.numel()} entries but has {n} "
-                    "multipliers (its size was fixed at the first evaluation); constraint "
-                    "groups must keep their size between steps."
-                )
-
-    def check_finite(self, objective: Tensor, stacked: StackedConstraints, step: int) -> None:
-        """Raise :class:`NonFiniteError` naming the first non-finite quantity.
-
-        One device synchronisation in the common (all finite) case.
-        """
-        parts = [objective.detach().reshape(1).to(self.dtype), stacked.violation]
-        parts += [iv.violation for iv in stacked.per_sample.values()]
-        if bool(torch.isfinite(torch.cat(parts)).all()):
-            return
-        hint = (
-            "expected finite values; look for log(0), a division by zero, an overflow or NaN "
-            "in the data, or pass on_nonfinite='skip' to skip such steps"
+        warnings.warn(
+            f"constrain.multipliers.{name} moved to constrain.layout.{name}; the old path "
+            "goes away in the next release.",
+            DeprecationWarning,
+            stacklevel=2,
         )
-        if not bool(torch.isfinite(objective.detach()).all()):
-            raise NonFiniteError(f"the objective is {objective.item()} at step {step} ({hint}).")
-        for name, part in self.split(stacked.violation).items():
-            bad = ~torch.isfinite(part)
-            if bool(bad.any()):
-                where = bad.nonzero().reshape(-1)[:5].tolist()
-                raise NonFiniteError(
-                    f"constraint {name!r} is not finite at step {step} (entries {where}; "
-                    f"values {part[bad][:5].tolist()}; {hint})."
-                )
-        for name, iv in stacked.per_sample.items():
-            bad = ~torch.isfinite(iv.violation)
-            if bool(bad.any()):
-                raise NonFiniteError(
-                    f"per-sample constraint {name!r} is not finite at step {step} "
-                    f"(samples {iv.indices[bad][:5].tolist()}; values "
-                    f"{iv.violation[bad][:5].tolist()}; {hint})."
-                )
+        return getattr(importlib.import_module("constrain.layout"), name)
+    raise AttributeError(f"module 'constrain.multipliers' has no attribute {name!r}")

@@ -14,7 +14,7 @@ import numpy as np
 
 from ._io import atomic_write
 from .history import History
-from .multipliers import ConstraintLayout
+from .layout import ConstraintLayout
 
 __all__ = ["compare_figure", "plot_history", "run_figures", "save_figure"]
 

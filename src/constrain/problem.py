@@ -17,15 +17,20 @@ one vector so that the cost of a step does not grow with the number of groups.
 
 from __future__ import annotations
 
+import decimal
 import math
+import numbers
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeAlias
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from torch import Tensor
 
+from ._components import bools_for_numbers
 from ._errors import ConfigError, ShapeError, describe
 
 __all__ = [
@@ -65,11 +70,18 @@ class ConstraintValue:
             primal player's Lagrangian uses it instead of ``value``.
         indices: For per-sample (indexed) constraints: the sample indices the entries of
             ``value`` belong to (1-d integer tensor, same length as ``value``).
+        observed: Optional boolean mask (shape of ``value``) of the entries this batch
+            measured. An unobserved entry (e.g. the parity gap of a group absent from the
+            batch) gets no multiplier update, no primal term and counts as no violation.
+            Its value may be anything, NaN included, as long as it carries no gradient: a
+            NaN inside the graph would still reach the gradient (compute group means with
+            ``counts.clamp_min(1)``, as the fairness helpers do).
     """
 
     value: Tensor
     proxy: Tensor | None = None
     indices: Tensor | None = None
+    observed: Tensor | None = None
 
 
 @dataclass
@@ -92,6 +104,55 @@ def _check_finite_number(value: float, what: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{what} must be finite; got {value!r}")
     return value
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+
+
+def _suggest_name(value: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9_.\-]+", "_", value).strip("_") or "constraint"
+    return cleaned if cleaned[0].isalpha() or cleaned[0] == "_" else "c_" + cleaned
+
+
+def _real(value: object, what: str) -> float:
+    """``value`` as a finite float: a real number (Python, numpy, ``Decimal``,
+    ``Fraction``, a one-element tensor or array); never a bool, a string or a complex."""
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(
+            f"{what} must be a number, not a bool (true/false is not 1/0 here); got {value!r}"
+        )
+    if isinstance(value, (str, bytes)):
+        raise ValueError(
+            f"{what} must be a number, not a string; got {describe(value)}. To take the rhs "
+            "from a problem field, use @constraint(rhs='field_name') on a subclass."
+        )
+    if isinstance(value, (numbers.Real, decimal.Decimal)):
+        try:
+            number = float(value)
+        except (ValueError, OverflowError, decimal.InvalidOperation):
+            raise ValueError(f"{what} must be a finite number; got {describe(value)}") from None
+        return _check_finite_number(number, what)
+    raise ValueError(f"{what} must be a real number; got {describe(value)}")
+
+
+def _real_rhs(value: object) -> float | tuple[float, ...]:
+    """Normalise an rhs to a finite float or a tuple of finite floats (see
+    :func:`_real`); tensors and arrays of any shape are flattened."""
+    if isinstance(value, Tensor):
+        if value.dtype == torch.bool or value.is_complex():
+            raise ValueError(f"rhs must hold real numbers; got {describe(value)}")
+        value = value.detach().cpu().double().numpy()
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "iuf":
+            raise ValueError(f"rhs must hold real numbers; got an array of dtype {value.dtype}")
+        flat = value.astype(np.float64).reshape(-1)
+        value = flat[0].item() if flat.size == 1 else flat.tolist()
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        values = tuple(_real(v, f"rhs entry {k}") for k, v in enumerate(value))
+        if not values:
+            raise ValueError("rhs sequence is empty")
+        return values
+    return _real(value, "rhs")
 
 
 class Constraint(BaseModel):
@@ -133,10 +194,11 @@ class Constraint(BaseModel):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
-        if value != value.strip() or any(c in value for c in "\n\t,="):
+        if not _NAME.fullmatch(value):
             raise ValueError(
-                "constraint names may not contain whitespace at the ends, tabs, newlines, "
-                f"',' or '='; got {value!r}"
+                "a constraint name is a letter or '_' followed by letters, digits, '_', '-' "
+                f"or '.' (it names history columns, config keys and figure labels); got "
+                f"{value!r}. For example {_suggest_name(value)!r}"
             )
         return value
 
@@ -153,22 +215,20 @@ class Constraint(BaseModel):
     @field_validator("rhs", mode="before")
     @classmethod
     def _finite_rhs(cls, value: object) -> object:
-        if isinstance(value, Tensor):
-            value = (
-                value.detach().cpu().reshape(-1).tolist() if value.numel() != 1 else value.item()
+        return _real_rhs(value)
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _integer_size(cls, value: object) -> object:
+        if value is None:
+            return value
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+            raise ValueError(
+                f"size must be an integer (the number of entries of the group); got "
+                f"{describe(value)}"
+                + (" (true/false is not 1/0 here)" if isinstance(value, (bool, np.bool_)) else "")
             )
-        if isinstance(value, bool):
-            raise ValueError("rhs must be a number or a sequence of numbers; got a bool")
-        if isinstance(value, (int, float)):
-            return _check_finite_number(float(value), "rhs")
-        if isinstance(value, Sequence) and not isinstance(value, str):
-            values = tuple(float(v) for v in value)
-            for v in values:
-                _check_finite_number(v, "every rhs entry")
-            if not values:
-                raise ValueError("rhs sequence is empty")
-            return values
-        return value
+        return int(value)
 
     @field_validator("fn", "proxy")
     @classmethod
@@ -230,7 +290,9 @@ class Regularizer(BaseModel):
         options: Extra keyword arguments for the prox (e.g. ``{"method": "sort_pava"}``).
         name: Label in the history (defaults to the prox or penalty name).
         track_clusters: Record the number of distinct values of each parameter after the
-            prox (the weight-sharing diagnostic).
+            prox (the weight-sharing diagnostic; it costs a sort of the parameter). ``None``
+            (the default): only for the weight-sharing proxes. Counted only on the steps
+            whose full record is kept, never on the others.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
@@ -241,7 +303,7 @@ class Regularizer(BaseModel):
     params: tuple[str, ...] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     name: str | None = None
-    track_clusters: bool = True
+    track_clusters: bool | None = None
 
     @field_validator("params", mode="before")
     @classmethod
@@ -263,6 +325,13 @@ class Regularizer(BaseModel):
         if self.penalty is not None and not callable(self.penalty):
             raise ValueError(f"penalty must be a callable; got {describe(self.penalty)}")
         return self
+
+    @property
+    def counts_clusters(self) -> bool:
+        """Whether the history records this regularizer's cluster counts."""
+        if self.track_clusters is not None:
+            return self.track_clusters
+        return isinstance(self.prox, str) and self.prox.startswith("weight_sharing")
 
     @property
     def label(self) -> str:
@@ -369,6 +438,15 @@ class ConstrainedProblem(BaseModel):
     is_convex: ClassVar[bool] = False
     """Set by problems built from convex blocks (they can be checked against CVXPY)."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bools_for_numbers(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            lines = bools_for_numbers(cls, data)
+            if lines:
+                raise ValueError("; ".join(line.strip() for line in lines))
+        return data
+
     @field_validator("objective_fn")
     @classmethod
     def _objective_callable(cls, value: object) -> object:
@@ -472,6 +550,15 @@ class ConstrainedProblem(BaseModel):
         result: Tensor = self.objective_fn(model, batch)
         return result
 
+    def constraint_values(self, model: Any, batch: Any = None) -> dict[str, Tensor]:
+        """The constraints' left-hand sides at ``model`` (true values, not proxies, not
+        standard form), evaluated without gradient."""
+        with torch.no_grad():
+            state = self.evaluate(model, batch)
+        return {
+            n: as_constraint_value(n, raw).value.detach() for n, raw in state.constraints.items()
+        }
+
     def evaluate(self, model: Any, batch: Any) -> ProblemState:
         """Evaluate objective, constraints and smooth regularizer penalties.
 
@@ -512,29 +599,98 @@ def as_constraint_value(name: str, raw: object) -> ConstraintValue:
     value = raw if isinstance(raw, ConstraintValue) else ConstraintValue(raw)  # type: ignore[arg-type]
     if not isinstance(value.value, Tensor):
         raise ShapeError(
-            f"constraint {name!r}: expected a tensor (or ConstraintValue); got {describe(value.value)}."
+            f"constraint {name!r}: expected a tensor (or ConstraintValue); got "
+            f"{describe(value.value)}. Return torch.as_tensor(...) of the value."
         )
     if not value.value.is_floating_point():
         raise ShapeError(
-            f"constraint {name!r}: expected a floating-point tensor; got {describe(value.value)}. "
-            "Cast counts or booleans with .float()."
+            f"constraint {name!r}: expected a floating-point tensor (real, not complex); got "
+            f"{describe(value.value)}. Cast counts or booleans with .float()."
         )
-    if value.proxy is not None and value.proxy.shape != value.value.shape:
-        raise ShapeError(
-            f"constraint {name!r}: proxy has shape {tuple(value.proxy.shape)} but the value has "
-            f"shape {tuple(value.value.shape)}; they must match."
-        )
-    if value.indices is not None:
-        if value.indices.dtype not in (torch.int64, torch.int32):
+    device = value.value.device
+    if value.proxy is not None:
+        if not isinstance(value.proxy, Tensor) or not value.proxy.is_floating_point():
             raise ShapeError(
-                f"constraint {name!r}: indices must be an integer tensor; got {describe(value.indices)}."
+                f"constraint {name!r}: the proxy must be a real floating-point tensor (with a "
+                f"gradient); got {describe(value.proxy)}."
+            )
+        if value.proxy.shape != value.value.shape:
+            raise ShapeError(
+                f"constraint {name!r}: proxy has shape {tuple(value.proxy.shape)} but the "
+                f"value has shape {tuple(value.value.shape)}; they must match."
+            )
+        if value.proxy.device != device:
+            raise ShapeError(
+                f"constraint {name!r}: the proxy is on {value.proxy.device} but the value is "
+                f"on {device}; put both on the model's device."
+            )
+    if value.indices is not None:
+        if not isinstance(value.indices, Tensor) or value.indices.dtype not in (
+            torch.int64,
+            torch.int32,
+        ):
+            raise ShapeError(
+                f"constraint {name!r}: indices must be an integer tensor; got "
+                f"{describe(value.indices)}. Pass torch.as_tensor(indices)."
             )
         if value.indices.reshape(-1).shape != value.value.reshape(-1).shape:
             raise ShapeError(
-                f"constraint {name!r}: {value.indices.numel()} indices for {value.value.numel()} "
-                "values; give one sample index per value."
+                f"constraint {name!r}: {value.indices.numel()} indices for "
+                f"{value.value.numel()} values; give one sample index per value."
             )
+        if value.indices.device != device:
+            raise ShapeError(
+                f"constraint {name!r}: the indices are on {value.indices.device} but the "
+                f"value is on {device}; put both on the model's device."
+            )
+    if value.observed is not None and (
+        not isinstance(value.observed, Tensor)
+        or value.observed.dtype != torch.bool
+        or value.observed.shape != value.value.shape
+        or value.observed.device != device
+    ):
+        raise ShapeError(
+            f"constraint {name!r}: observed must be a boolean tensor of the value's shape "
+            f"{tuple(value.value.shape)} on {device}; got {describe(value.observed)}."
+        )
     return value
+
+
+def check_trainable(problem: ConstrainedProblem, state: ProblemState) -> None:
+    """Check, once, that the primal player can see what it must minimise (call with
+    gradients enabled and a model that has trainable parameters).
+
+    Raises:
+        ShapeError: For a complex or integer objective.
+        ConfigError: If a constraint's primal value (its proxy, else its value) carries no
+            gradient (detached, integer, computed under ``no_grad``, or a count without a
+            proxy), or if neither the objective nor any constraint depends on the model.
+    """
+    objective = state.objective
+    if isinstance(objective, Tensor) and not objective.is_floating_point():
+        raise ShapeError(
+            f"{type(problem).__name__}: the objective must be a real floating-point scalar; "
+            f"got {describe(objective)}. An integer or complex objective cannot be trained."
+        )
+    blind = []
+    for name, raw in state.constraints.items():
+        value = as_constraint_value(name, raw)
+        primal = value.proxy if value.proxy is not None else value.value
+        if not primal.requires_grad:
+            blind.append(name)
+    if blind:
+        raise ConfigError(
+            f"constraint(s) {blind} carry no gradient to the model: the primal player cannot "
+            "see them (a detached or integer value, a count or rate without a proxy, or a "
+            "value computed under torch.no_grad()). Return "
+            "ConstraintValue(exact_value, proxy=differentiable_surrogate)."
+        )
+    if isinstance(objective, Tensor) and not objective.requires_grad and not state.constraints:
+        raise ConfigError(
+            f"{type(problem).__name__}: the objective does not depend on the model (no "
+            "gradient: computed under torch.no_grad(), detached or constant) and there are no "
+            "constraints; nothing can be trained."
+        )
 
 
 def check_names(problem: ConstrainedProblem, state: ProblemState) -> None:

@@ -25,7 +25,7 @@ from constrain import (
     constraint,
     solve,
 )
-from constrain.validation import kkt_residuals, solve_reference
+from constrain.exact import kkt_residuals, solve_reference
 
 pytest.importorskip("cvxpy")
 
@@ -88,8 +88,9 @@ def test_mapped_duals_satisfy_kkt_of_the_library_lagrangian(data: st.DataObject,
     lam = {k: torch.tensor(v) for k, v in solution.multipliers.items()}
     residuals, objective = kkt_residuals(twin.form, point, lam)
     assert residuals.stationarity_checked
-    # The ball is a second-order cone: solve_reference's fallbacks keep Clarabel accurate.
-    assert residuals.stationarity < 1e-6
+    # The ball is a second-order cone: Clarabel's interior-point answer is accurate to a few
+    # 1e-6 on rare draws (3e-6 seen for n = 5); a sign error below breaks stationarity by O(1).
+    assert residuals.stationarity < 2e-5
     assert residuals.complementary_slackness < 1e-8
     assert residuals.primal_feasibility < 1e-8 and residuals.dual_feasibility == 0.0
     assert objective == pytest.approx(solution.objective, abs=1e-8)

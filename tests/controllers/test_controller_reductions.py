@@ -1,4 +1,4 @@
-"""nuPI's reduction table (ALGORITHMS.md section 1), proven to float64 precision.
+"""nuPI's reduction table (docs/algorithms.md, 'The nuPI reduction table'), to float64 precision.
 
 With ``lr = 1`` the unprojected nuPI recurrence must reproduce GDA, the PI controller,
 optimistic GDA, Polyak momentum and Nesterov momentum. Trajectories are compared over
@@ -7,12 +7,18 @@ hundreds of steps on random vector signals.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from _controller_db import parametrize
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
-from constrain.controllers import GDA, Controller, Momentum, Nesterov, NuPI, Optimistic
+from constrain import Lagrangian
+from constrain.controllers import GDA, Controller, Momentum, Nesterov, NuPI, Optimistic, build
+
+pytest_generate_tests = parametrize
 
 DTYPE = torch.float64
 STEPS = 250
@@ -216,3 +222,35 @@ def test_per_constraint_gains_accept_tensors_and_lists() -> None:
     from_list = NuPI(ki=[0.1, 0.2], kp=(1.0, 2.0))
     assert from_tensor == from_list
     assert from_list.ki == (0.1, 0.2)
+
+
+# --- every table row that declares a reduction (tests/controllers/_controller_db.py) ---
+
+
+def projected_trajectory(controller: Controller, lam0: Tensor, signals: Tensor) -> Tensor:
+    """As the solver runs it: update, then the Lagrangian's projection (even entries are
+    equality multipliers, left alone)."""
+    equality = torch.arange(lam0.numel()) % 2 == 0
+    project = Lagrangian().project
+    lam = project(lam0, equality)
+    state = controller.init(lam)
+    out = [lam]
+    for e in signals:
+        lam, state = controller.update(lam, e, state)
+        lam = project(lam, equality)
+        out.append(lam)
+    return torch.stack(out)
+
+
+def test_table_rules_equal_their_nupi_settings(
+    reduction: tuple[str, dict[str, Any], dict[str, Any]],
+) -> None:
+    """The rule and ``NuPI(lr=1, ...)`` with the row's settings agree to float64 precision,
+    with and without projection (neither state depends on the multipliers)."""
+    name, params, nupi_params = reduction
+    rule, nupi = build({"name": name, **params}), NuPI(lr=1.0, **nupi_params)
+    lam0, signals = problem(seed=11, n=8)
+    assert_float64_close(trajectory(nupi, lam0, signals), trajectory(rule, lam0, signals))
+    assert_float64_close(
+        projected_trajectory(nupi, lam0, signals), projected_trajectory(rule, lam0, signals)
+    )

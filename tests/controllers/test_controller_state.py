@@ -1,53 +1,26 @@
-"""The controller contract: state layout, purity, checkpointing and indexed use."""
+"""The controller contract, for every registered controller: state layout, purity,
+save/restore, indexed (per-sample) use, dtypes, and projection left to the formulation.
+
+Parametrized from the registry through tests/controllers/_controller_db.py, so a newly
+registered controller runs through all of these.
+"""
 
 from __future__ import annotations
 
 import io
-from typing import Any
 
 import pytest
 import torch
+from _controller_db import Case, N, parametrize
 from torch import Tensor
 
+from constrain import Lagrangian
 from constrain._errors import ShapeError
-from constrain.controllers import Controller, ControllerState, build, names
+from constrain.controllers import Controller, ControllerState, build
+
+pytest_generate_tests = parametrize
 
 DTYPE = torch.float64
-N = 10
-
-# Non-default hyperparameters so that every term of every rule is active.
-CASES: dict[str, dict[str, Any]] = {
-    "gda": {"name": "gda", "lr": 0.3},
-    "momentum": {"name": "momentum", "lr": 0.2, "beta": -0.3},
-    "nesterov": {"name": "nesterov", "lr": 0.2, "beta": 0.7},
-    "adam": {"name": "adam", "lr": 0.1, "betas": (0.8, 0.95), "eps": 1e-6},
-    "nupi": {"name": "nupi", "lr": 0.5, "ki": 0.3, "kp": 2.0, "nu": 0.6},
-    "nupi-per-constraint": {
-        "name": "nupi",
-        "lr": 0.5,
-        "ki": [0.1 * (j + 1) for j in range(N)],
-        "kp": [float(j) - 3 for j in range(N)],
-        "nu": -0.4,
-    },
-    "pid": {"name": "pid", "lr": 0.5, "kp": 1.0, "ki": 0.4, "kd": 3.0, "delay": 4},
-    "pid-per-constraint": {
-        "name": "pid",
-        "kp": [0.5] * N,
-        "ki": [0.1 * j for j in range(N)],
-        "kd": [1.0] * N,
-        "ema_p": 0.5,
-        "ema_d": 0.8,
-        "delay": 2,
-    },
-    "optimistic": {"name": "optimistic", "lr": 0.4},
-    "extragradient": {"name": "extragradient", "lr": 0.4},
-    "multiplicative": {"name": "multiplicative", "lr": 0.1, "initial_value": 0.5},
-}
-SCALAR_CASES = [k for k in CASES if not k.endswith("per-constraint")]
-
-
-def make(case: str) -> Controller:
-    return build(CASES[case])
 
 
 def start(controller: Controller, n: int = N, dtype: torch.dtype = DTYPE) -> Tensor:
@@ -73,25 +46,8 @@ def clone_state(state: ControllerState) -> ControllerState:
     return {k: v.clone() for k, v in state.items()}
 
 
-def test_every_registered_controller_is_covered() -> None:
-    expected = {
-        "gda",
-        "momentum",
-        "nesterov",
-        "adam",
-        "nupi",
-        "pid",
-        "optimistic",
-        "extragradient",
-        "multiplicative",
-    }
-    assert expected <= set(names())
-    assert {spec["name"] for spec in CASES.values()} == expected
-
-
-@pytest.mark.parametrize("case", list(CASES))
-def test_init_state_has_multipliers_as_last_dimension(case: str) -> None:
-    controller = make(case)
+def test_init_state_has_multipliers_as_last_dimension(case: Case) -> None:
+    controller = case.build()
     lam = start(controller)
     state = controller.init(lam)
     for key, tensor in state.items():
@@ -107,9 +63,8 @@ def test_init_state_has_multipliers_as_last_dimension(case: str) -> None:
         assert new_state[key].dtype == state[key].dtype, key
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_update_is_pure(case: str) -> None:
-    controller = make(case)
+def test_update_is_pure(case: Case) -> None:
+    controller = case.build()
     lam, state = advance(
         controller, start(controller), controller.init(start(controller)), signals(5)
     )
@@ -127,9 +82,8 @@ def test_update_is_pure(case: str) -> None:
         assert all(torch.equal(state[k], copies[2][k]) for k in state)
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_save_and_restore_midway(case: str) -> None:
-    controller = make(case)
+def test_save_and_restore_midway(case: Case) -> None:
+    controller = case.build()
     es = signals(40)
     lam, state = advance(controller, start(controller), controller.init(start(controller)), es[:20])
     saved_lam, saved_state = lam.clone(), clone_state(state)
@@ -146,10 +100,9 @@ def test_save_and_restore_midway(case: str) -> None:
         assert all(torch.equal(other[1][k], reference[1][k]) for k in reference[1])
 
 
-@pytest.mark.parametrize("case", SCALAR_CASES)
-def test_gather_update_scatter_equals_full_update_on_the_subset(case: str) -> None:
+def test_gather_update_scatter_equals_full_update_on_the_subset(scalar_case: Case) -> None:
     """Indexed (per-sample) use: gather rows of the state, update, scatter back."""
-    controller = make(case)
+    controller = scalar_case.build()
     es = signals(12)
     lam, state = advance(controller, start(controller), controller.init(start(controller)), es[:6])
     idx = torch.tensor([1, 4, 7, 8])
@@ -174,9 +127,55 @@ def test_gather_update_scatter_equals_full_update_on_the_subset(case: str) -> No
         lam, state = new_lam, new_state
 
 
+def test_projection_is_left_to_the_formulation(signed_case: Case) -> None:
+    """A rule never clips its output: under a persistent negative signal every multiplier
+    leaves the domain ``lam >= 0`` unprojected; the Lagrangian's projection brings it back
+    (and leaves equality multipliers alone), while the state is used as returned."""
+    controller = signed_case.build()
+    zeros = torch.zeros(N, dtype=DTYPE)
+    initial = controller.initial_multipliers(zeros)
+    lam = zeros if initial is None else initial
+    state = controller.init(lam)
+    below = torch.zeros(N, dtype=torch.bool)
+    for _ in range(200):
+        lam, state = controller.update(lam, -torch.ones(N, dtype=DTYPE), state)
+        below |= lam < 0
+    assert bool(below.all()), lam
+    equality = torch.arange(N) % 2 == 0
+    projected = Lagrangian().project(lam, equality)
+    assert torch.equal(projected[equality], lam[equality])
+    assert torch.equal(projected[~equality], lam[~equality].clamp_min(0))
+
+
+def test_projected_iterates_stay_in_the_domain(case: Case) -> None:
+    """Controller, then projection, as the solver does: inequality multipliers stay
+    ``>= 0`` and finite (equality multipliers only where the rule supports them)."""
+    controller = case.build()
+    equality = torch.arange(N) % 2 == 0
+    if not controller.supports_equality:
+        equality = torch.zeros(N, dtype=torch.bool)
+    formulation = Lagrangian()
+    lam = formulation.project(start(controller), equality)
+    state = controller.init(lam)
+    for e in signals(60, seed=4):
+        lam, state = controller.update(lam, e, state)
+        lam = formulation.project(lam, equality)
+        assert bool(torch.isfinite(lam).all())
+        assert bool((lam[~equality] >= 0).all())
+
+
+def test_rules_for_inequalities_stay_nonnegative_by_themselves(nonnegative_case: Case) -> None:
+    controller = nonnegative_case.build()
+    lam = start(controller)
+    state = controller.init(lam)
+    for e in 3.0 * signals(100, seed=5):
+        lam, state = controller.update(lam, e, state)
+        assert bool((lam >= 0).all()), lam
+
+
 def test_adam_step_counts_are_per_multiplier() -> None:
     """Lazily updated entries get the bias correction of their own step count."""
-    controller = make("adam")
+    controller = build({"name": "adam", "lr": 0.1, "betas": (0.8, 0.95), "eps": 1e-6})
     lam = torch.zeros(4, dtype=DTYPE)
     state = controller.init(lam)
     es = signals(10, n=4)
@@ -202,55 +201,43 @@ def test_adam_step_counts_are_per_multiplier() -> None:
     assert alone_state["step"].tolist() == [5]
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_dtype_follows_the_multipliers(case: str) -> None:
-    controller = make(case)
+def test_dtype_follows_the_multipliers(case: Case) -> None:
+    controller = case.build()
     lam = start(controller, dtype=torch.float32)
     state = controller.init(lam)
     new_lam, new_state = controller.update(lam, signals(1)[0], state)  # float64 signal
     assert new_lam.dtype == torch.float32
     for key, tensor in new_state.items():
         assert tensor.dtype == state[key].dtype, key
-        if key != "step":
+        if tensor.is_floating_point():
             assert tensor.dtype == torch.float32, key
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_signal_of_the_wrong_shape_is_rejected(case: str) -> None:
-    controller = make(case)
+def test_signal_of_the_wrong_shape_is_rejected(case: Case) -> None:
+    controller = case.build()
     lam = start(controller)
     with pytest.raises(ShapeError, match="shape"):
         controller.update(lam, torch.zeros(N + 1, dtype=DTYPE), controller.init(lam))
 
 
-def test_class_flags() -> None:
-    flags = {
-        name: (build(name).supports_equality, build(name).extrapolates)
-        for name in (
-            "gda",
-            "momentum",
-            "nesterov",
-            "adam",
-            "nupi",
-            "pid",
-            "optimistic",
-            "extragradient",
-            "multiplicative",
-        )
-    }
-    assert flags["pid"] == (False, False)
-    assert flags["multiplicative"] == (False, False)
-    assert flags["extragradient"] == (True, True)
-    for name in ("gda", "momentum", "nesterov", "adam", "nupi", "optimistic"):
-        assert flags[name] == (True, False), name
+def test_class_flags_are_those_of_the_table(case: Case) -> None:
+    controller = case.build()
+    assert controller.supports_equality is case.info.supports_equality
+    assert controller.extrapolates is case.info.extrapolates
 
 
-def test_initial_multipliers() -> None:
+def test_initial_multipliers_match_the_multipliers(case: Case) -> None:
+    """``None`` (the solver starts from zero) or positive values shaped like ``like``."""
     like = torch.zeros(3, dtype=torch.float32)
-    for name in CASES:
-        initial = make(name).initial_multipliers(like)
-        if name == "multiplicative":
-            assert initial is not None
-            assert torch.equal(initial, torch.full((3,), 0.5))
-        else:
-            assert initial is None, name
+    initial = case.build().initial_multipliers(like)
+    if initial is not None:
+        assert initial.shape == like.shape and initial.dtype == like.dtype
+        assert bool((initial > 0).all()) and bool(torch.isfinite(initial).all())
+
+
+def test_initial_multipliers_of_the_builtin_rules() -> None:
+    like = torch.zeros(3, dtype=torch.float32)
+    initial = build("multiplicative", initial_value=0.5).initial_multipliers(like)
+    assert initial is not None and torch.equal(initial, torch.full((3,), 0.5))
+    for name in ("gda", "momentum", "nesterov", "adam", "nupi", "pid", "optimistic"):
+        assert build(name).initial_multipliers(like) is None, name

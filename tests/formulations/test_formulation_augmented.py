@@ -14,6 +14,7 @@ from torch import Tensor
 
 from constrain import (
     AugmentedLagrangian,
+    ConfigError,
     ConstrainedProblem,
     Constraint,
     ConstraintValue,
@@ -23,7 +24,7 @@ from constrain import (
     Variables,
 )
 from constrain.formulations.augmented import augmented_terms
-from constrain.multipliers import IndexedViolation, StackedConstraints
+from constrain.layout import IndexedViolation, StackedConstraints
 
 DTYPE = torch.float64
 N_INEQ, N_EQ = 4, 3
@@ -93,7 +94,7 @@ def test_zero_penalty_is_the_lagrangian_without_nan(
     multipliers = Multipliers(torch.tensor(lam + mu, dtype=DTYPE))
     f = torch.tensor(0.5, dtype=DTYPE)
     state = {"penalty": torch.tensor(0.0, dtype=DTYPE)}
-    loss = AugmentedLagrangian(penalty=0.0).primal_loss(f, stacked, multipliers, state)
+    loss = AugmentedLagrangian(penalty=1.0).primal_loss(f, stacked, multipliers, state)
     (grad,) = torch.autograd.grad(loss, g)
     assert math.isfinite(loss.item()) and bool(torch.isfinite(grad).all())
     reference = Lagrangian().primal_loss(f, stacked, multipliers, {})
@@ -216,18 +217,20 @@ def test_augmented_lagrangian_solves_the_qp() -> None:
     torch.testing.assert_close(lam, expected_lam, rtol=0, atol=1e-10)
 
 
-def test_zero_penalty_run_has_no_nan() -> None:
+@pytest.mark.parametrize("name", ["augmented_lagrangian", "quadratic_penalty"])
+@pytest.mark.parametrize("penalty", [0.0, 0])
+def test_zero_penalty_is_refused(name: str, penalty: float) -> None:
+    """Penalty 0 would ignore the constraints silently (min (x-3)^2 s.t. x <= 1 ended at
+    x = 3): it is refused, naming the field and why."""
     model = Variables(x=torch.zeros(3, dtype=DTYPE))
-    solver = Solver(
-        _qp(),
-        model,
-        torch.optim.SGD(model.parameters(), lr=0.1),
-        controller="gda",
-        formulation={"name": "augmented_lagrangian", "penalty": 0.0},
-    )
-    solver.fit(steps=20)
-    assert np.isfinite(solver.history.objective()).all()
-    assert (solver.history.multipliers() == 0).all()  # the dual signal c g is zero
+    with pytest.raises(ConfigError, match=r"penalty: .*must be > 0.*constraints would be ignored"):
+        Solver(
+            _qp(),
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            controller="gda",
+            formulation={"name": name, "penalty": penalty},
+        )
 
 
 def test_per_sample_proxy_and_signal_with_augmented_lagrangian() -> None:

@@ -19,7 +19,7 @@ from constrain import (
     Variables,
 )
 from constrain.formulations import PenaltySchedule
-from constrain.multipliers import IndexedViolation, StackedConstraints
+from constrain.layout import IndexedViolation, StackedConstraints
 
 DTYPE = torch.float64
 

@@ -1,5 +1,5 @@
 """Proxy constraints: the primal player differentiates the proxy, the multipliers see the
-true value (ALGORITHMS.md section 2)."""
+true value (docs/algorithms.md, 'Proxy constraints')."""
 
 from __future__ import annotations
 

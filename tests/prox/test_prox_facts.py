@@ -1,4 +1,5 @@
-"""ALGORITHMS.md section 3, facts 1-5, as property tests (float64).
+"""The weight-sharing prox facts 1-5 (docs/algorithms.md, 'Weight-sharing facts') as
+property tests (float64).
 
 Each fact is checked against an independent statement of it (a plain-Python PAVA, an
 event-driven particle simulation, the closed form below the merging threshold, the

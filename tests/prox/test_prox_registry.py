@@ -1,12 +1,21 @@
-"""The prox registry contract and the soft-thresholding proxes."""
+"""The prox registry, the contract every registered prox meets (parametrized from the
+registry through tests/prox/_prox_db.py: shapes and dtypes, bad strengths, inputs and
+options refused, non-expansiveness, optimality for its penalty) and the soft-thresholding
+proxes."""
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
+import numpy as np
 import pytest
 import torch
+from _prox_db import PROX_DB, parametrize
+from _prox_db import info as row_of
 
 import constrain.prox as prox
-from constrain import ConfigError, ShapeError, UnknownNameError
+from constrain import ConfigError, NonFiniteError, ShapeError, UnknownNameError
 from constrain.prox import (
     PROX,
     get,
@@ -18,11 +27,27 @@ from constrain.prox import (
     weight_sharing_l1,
 )
 
-BUILTIN = ["group_l1", "l1", "weight_sharing", "weight_sharing_l1"]
+pytest_generate_tests = parametrize
+
+DTYPES = [torch.float32, torch.float64]
+
+
+def call(name: str, x: torch.Tensor, strength: float, **options: Any) -> torch.Tensor:
+    return get(name)(x, strength, **{**row_of(name).options, **options})
+
+
+def sample(seed: int, shape: tuple[int, ...] = (6, 4), dtype: torch.dtype = torch.float64) -> Any:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=gen, dtype=dtype)
+
+
+def test_the_table_covers_exactly_the_registered_proxes() -> None:
+    registered, rows = set(names()), set(PROX_DB)
+    assert not registered - rows, f"registered proxes without a row: {registered - rows}"
+    assert not rows - registered, f"rows without a registered prox: {rows - registered}"
 
 
 def test_builtin_names_registered() -> None:
-    assert set(BUILTIN) <= set(names())
     assert get("weight_sharing") is weight_sharing
     assert get("weight-sharing") is weight_sharing
     assert get("l1") is l1 and get("group_l1") is group_l1
@@ -34,21 +59,83 @@ def test_unknown_prox_name() -> None:
     with pytest.raises(UnknownNameError) as info:
         get("weight_sharring")
     assert "Did you mean 'weight_sharing'" in str(info.value)
-    for name in BUILTIN:
+    for name in names():
         assert name in str(info.value)
 
 
-@pytest.mark.parametrize("name", BUILTIN)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_registered_prox_contract(name: str, dtype: torch.dtype) -> None:
-    fn = get(name)
-    x = torch.randn(6, 4, dtype=dtype)
+# -- generic: every registered prox -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_registered_prox_contract(prox_name: str, dtype: torch.dtype) -> None:
+    """A new tensor of x's shape, dtype and device; x untouched; strength 0 is the identity."""
+    x = sample(0, dtype=dtype)
     before = x.clone()
-    options = {"l1_strength": 0.01} if name == "weight_sharing_l1" else {}
-    out = fn(x, 0.05, **options)
+    out = call(prox_name, x, 0.05)
     assert out.shape == x.shape and out.dtype == x.dtype and out.device == x.device
     assert torch.equal(x, before) and out.data_ptr() != x.data_ptr()
-    torch.testing.assert_close(fn(x, 0.0, **{k: 0.0 for k in options}), x)
+    torch.testing.assert_close(call(prox_name, x, 0.0), x)
+
+
+@pytest.mark.parametrize("strength", [-1.0, float("nan"), float("inf"), "0.1", None])
+def test_bad_strength_is_refused_naming_it(prox_name: str, strength: Any) -> None:
+    with pytest.raises(ConfigError, match="strength"):
+        call(prox_name, sample(1), strength)
+
+
+def test_bad_input_tensors_are_refused(prox_name: str) -> None:
+    with pytest.raises(ShapeError, match="float32 or float64"):
+        call(prox_name, torch.ones(3, 2, dtype=torch.int64), 0.1)
+    with pytest.raises(ShapeError, match=r"torch\.Tensor"):
+        call(prox_name, [[1.0, 2.0]], 0.1)
+    bad = sample(2)
+    bad[1, 2] = float("nan")
+    with pytest.raises(NonFiniteError, match="non-finite"):
+        call(prox_name, bad, 0.1)
+
+
+def test_bad_options_are_refused(bad_prox_options: tuple[str, dict[str, Any], type, str]) -> None:
+    name, options, error, text = bad_prox_options
+    with pytest.raises(error, match=re.escape(text)):
+        get(name)(sample(3), 0.1, **options)
+
+
+def test_prox_is_nonexpansive(prox_name: str) -> None:
+    """||prox(x) - prox(y)|| <= ||x - y||, as for the prox of any convex function."""
+    for seed in range(5):
+        x, y = sample(10 + seed), sample(20 + seed)
+        if seed % 2:
+            y = x + 1e-3 * y  # nearby points too
+        gap = torch.linalg.vector_norm(call(prox_name, x, 0.7) - call(prox_name, y, 0.7))
+        assert float(gap) <= float(torch.linalg.vector_norm(x - y)) * (1 + 1e-12) + 1e-15
+
+
+@pytest.mark.parametrize("strength", [0.05, 0.7, 3.0])
+def test_prox_is_optimal_for_its_penalty(exact_prox: str, strength: float) -> None:
+    """p = prox(x) iff x - p is a subgradient of phi at p, i.e. for every y
+    phi(y) >= phi(p) + <x - p, y - p>; checked for far, near, coordinate-wise and special
+    points y."""
+    row = row_of(exact_prox)
+    assert row.penalty is not None
+    options = dict(row.options)
+    for seed in range(4):
+        x = sample(30 + seed, shape=(5, 4)) * (1 + seed)
+        p = call(exact_prox, x, strength).numpy()
+        xn = x.numpy()
+        phi_p = row.penalty(p, strength, options)
+        gen = np.random.default_rng(seed)
+        candidates = [np.zeros_like(p), xn, p.mean() + 0 * p]
+        candidates += [gen.standard_normal(p.shape) * 2 for _ in range(10)]
+        candidates += [p + 1e-4 * gen.standard_normal(p.shape) for _ in range(20)]
+        candidates += [p + t * (xn - p) for t in (-0.5, 0.5, 2.0)]
+        for i in range(p.size):  # one coordinate at a time, both ways
+            step = np.zeros(p.size)
+            step[i] = 1e-3
+            candidates += [p + step.reshape(p.shape), p - step.reshape(p.shape)]
+        for y in candidates:
+            gap = row.penalty(y, strength, options) - phi_p - float(((xn - p) * (y - p)).sum())
+            scale = 1.0 + abs(phi_p) + float(np.abs(xn).sum())
+            assert gap >= -1e-12 * scale, (seed, gap)
 
 
 def test_register_custom_prox() -> None:

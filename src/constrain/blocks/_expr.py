@@ -27,8 +27,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 from torch import Tensor
 
+from .._components import format_validation_error
 from .._errors import ConfigError, ShapeError, describe
-from .._validation import format_validation_error
 
 if TYPE_CHECKING:
     from .affine import Add, Index, MatMul, Mean, Scale, Sum

@@ -1,7 +1,7 @@
 """The CVXPY twin of a problem built from blocks, and the mapping of its dual values.
 
-Sign and scale conventions (the library's, see ``ALGORITHMS.md``). A constraint group
-``g(x) <sense> rhs`` has the standard form
+Sign and scale conventions (the library's, see docs/algorithms.md, 'Standard form and signs').
+A constraint group ``g(x) <sense> rhs`` has the standard form
 
 * ``'<='``: ``g(x) - rhs <= 0``,  multiplier ``lam >= 0``;
 * ``'>='``: ``rhs - g(x) <= 0``,  multiplier ``lam >= 0``;
@@ -23,18 +23,16 @@ import fnmatch
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .._errors import ConfigError, describe
 from ..problem import ConstrainedProblem, Constraint
+from ..reference import Reference
 from ._expr import Data, Expression, Variable, import_cvxpy
 from .norms import Norm
 from .weight_sharing import WeightSharing
-
-if TYPE_CHECKING:
-    from ..runner import Reference
 
 __all__ = [
     "CLARABEL_TIGHT",
@@ -231,8 +229,6 @@ class TwinSolution:
 
     def reference(self) -> Reference:
         """This solution as a :class:`constrain.Reference` (for problem specs)."""
-        from ..runner import Reference
-
         return Reference(
             objective=self.objective,
             multipliers=dict(self.multipliers),

@@ -8,9 +8,9 @@ never modify tensors in place and never project: projection onto the multiplier 
 (``lam >= 0`` for inequality constraints) is the formulation's job and happens after every
 update. Controller state (momentum buffers, EMAs, integrals) is never projected.
 
-Convention (ALGORITHMS.md section 1): the multiplier player *ascends* the Lagrangian and its
-error signal is the constraint violation ``e_t = g(x_t)`` (``h(x_t)`` for equalities), so
-plain gradient ascent is ``lam <- lam + lr * e_t``.
+Convention (docs/algorithms.md, 'Notation and conventions'): the multiplier player
+*ascends* the Lagrangian and its error signal is the constraint violation ``e_t = g(x_t)``
+(``h(x_t)`` for equalities), so plain gradient ascent is ``lam <- lam + lr * e_t``.
 
 State layout: every state tensor has the multipliers' dimension as its *last* dimension,
 so that indexed (per-sample) multipliers can gather and scatter rows of the state with
@@ -24,8 +24,10 @@ from collections.abc import Sequence
 from typing import Annotated, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor
+
+from .._errors import ShapeError
 
 __all__ = [
     "Coefficient",
@@ -60,7 +62,6 @@ def as_coefficient(value: Coefficient, like: Tensor, name: str) -> Tensor | floa
     """
     if isinstance(value, (int, float)):
         return float(value)
-    from .._errors import ShapeError
 
     tensor = torch.as_tensor(value, dtype=like.dtype, device=like.device)
     if tensor.shape[-1:] != like.shape[-1:]:
@@ -157,3 +158,57 @@ class Controller(BaseModel):
     def spec(self) -> dict[str, object]:
         """A JSON-serialisable description: ``{"name": ..., **hyperparameters}``."""
         return {"name": self.name, **self.model_dump()}
+
+
+# -- shared by the rules: signal checking and validated coefficient types ---------------------
+def checked_signal(multipliers: Tensor, signal: Tensor, controller: str) -> Tensor:
+    """Return ``signal`` in the multipliers' dtype after checking its shape and device.
+
+    Raises:
+        ShapeError: If the signal's shape or device differs from the multipliers'.
+    """
+    if signal.shape != multipliers.shape:
+        raise ShapeError(
+            f"controller {controller!r}: the error signal has shape {tuple(signal.shape)} "
+            f"but the multipliers have shape {tuple(multipliers.shape)}; pass one "
+            "violation per multiplier."
+        )
+    if signal.device != multipliers.device:
+        raise ShapeError(
+            f"controller {controller!r}: the error signal is on {signal.device} but the "
+            f"multipliers are on {multipliers.device}; move both to the same device."
+        )
+    return signal.to(dtype=multipliers.dtype)
+
+
+def _entries(value: Coefficient) -> tuple[float, ...]:
+    return value if isinstance(value, tuple) else (value,)
+
+
+def _finite_coefficient(value: Coefficient) -> Coefficient:
+    entries = _entries(value)
+    if not entries:
+        raise ValueError("give a scalar or at least one value per multiplier")
+    if not all(math.isfinite(v) for v in entries):
+        raise ValueError("every value must be finite")
+    return value
+
+
+def _nonnegative_coefficient(value: Coefficient) -> Coefficient:
+    _finite_coefficient(value)
+    if any(v < 0 for v in _entries(value)):
+        raise ValueError("every value must be >= 0")
+    return value
+
+
+FiniteCoefficient = Annotated[Coefficient, AfterValidator(_finite_coefficient)]
+"""A finite scalar, or one finite value per multiplier."""
+
+NonNegativeCoefficient = Annotated[Coefficient, AfterValidator(_nonnegative_coefficient)]
+"""A finite scalar >= 0, or one such value per multiplier."""
+
+OpenUnitFloat = Annotated[float, Field(gt=-1, lt=1, allow_inf_nan=False)]
+"""A float in the open interval (-1, 1) (momentum / EMA coefficients that may be negative)."""
+
+UnitFloat = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
+"""A float in [0, 1) (EMA / Adam decay coefficients)."""

@@ -5,16 +5,29 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from .._components import build_component
 from .._errors import ConfigError
 from .._registry import Registry
-from .._validation import build_component
 from ._base import Controller
 
 __all__ = ["CONTROLLERS", "build", "get", "names", "register"]
 
 C = TypeVar("C", bound=type[Controller])
 
-CONTROLLERS: Registry[type[Controller]] = Registry("controller", "constrain.controllers")
+
+def _adopt(name: str, cls: type[Controller]) -> None:
+    """Check that ``cls`` is a :class:`Controller` subclass and give it its registry name."""
+    if not (isinstance(cls, type) and issubclass(cls, Controller)):
+        raise ConfigError(
+            f"the controller registered as {name!r} must be a subclass of "
+            f"constrain.controllers.Controller; got {cls!r}."
+        )
+    cls.name = name
+
+
+CONTROLLERS: Registry[type[Controller]] = Registry(
+    "controller", "constrain.controllers", adopt=_adopt
+)
 """All registered controller classes; third-party ones come from the entry-point group
 ``constrain.controllers`` (each entry point loads a :class:`Controller` subclass)."""
 
@@ -30,12 +43,6 @@ def register(name: str, *, overwrite: bool = False) -> Callable[[C], C]:
     """
 
     def decorator(cls: C) -> C:
-        if not (isinstance(cls, type) and issubclass(cls, Controller)):
-            raise ConfigError(
-                f"@register({name!r}) expects a subclass of constrain.controllers.Controller; "
-                f"got {cls!r}."
-            )
-        cls.name = name
         CONTROLLERS.register(name, overwrite=overwrite)(cls)
         return cls
 

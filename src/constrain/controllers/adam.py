@@ -6,9 +6,8 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from ._base import Controller, ControllerState, PositiveFloat
+from ._base import Controller, ControllerState, PositiveFloat, UnitFloat, checked_signal
 from ._registry import register
-from .gda import UnitFloat, _checked_signal
 
 __all__ = ["Adam"]
 
@@ -26,8 +25,8 @@ class Adam(Controller):
         lam <- lam + lr / (1 - beta1**s) * m / (sqrt(v) / sqrt(1 - beta2**s) + eps)
 
     Keep it as a baseline, not a default: its normalised steps keep a constant size near
-    the solution, so the multipliers oscillate instead of settling (ALGORITHMS.md
-    section 4).
+    the solution, so the multipliers oscillate instead of settling (docs/algorithms.md,
+    'The iris hard-margin SVM').
 
     The step count is a per-multiplier ``int64`` tensor, so indexed (per-sample)
     multipliers that are gathered, updated and scattered back lazily get the same bias
@@ -60,7 +59,7 @@ class Adam(Controller):
         self, multipliers: Tensor, signal: Tensor, state: ControllerState
     ) -> tuple[Tensor, ControllerState]:
         """Return the multipliers after one Adam ascent step and the new state."""
-        e = _checked_signal(multipliers, signal, self.name)
+        e = checked_signal(multipliers, signal, self.name)
         beta1, beta2 = self.betas
         step = state["step"] + 1
         exp_avg = torch.lerp(state["exp_avg"], e, 1.0 - beta1)

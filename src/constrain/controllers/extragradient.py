@@ -6,9 +6,8 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from ._base import Controller, ControllerState
+from ._base import Controller, ControllerState, checked_signal
 from ._registry import register
-from .gda import _checked_signal
 
 __all__ = ["ExtraGradient"]
 
@@ -26,7 +25,7 @@ class ExtraGradient(Controller):
 
     (the primal player does the same: its real step is taken from ``x_t`` with the
     gradient at ``(x_half, lam_half)``). On bilinear games, where simultaneous gradient
-    descent-ascent spirals outwards, this converges.
+    descent-ascent spirals outwards, this converges (docs/algorithms.md, 'Extragradient').
 
     Stateless.
 
@@ -38,12 +37,12 @@ class ExtraGradient(Controller):
 
     def extrapolate(self, multipliers: Tensor, signal: Tensor, state: ControllerState) -> Tensor:
         """Return the look-ahead multipliers ``lam_t + lr * e(x_t)`` (unprojected)."""
-        e = _checked_signal(multipliers, signal, self.name)
+        e = checked_signal(multipliers, signal, self.name)
         return multipliers + self.lr * e
 
     def update(
         self, multipliers: Tensor, signal: Tensor, state: ControllerState
     ) -> tuple[Tensor, ControllerState]:
         """Return ``lam_t + lr * e(x_half)``; ``signal`` is the look-ahead signal."""
-        e = _checked_signal(multipliers, signal, self.name)
+        e = checked_signal(multipliers, signal, self.name)
         return multipliers + self.lr * e, {}

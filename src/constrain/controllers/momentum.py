@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
-from ._base import Controller, ControllerState
+from ._base import Controller, ControllerState, OpenUnitFloat, checked_signal
 from ._registry import register
-from .gda import OpenUnitFloat, _checked_signal
 
 __all__ = ["Momentum"]
 
@@ -22,7 +23,8 @@ class Momentum(Controller):
         lam_{t+1} = lam_t + lr * b_t
 
     Equal to :class:`~constrain.controllers.NuPI` with ``lr = 1, nu = beta,
-    ki = lr / (1 - beta), kp = -lr * beta / (1 - beta)**2`` (ALGORITHMS.md section 1).
+    ki = lr / (1 - beta), kp = -lr * beta / (1 - beta)**2`` (docs/algorithms.md,
+    'The nuPI reduction table').
 
     Attributes:
         lr: Step size ``eta``.
@@ -34,6 +36,8 @@ class Momentum(Controller):
     """
 
     beta: OpenUnitFloat = 0.9
+    nesterov: ClassVar[bool] = False
+    """Step along ``e + beta * b`` (Nesterov) instead of ``b`` (Polyak)."""
 
     def init(self, multipliers: Tensor) -> ControllerState:
         """A zero momentum buffer."""
@@ -43,6 +47,7 @@ class Momentum(Controller):
         self, multipliers: Tensor, signal: Tensor, state: ControllerState
     ) -> tuple[Tensor, ControllerState]:
         """Return ``lam + lr * (beta * b + e)`` and the new buffer."""
-        e = _checked_signal(multipliers, signal, self.name)
+        e = checked_signal(multipliers, signal, self.name)
         buffer = self.beta * state["buffer"] + e
-        return multipliers + self.lr * buffer, {"buffer": buffer}
+        direction = e + self.beta * buffer if self.nesterov else buffer
+        return multipliers + self.lr * direction, {"buffer": buffer}

@@ -7,9 +7,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ._base import Controller, ControllerState, PositiveFloat
+from ._base import Controller, ControllerState, PositiveFloat, checked_signal
 from ._registry import register
-from .gda import _checked_signal
 
 __all__ = ["MultiplicativeWeights"]
 
@@ -27,7 +26,7 @@ class MultiplicativeWeights(Controller):
     per-sample use). Multipliers stay positive, so projection never acts; a multiplier at
     zero stays at zero forever, hence :meth:`initial_multipliers` starts every multiplier
     at ``initial_value``. Large ``lr * e_t`` overflows to ``inf``: keep ``lr`` small
-    relative to the size of the violations.
+    relative to the size of the violations (docs/algorithms.md, 'Multiplicative weights').
 
     Only for inequality constraints (:attr:`supports_equality` is ``False``): a
     multiplier of an equality constraint must be able to change sign.
@@ -47,7 +46,7 @@ class MultiplicativeWeights(Controller):
         self, multipliers: Tensor, signal: Tensor, state: ControllerState
     ) -> tuple[Tensor, ControllerState]:
         """Return ``lam * exp(lr * e)`` and the (empty) state."""
-        e = _checked_signal(multipliers, signal, self.name)
+        e = checked_signal(multipliers, signal, self.name)
         return multipliers * torch.exp(self.lr * e), {}
 
     def initial_multipliers(self, like: Tensor) -> Tensor:

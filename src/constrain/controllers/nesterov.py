@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
-
-from ._base import Controller, ControllerState
 from ._registry import register
-from .gda import OpenUnitFloat, _checked_signal
+from .momentum import Momentum
 
 __all__ = ["Nesterov"]
 
 
 @register("nesterov")
-class Nesterov(Controller):
+class Nesterov(Momentum):
     """Gradient ascent with Nesterov momentum, torch.optim.SGD(nesterov=True)'s convention.
 
     Update, with error signal ``e_t`` and a buffer ``b`` that starts at zero::
@@ -22,7 +18,8 @@ class Nesterov(Controller):
         lam_{t+1} = lam_t + lr * (e_t + beta * b_t)
 
     Equal to :class:`~constrain.controllers.NuPI` with ``lr = 1, nu = beta,
-    ki = lr / (1 - beta), kp = -lr * beta**2 / (1 - beta)**2`` (ALGORITHMS.md section 1).
+    ki = lr / (1 - beta), kp = -lr * beta**2 / (1 - beta)**2`` (docs/algorithms.md,
+    'The nuPI reduction table').
 
     Attributes:
         lr: Step size ``eta``.
@@ -33,16 +30,4 @@ class Nesterov(Controller):
         ``buffer``: the momentum buffer ``b`` (shape of the multipliers).
     """
 
-    beta: OpenUnitFloat = 0.9
-
-    def init(self, multipliers: Tensor) -> ControllerState:
-        """A zero momentum buffer."""
-        return {"buffer": torch.zeros_like(multipliers)}
-
-    def update(
-        self, multipliers: Tensor, signal: Tensor, state: ControllerState
-    ) -> tuple[Tensor, ControllerState]:
-        """Return ``lam + lr * (e + beta * b_new)`` and the new buffer ``b_new``."""
-        e = _checked_signal(multipliers, signal, self.name)
-        buffer = self.beta * state["buffer"] + e
-        return multipliers + self.lr * (e + self.beta * buffer), {"buffer": buffer}
+    nesterov = True

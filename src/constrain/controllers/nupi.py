@@ -5,9 +5,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._base import Controller, ControllerState, as_coefficient
+from ._base import (
+    Controller,
+    ControllerState,
+    FiniteCoefficient,
+    NonNegativeCoefficient,
+    OpenUnitFloat,
+    as_coefficient,
+    checked_signal,
+)
 from ._registry import register
-from .gda import FiniteCoefficient, NonNegativeCoefficient, OpenUnitFloat, _checked_signal
 
 __all__ = ["NuPI"]
 
@@ -39,8 +46,8 @@ class NuPI(Controller):
       ``nu = 0`` uses the raw violation (the textbook PI controller), values near 1
       average over about ``1 / (1 - nu)`` steps (useful for noisy, mini-batch signals).
 
-    With ``lr = 1`` it reproduces exactly (ALGORITHMS.md section 1): GDA with step
-    ``alpha`` (``ki = alpha, kp = 0``, any ``nu``), optimistic GDA (``nu = 0,
+    With ``lr = 1`` it reproduces exactly (docs/algorithms.md, 'The nuPI reduction table'):
+    GDA with step ``alpha`` (``ki = alpha, kp = 0``, any ``nu``), optimistic GDA (``nu = 0,
     ki = kp = alpha``), Polyak momentum ``beta`` (``nu = beta, ki = alpha / (1 - beta),
     kp = -alpha * beta / (1 - beta)**2``) and Nesterov momentum (same with ``beta**2`` in
     ``kp``). The defaults (``ki = 1, kp = 0, nu = 0``) make it plain GDA with step ``lr``.
@@ -73,7 +80,7 @@ class NuPI(Controller):
             ShapeError: If a per-multiplier ``ki`` or ``kp`` has the wrong length, or the
                 signal's shape differs from the multipliers'.
         """
-        e = _checked_signal(multipliers, signal, self.name)
+        e = checked_signal(multipliers, signal, self.name)
         ki = as_coefficient(self.ki, like=multipliers, name="ki")
         kp = as_coefficient(self.kp, like=multipliers, name="kp")
         xi_prev = state["xi"]

@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._base import Controller, ControllerState
+from ._base import Controller, ControllerState, checked_signal
 from ._registry import register
-from .gda import _checked_signal
 
 __all__ = ["Optimistic"]
 
@@ -22,7 +21,8 @@ class Optimistic(Controller):
 
     It approximates extragradient without a second evaluation of the problem, reusing the
     previous signal as the look-ahead correction. Equal to
-    :class:`~constrain.controllers.NuPI` with ``lr = 1, nu = 0, ki = kp = lr``.
+    :class:`~constrain.controllers.NuPI` with ``lr = 1, nu = 0, ki = kp = lr``
+    (docs/algorithms.md, 'Optimistic gradient ascent').
 
     Attributes:
         lr: Step size ``eta``.
@@ -39,6 +39,6 @@ class Optimistic(Controller):
         self, multipliers: Tensor, signal: Tensor, state: ControllerState
     ) -> tuple[Tensor, ControllerState]:
         """Return ``lam + lr * (2 e_t - e_{t-1})`` and store ``e_t``."""
-        e = _checked_signal(multipliers, signal, self.name)
+        e = checked_signal(multipliers, signal, self.name)
         step = 2.0 * e - state["previous_signal"]
         return multipliers + self.lr * step, {"previous_signal": e}

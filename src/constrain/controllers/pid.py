@@ -8,9 +8,16 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from ._base import Controller, ControllerState, PositiveFloat, as_coefficient
+from ._base import (
+    Controller,
+    ControllerState,
+    NonNegativeCoefficient,
+    PositiveFloat,
+    UnitFloat,
+    as_coefficient,
+    checked_signal,
+)
 from ._registry import register
-from .gda import NonNegativeCoefficient, UnitFloat, _checked_signal
 
 __all__ = ["PID"]
 
@@ -20,9 +27,9 @@ class PID(Controller):
     """PID Lagrangian multipliers (Stooke, Achiam, Abbeel, "Responsive safety in RL by PID
     Lagrangian methods", ICML 2020).
 
-    A *positional* controller: the multipliers are the controller's output, not an
-    increment of the incoming ones. With error signal ``e_t`` (the constraint violation),
-    each update computes::
+    A *positional* controller (docs/algorithms.md, 'PID Lagrangian'): the multipliers are
+    the controller's output, not an increment of the incoming ones. With error signal
+    ``e_t`` (the constraint violation), each update computes::
 
         I   = max(0, I + ki * e_t)                  # integral with anti-windup
         P   = ema_p * P + (1 - ema_p) * e_t         # EMA of the error
@@ -99,7 +106,7 @@ class PID(Controller):
             ShapeError: If a per-multiplier gain has the wrong length, or the signal's
                 shape differs from the multipliers'.
         """
-        e = _checked_signal(multipliers, signal, self.name)
+        e = checked_signal(multipliers, signal, self.name)
         kp = as_coefficient(self.kp, like=multipliers, name="kp")
         ki = as_coefficient(self.ki, like=multipliers, name="ki")
         kd = as_coefficient(self.kd, like=multipliers, name="kd")

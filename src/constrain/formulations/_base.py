@@ -5,17 +5,36 @@ from __future__ import annotations
 from typing import Annotated, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from ..multipliers import ConstraintLayout, Multipliers, StackedConstraints
+from ..layout import ConstraintLayout, StackedConstraints
+from ..multipliers import Multipliers
 
-__all__ = ["Formulation", "FormulationState", "PenalizedFormulation", "PenaltySchedule"]
+__all__ = [
+    "Formulation",
+    "FormulationState",
+    "PenalizedFormulation",
+    "Penalty",
+    "PenaltySchedule",
+]
 
 FormulationState = dict[str, Tensor]
 """Explicit formulation state (e.g. the current penalty coefficient), saved in checkpoints."""
 
-NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+def _positive_penalty(value: float) -> float:
+    if value <= 0:
+        raise ValueError(
+            "the penalty must be > 0: at 0 the quadratic term vanishes and the augmented "
+            "Lagrangian's multiplier step (c * g) does not move, so the constraints would be "
+            "ignored; use a positive penalty (or the plain 'lagrangian' formulation)"
+        )
+    return value
+
+
+Penalty = Annotated[float, Field(allow_inf_nan=False), AfterValidator(_positive_penalty)]
+"""A finite penalty coefficient ``c > 0``."""
 
 
 class Formulation(BaseModel):
@@ -46,7 +65,27 @@ class Formulation(BaseModel):
         multipliers: Multipliers,
         state: FormulationState,
     ) -> Tensor:
-        """The scalar the primal player minimises."""
+        """The scalar the primal player minimises: ``f`` plus :meth:`terms` of the dense
+        entries and of the observed entries of each per-sample group (multipliers
+        detached: the primal player does not move them)."""
+        dense = multipliers.dense.detach().to(stacked.primal.dtype)
+        loss = objective + self.terms(dense, stacked.primal, stacked.equality, state)
+        for name, iv in stacked.per_sample.items():
+            store = multipliers.per_sample.get(name)  # absent without multipliers
+            lam = (
+                store.detach()[iv.indices]
+                if store is not None
+                else torch.zeros_like(iv.primal.detach())
+            )
+            mask = torch.full_like(lam, iv.equality, dtype=torch.bool)
+            loss = loss + self.terms(lam, iv.primal, mask, state)
+        return loss
+
+    def terms(
+        self, multipliers: Tensor, values: Tensor, equality: Tensor, state: FormulationState
+    ) -> Tensor:
+        """The constraint terms of the primal loss for one stacked vector ``values``
+        (standard form, proxies where given) and its multipliers (a scalar tensor)."""
         raise NotImplementedError
 
     def dual_signal(self, stacked: StackedConstraints, state: FormulationState) -> Tensor:
@@ -71,6 +110,11 @@ class Formulation(BaseModel):
     ) -> FormulationState:
         """Update the formulation state after a multiplier step (penalty schedules)."""
         return state
+
+    def diagnostics(self, state: FormulationState) -> dict[str, Tensor]:
+        """What the formulation reports about its state for the history (scalars, on the
+        device; none for the plain Lagrangian)."""
+        return {}
 
 
 class PenaltySchedule(BaseModel):
@@ -118,11 +162,12 @@ class PenalizedFormulation(Formulation):
     checkpointed and grows by the schedule after every multiplier step.
 
     Args:
-        penalty: Initial penalty coefficient ``c >= 0``.
+        penalty: Initial penalty coefficient ``c > 0`` (0 is refused: it would ignore the
+            constraints).
         schedule: When and how ``c`` grows (default: constant).
     """
 
-    penalty: NonNegative = 1.0
+    penalty: Penalty = 1.0
     schedule: PenaltySchedule = PenaltySchedule()
 
     def init_state(self, layout: ConstraintLayout) -> FormulationState:
@@ -132,3 +177,7 @@ class PenalizedFormulation(Formulation):
         self, stacked: StackedConstraints, state: FormulationState
     ) -> FormulationState:
         return self.schedule.update(stacked, state)
+
+    def diagnostics(self, state: FormulationState) -> dict[str, Tensor]:
+        """The current penalty coefficient ``c`` (``{"penalty": c}``)."""
+        return {"penalty": state["penalty"]}

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .._components import build_component
+from .._errors import ConfigError
 from .._registry import Registry
-from .._validation import build_component
 
 if TYPE_CHECKING:
     from ._base import Formulation
@@ -15,14 +16,28 @@ __all__ = ["FORMULATIONS", "build", "register"]
 
 F = TypeVar("F", bound="type[Formulation]")
 
-FORMULATIONS: Registry[type[Formulation]] = Registry("formulation", "constrain.formulations")
+
+def _adopt(name: str, cls: type[Formulation]) -> None:
+    """Check that ``cls`` is a :class:`Formulation` subclass and give it its registry name."""
+    from ._base import Formulation
+
+    if not (isinstance(cls, type) and issubclass(cls, Formulation)):
+        raise ConfigError(
+            f"the formulation registered as {name!r} must be a subclass of "
+            f"constrain.formulations.Formulation; got {cls!r}."
+        )
+    cls.name = name
+
+
+FORMULATIONS: Registry[type[Formulation]] = Registry(
+    "formulation", "constrain.formulations", adopt=_adopt
+)
 
 
 def register(name: str, *, overwrite: bool = False) -> Callable[[F], F]:
     """Class decorator registering a :class:`Formulation` subclass under ``name``."""
 
     def decorator(cls: F) -> F:
-        cls.name = name
         FORMULATIONS.register(name, overwrite=overwrite)(cls)
         return cls
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..multipliers import Multipliers, StackedConstraints
+from ..layout import StackedConstraints
 from ._base import FormulationState, PenalizedFormulation
 from ._registry import register
 
@@ -37,25 +37,15 @@ class AugmentedLagrangian(PenalizedFormulation):
     classical multiplier step ``lam <- max(0, lam + c g)``.
 
     Args:
-        penalty: Initial penalty coefficient ``c >= 0``.
+        penalty: Initial penalty coefficient ``c > 0`` (0 is refused).
         schedule: When and how ``c`` grows (default: constant).
     """
 
-    def primal_loss(
-        self,
-        objective: Tensor,
-        stacked: StackedConstraints,
-        multipliers: Multipliers,
-        state: FormulationState,
+    def terms(
+        self, multipliers: Tensor, values: Tensor, equality: Tensor, state: FormulationState
     ) -> Tensor:
-        c = state["penalty"]
-        lam = multipliers.dense.detach()
-        loss = objective + augmented_terms(lam, stacked.primal, stacked.equality, c)
-        for name, iv in stacked.per_sample.items():
-            lam = multipliers.per_sample[name].detach()[iv.indices]
-            mask = torch.full_like(lam, iv.equality, dtype=torch.bool)
-            loss = loss + augmented_terms(lam, iv.primal, mask, c)
-        return loss
+        """:func:`augmented_terms` at the current penalty ``c``."""
+        return augmented_terms(multipliers, values, equality, state["penalty"])
 
     def dual_signal(self, stacked: StackedConstraints, state: FormulationState) -> Tensor:
         return state["penalty"] * stacked.violation

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..multipliers import Multipliers, StackedConstraints
 from ._base import Formulation, FormulationState
 from ._registry import register
 
@@ -20,15 +19,8 @@ class Lagrangian(Formulation):
     samples.
     """
 
-    def primal_loss(
-        self,
-        objective: Tensor,
-        stacked: StackedConstraints,
-        multipliers: Multipliers,
-        state: FormulationState,
+    def terms(
+        self, multipliers: Tensor, values: Tensor, equality: Tensor, state: FormulationState
     ) -> Tensor:
-        loss = objective + multipliers.dense.detach().to(stacked.primal.dtype) @ stacked.primal
-        for name, iv in stacked.per_sample.items():
-            lam = multipliers.per_sample[name].detach()[iv.indices]
-            loss = loss + lam @ iv.primal
-        return loss
+        """``lam . g~``."""
+        return multipliers @ values

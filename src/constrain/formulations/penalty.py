@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..multipliers import Multipliers, StackedConstraints
-from ._base import FormulationState, NonNegative, PenalizedFormulation
+from ._base import FormulationState, PenalizedFormulation, Penalty
 from ._registry import register
 
 __all__ = ["QuadraticPenalty"]
@@ -16,26 +15,17 @@ class QuadraticPenalty(PenalizedFormulation):
     """``f + (c/2) (||max(g, 0)||^2 + ||h||^2)``: a penalty method without multipliers.
 
     Args:
-        penalty: Penalty coefficient ``c >= 0``.
+        penalty: Penalty coefficient ``c > 0`` (0 is refused).
         schedule: When and how ``c`` grows (default: constant).
     """
 
     uses_multipliers = False
 
-    penalty: NonNegative = 10.0
+    penalty: Penalty = 10.0
 
-    def primal_loss(
-        self,
-        objective: Tensor,
-        stacked: StackedConstraints,
-        multipliers: Multipliers,
-        state: FormulationState,
+    def terms(
+        self, multipliers: Tensor, values: Tensor, equality: Tensor, state: FormulationState
     ) -> Tensor:
-        c = state["penalty"]
-        g = stacked.primal
-        violated = g.where(stacked.equality, g.clamp_min(0))
-        loss = objective + 0.5 * c * (violated * violated).sum()
-        for iv in stacked.per_sample.values():
-            v = iv.primal if iv.equality else iv.primal.clamp_min(0)
-            loss = loss + 0.5 * c * (v * v).sum()
-        return loss
+        """``(c/2) (||max(g, 0)||^2 + ||h||^2)`` (the multipliers are not used)."""
+        violated = values.where(equality, values.clamp_min(0))
+        return 0.5 * state["penalty"] * (violated * violated).sum()

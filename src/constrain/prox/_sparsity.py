@@ -115,8 +115,8 @@ def weight_sharing_l1(
 ) -> Tensor:
     """Proximal operator of ``strength * R(w) + l1_strength * ||w||_1``.
 
-    Weight sharing, then soft-thresholding (ALGORITHMS.md section 3, fact 5): the clusters
-    closest to zero become exactly zero.
+    Weight sharing, then soft-thresholding (docs/algorithms.md, 'Weight-sharing facts',
+    fact 5): the clusters closest to zero become exactly zero.
 
     Args:
         x: float32/float64 tensor of any shape.

@@ -1,4 +1,6 @@
-"""The weight-sharing proximal operator (ALGORITHMS.md, section 3).
+"""The weight-sharing proximal operator.
+
+See docs/algorithms.md, 'The weight-sharing proximal operator'.
 
 Penalty on ``w`` in R^d: ``R(w) = 1/(d-1) * sum_{i>j} |w_i - w_j|`` (``R = 0`` for ``d <= 1``);
 ``prox_{lam R}(x) = argmin_w 1/2 ||w - x||^2 + lam R(w)``.
@@ -211,6 +213,22 @@ def _snap_ties_numpy(
     return y[run_start]
 
 
+def _exact_single_cluster(flat: Tensor, out: Tensor) -> Tensor:
+    """``out``, or the exact mean of ``flat`` when ``out`` is one cluster.
+
+    When every weight joins one cluster the prox is the mean of ``x`` (fact 1), but a
+    method computes it from the shifted values ``x_(k) + lam (d-1-2k)/(d-1)``, whose
+    rounding at a huge ``lam`` destroys it (``lam = 1e17`` turned ``[3, 1, -2]`` into
+    zeros). The mean is then computed from ``x`` directly (see docs/algorithms.md,
+    'Weight-sharing facts').
+    """
+    low, high = torch.aminmax(out)
+    if bool(low != high):
+        return out
+    acc = torch.float64 if flat.device.type != "mps" else torch.float32
+    return flat.to(acc).mean().to(flat.dtype).expand_as(flat).clone()
+
+
 def _prox_flat(
     flat: Tensor,
     lam: float,
@@ -235,7 +253,7 @@ def _prox_flat(
         out_np, y_np = result
         y_sorted = torch.from_numpy(y_np.astype(out_np.dtype, copy=False))
         _fill(stats, resolved, d, IsotonicInfo(rounds=1, scans=1, padded=d), y_sorted)
-        return torch.from_numpy(out_np)
+        return _exact_single_cluster(flat, torch.from_numpy(out_np))
     vals, idx = sort_with_indices(flat)
     if not bool(torch.isfinite(vals[:: d - 1]).all()):  # non-finite values sort to the ends
         raise_non_finite(flat, shape, owner)
@@ -246,7 +264,7 @@ def _prox_flat(
     y = _snap_ties(vals, y.to(flat.dtype))
     out = torch.empty_like(flat).scatter_(0, idx, y)
     _fill(stats, resolved, d, info, y)
-    return out
+    return _exact_single_cluster(flat, out)
 
 
 @register("weight_sharing")

@@ -73,7 +73,7 @@ def _check_temperature(temperature: float) -> None:
 def negate(value: ConstraintValue) -> ConstraintValue:
     """``-value`` (and ``-proxy``): turns ``gap <= tol`` into the lower side ``-gap <= tol``."""
     proxy = None if value.proxy is None else -value.proxy
-    return ConstraintValue(-value.value, proxy, value.indices)
+    return ConstraintValue(-value.value, proxy, value.indices, value.observed)
 
 
 def _conditional_gaps(
@@ -82,7 +82,8 @@ def _conditional_gaps(
     """``mean_g(p | w) - mean(p | w)`` for the hard and the soft predictions.
 
     ``w`` selects (or weights) the samples that count (``None``: all). Groups with no
-    counted sample get a gap of exactly zero (no evidence, no multiplier movement).
+    counted sample are marked unobserved (``observed`` False, value 0): no evidence, so
+    their multipliers do not move and they count as no violation.
     """
     if membership.dim() != 2 or membership.shape[0] != soft.shape[0]:
         raise ShapeError(
@@ -102,7 +103,7 @@ def _conditional_gaps(
     present = counts > 0
     hard = torch.where(present, (mt @ predicted) / counts.clamp_min(1.0) - overall_hard, 0.0)
     proxy = torch.where(present, (mt @ soft) / counts.clamp_min(1.0) - overall_soft, 0.0)
-    return ConstraintValue(hard.detach(), proxy)
+    return ConstraintValue(hard.detach(), proxy, observed=present)
 
 
 def positive_rates(
@@ -186,7 +187,12 @@ def equalized_odds(
     tpr = _conditional_gaps(hard, soft, membership, y > 0.5)
     fpr = _conditional_gaps(hard, soft, membership, y <= 0.5)
     assert tpr.proxy is not None and fpr.proxy is not None
-    return ConstraintValue(torch.cat([tpr.value, fpr.value]), torch.cat([tpr.proxy, fpr.proxy]))
+    assert tpr.observed is not None and fpr.observed is not None
+    return ConstraintValue(
+        torch.cat([tpr.value, fpr.value]),
+        torch.cat([tpr.proxy, fpr.proxy]),
+        observed=torch.cat([tpr.observed, fpr.observed]),
+    )
 
 
 def correctness(logits: Tensor, labels: Tensor, *, temperature: float = 1.0) -> ConstraintValue:

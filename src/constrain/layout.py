@@ -1,0 +1,389 @@
+"""Stacked constraint layout: where each constraint group lives in the stacked vectors.
+
+All dense constraint groups of a problem share one flat vector: group ``k`` occupies
+``[offset_k, offset_k + size_k)``. Stacking a :class:`~constrain.problem.ProblemState` is one
+``torch.cat`` plus two vectorised operations, whatever the number of groups. Per-sample
+(indexed) groups keep one multiplier per sample and only the entries observed in a
+minibatch are read and written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+import torch
+from torch import Tensor
+
+from ._errors import ConfigError, NonFiniteError, ShapeError, describe
+from .multipliers import Multipliers
+from .problem import ConstrainedProblem, Constraint, ProblemState, as_constraint_value
+
+__all__ = ["ConstraintLayout", "IndexedViolation", "StackedConstraints"]
+
+
+@dataclass
+class IndexedViolation:
+    """Observed entries of one per-sample constraint group.
+
+    Attributes:
+        violation: Standard-form true values ``g_i`` of the observed samples (detached).
+        primal: Standard-form values the primal player differentiates (proxy or true).
+        indices: Sample indices (int64), one per entry, unique within a batch.
+        equality: True if the group is an equality constraint (multipliers of any sign).
+    """
+
+    violation: Tensor
+    primal: Tensor
+    indices: Tensor
+    equality: bool = False
+
+
+@dataclass
+class StackedConstraints:
+    """All constraint values of one evaluation, in standard form.
+
+    Attributes:
+        violation: Dense true violations, one per dense constraint entry (detached); drives
+            the multipliers.
+        primal: Dense values seen by the primal player (proxies where given), with graph.
+        equality: Boolean mask of the dense entries that are equality constraints.
+        per_sample: Observed entries of each per-sample group, by name.
+        observed: Boolean mask of the dense entries measured by this evaluation (``None``:
+            all). Unobserved entries have violation 0, no primal term and get no
+            multiplier update.
+    """
+
+    violation: Tensor
+    primal: Tensor
+    equality: Tensor
+    per_sample: dict[str, IndexedViolation] = field(default_factory=dict)
+    observed: Tensor | None = None
+
+
+class ConstraintLayout:
+    """Where each constraint group lives in the stacked vectors.
+
+    Built once from the problem declaration and the first evaluation (to infer sizes that
+    were not declared), then reused at every step.
+
+    Args:
+        problem: The problem.
+        state: A first evaluation (used to infer undeclared sizes and the dtype/device).
+    """
+
+    def __init__(self, problem: ConstrainedProblem, state: ProblemState) -> None:
+        self.dense: list[Constraint] = []
+        self.per_sample: list[Constraint] = []
+        sizes: list[int] = []
+        reference = state.objective
+        if not isinstance(reference, Tensor):
+            raise ShapeError(
+                f"{type(problem).__name__}: the objective must be a scalar tensor; got "
+                f"{describe(reference)}."
+            )
+        if reference.numel() != 1:
+            raise ShapeError(
+                f"{type(problem).__name__}: the objective must be a scalar; got a tensor of "
+                f"shape {tuple(reference.shape)}. Reduce it with .mean() or .sum()."
+            )
+        for c in problem.all_constraints:
+            if c.per_sample:
+                self.per_sample.append(c)
+                continue
+            value = as_constraint_value(c.name, state.constraints[c.name])
+            n = value.value.numel()
+            if c.size is not None and n != c.size:
+                raise ShapeError(
+                    f"constraint {c.name!r} is declared with size {c.size} but its value has "
+                    f"{n} entries (shape {tuple(value.value.shape)})."
+                )
+            if isinstance(c.rhs, tuple) and len(c.rhs) != n:
+                raise ShapeError(
+                    f"constraint {c.name!r} has {len(c.rhs)} right-hand sides for {n} entries."
+                )
+            self.dense.append(c)
+            sizes.append(n)
+        self.sizes = sizes
+        self.offsets = [0]
+        for n in sizes:
+            self.offsets.append(self.offsets[-1] + n)
+        self.num_dense = self.offsets[-1]
+        self.problem = problem
+        self.dtype = dual_dtype(reference, [state.constraints[c.name] for c in self.dense])
+        self.device = reference.device
+        sign, equality = [], []
+        for c, n in zip(self.dense, sizes, strict=True):
+            sign.append(torch.full((n,), c.sign, dtype=self.dtype))
+            equality.append(torch.full((n,), c.is_equality, dtype=torch.bool))
+        empty = torch.zeros(0, dtype=self.dtype)
+        self.sign = (torch.cat(sign) if sign else empty).to(self.device)
+        self.equality = (torch.cat(equality) if equality else empty.bool()).to(self.device)
+        self.names = [c.name for c in self.dense]
+        self._per_sample_names = {c.name for c in self.per_sample}
+        self._rhs_values: tuple[object, ...] | None = None
+        self._set_rhs(self._current_rhs())
+        self.has_equality = bool(self.equality.any()) or any(c.is_equality for c in self.per_sample)
+
+    # -- right-hand sides -------------------------------------------------------------
+    def _current_rhs(self) -> tuple[object, ...]:
+        """The dense groups' right-hand sides as the problem declares them now (a field
+        named by ``rhs=`` can change between steps: schedules, tightening)."""
+        current = {c.name: c for c in self.problem.all_constraints}
+        return tuple(current[c.name].rhs if c.name in current else c.rhs for c in self.dense)
+
+    def _set_rhs(self, values: tuple[object, ...]) -> None:
+        if values == self._rhs_values:
+            return
+        parts = []
+        for value, n in zip(values, self.sizes, strict=True):
+            parts.append(
+                torch.as_tensor(value, dtype=self.dtype).expand(n)
+                if isinstance(value, float)
+                else torch.tensor(value, dtype=self.dtype)
+            )
+        rhs = torch.cat(parts) if parts else torch.zeros(0, dtype=self.dtype)
+        self.rhs = rhs.to(self.device)
+        self._identity_form = bool((self.sign == 1).all()) and bool((self.rhs == 0).all())
+        self._shift = -self.sign * self.rhs
+        self._rhs_values = values
+
+    # -- bookkeeping ------------------------------------------------------------------
+    def labels(self) -> list[str]:
+        """One label per dense entry: ``name`` for scalars, ``name[i]`` otherwise."""
+        out: list[str] = []
+        for c, n in zip(self.dense, self.sizes, strict=True):
+            out.extend([c.name] if n == 1 else [f"{c.name}[{i}]" for i in range(n)])
+        return out
+
+    def slice_of(self, name: str) -> slice:
+        """The slice of dense group ``name`` in the stacked vectors."""
+        for k, c in enumerate(self.dense):
+            if c.name == name:
+                return slice(self.offsets[k], self.offsets[k + 1])
+        raise ConfigError(f"no dense constraint named {name!r}; known: {self.names}.")
+
+    def split(self, flat: Tensor) -> dict[str, Tensor]:
+        """Split a dense vector into its groups (views)."""
+        return {
+            c.name: flat[self.offsets[k] : self.offsets[k + 1]] for k, c in enumerate(self.dense)
+        }
+
+    def signature(self) -> dict[str, object]:
+        """A JSON description used to check that a checkpoint belongs to this problem."""
+        return {
+            "dense": [[c.name, c.sense, n] for c, n in zip(self.dense, self.sizes, strict=True)],
+            "per_sample": [[c.name, c.sense, c.size] for c in self.per_sample],
+        }
+
+    def init_multipliers(self, initial: Tensor | None = None) -> Multipliers:
+        """Zero multipliers (or ``initial`` broadcast) for every group."""
+        dense = torch.zeros(self.num_dense, dtype=self.dtype, device=self.device)
+        per_sample = {
+            c.name: torch.zeros(int(c.size or 0), dtype=self.dtype, device=self.device)
+            for c in self.per_sample
+        }
+        if initial is not None:
+            dense = dense + initial
+            per_sample = {k: v + initial for k, v in per_sample.items()}
+        return Multipliers(dense, per_sample)
+
+    # -- stacking ---------------------------------------------------------------------
+    def stack(self, state: ProblemState, step: int | None = None) -> StackedConstraints:
+        """Bring every constraint of ``state`` to standard form and stack the dense ones.
+
+        Implements ``violation = sign * (value - rhs)`` on the concatenated values.
+
+        Raises:
+            ShapeError: If a group's size changed since the layout was built, or a
+                per-sample group has indices out of range or repeated within the batch.
+        """
+        if self.dense:
+            self._set_rhs(self._current_rhs())
+        expected = len(self.dense) + len(self.per_sample)
+        if len(state.constraints) != expected:
+            self._raise_names(state)
+        values: list[Tensor] = []
+        primals: list[Tensor] = []
+        masks: list[Tensor | None] = []
+        any_proxy = False
+        for c in self.dense:
+            try:
+                raw = state.constraints[c.name]
+            except KeyError:
+                self._raise_names(state)
+            value = as_constraint_value(c.name, raw)
+            if value.value.device != self.device:
+                raise ShapeError(
+                    f"constraint {c.name!r} is on {value.value.device} but the model and the "
+                    f"multipliers are on {self.device}; compute it on the model's device."
+                )
+            values.append(value.value.reshape(-1))
+            masks.append(None if value.observed is None else value.observed.reshape(-1))
+            if value.proxy is not None:
+                any_proxy = True
+                primals.append(value.proxy.reshape(-1))
+            else:
+                primals.append(values[-1])
+        observed: Tensor | None = None
+        if values:
+            if any(v.numel() != n for v, n in zip(values, self.sizes, strict=True)):
+                self._raise_size_mismatch(values)
+            flat = torch.cat(values) if len(values) > 1 else values[0]
+            flat = flat.to(self.dtype)
+            violation = self._standard_form(flat)
+            if any_proxy:
+                primal = self._standard_form(torch.cat(primals).to(self.dtype))
+            else:
+                primal = violation
+            if any(m is not None for m in masks):
+                observed = torch.cat(
+                    [
+                        torch.ones(v.numel(), dtype=torch.bool, device=self.device)
+                        if m is None
+                        else m
+                        for v, m in zip(values, masks, strict=True)
+                    ]
+                )
+                violation = torch.where(observed, violation, 0.0)
+                primal = torch.where(observed, primal, 0.0)
+        else:
+            violation = primal = torch.zeros(0, dtype=self.dtype, device=self.device)
+        per_sample: dict[str, IndexedViolation] = {}
+        for c in self.per_sample:
+            per_sample[c.name] = self._stack_indexed(c, state.constraints.get(c.name))
+        # The signal is a copy: it must never share memory with a tensor of the user's (a
+        # constraint that returns a parameter itself would otherwise change under the
+        # optimizer step, and controllers keep signals in their state).
+        return StackedConstraints(
+            violation.detach().clone(), primal, self.equality, per_sample, observed
+        )
+
+    def _raise_names(self, state: ProblemState) -> NoReturn:
+        declared = [c.name for c in self.dense + self.per_sample]
+        missing = sorted(set(declared) - set(state.constraints))
+        extra = sorted(set(state.constraints) - set(declared))
+        if missing:
+            kind = "per-sample constraint" if missing[0] in self._per_sample_names else "constraint"
+            raise ConfigError(
+                f"evaluate() did not return {kind} {missing[0]!r}; returned "
+                f"{sorted(state.constraints)} (declared: {declared})."
+            )
+        raise ConfigError(
+            f"evaluate() returned constraint(s) {extra} that the problem does not declare "
+            f"(declared: {declared}). Declare every constraint up front: one that first "
+            "appears after the first step would be ignored."
+        )
+
+    def _standard_form(self, flat: Tensor) -> Tensor:
+        """``sign * (flat - rhs)`` as one fused operation (identity when already standard)."""
+        if self._identity_form:
+            return flat
+        return torch.addcmul(self._shift, self.sign, flat)
+
+    def _stack_indexed(self, c: Constraint, raw: object) -> IndexedViolation:
+        if raw is None:
+            raise ConfigError(f"evaluate() did not return per-sample constraint {c.name!r}.")
+        value = as_constraint_value(c.name, raw)
+        if value.indices is None:
+            raise ShapeError(
+                f"per-sample constraint {c.name!r} needs sample indices: return "
+                "ConstraintValue(value, indices=batch_indices)."
+            )
+        indices = value.indices.reshape(-1).long()
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= int(c.size or 0)):
+            raise ShapeError(
+                f"per-sample constraint {c.name!r}: indices must lie in [0, {c.size}); got "
+                f"[{int(indices.min())}, {int(indices.max())}]."
+            )
+        current = self._declared(c)
+        v = current.violation(value.value.reshape(-1).to(self.dtype))
+        p = v if value.proxy is None else current.violation(value.proxy.reshape(-1).to(self.dtype))
+        if indices.numel() > 1:
+            unique, inverse = torch.unique(indices, return_inverse=True)
+            if unique.numel() != indices.numel():
+                # A sample drawn several times (sampling with replacement, padding of a
+                # distributed sampler) counts once, with the mean of its values.
+                counts = torch.zeros_like(unique, dtype=self.dtype).index_add_(
+                    0, inverse, torch.ones_like(v)
+                )
+                v = torch.zeros_like(counts).index_add(0, inverse, v) / counts
+                p = torch.zeros_like(counts).index_add(0, inverse, p) / counts
+                indices = unique
+        return IndexedViolation(v.detach().clone(), p, indices, c.is_equality)
+
+    def _declared(self, c: Constraint) -> Constraint:
+        """The problem's current declaration of ``c`` (its rhs may have changed)."""
+        for current in self.problem.all_constraints:
+            if current.name == c.name:
+                return current
+        return c
+
+    def _raise_size_mismatch(self, values: list[Tensor]) -> None:
+        for c, n, v in zip(self.dense, self.sizes, values, strict=True):
+            if v.numel() != n:
+                raise ShapeError(
+                    f"constraint {c.name!r} returned {v.numel()} entries but has {n} "
+                    "multipliers (its size was fixed at the first evaluation); constraint "
+                    "groups must keep their size between steps."
+                )
+
+    def check_finite(
+        self, objective: Tensor | None, stacked: StackedConstraints, step: int
+    ) -> None:
+        """Raise :class:`NonFiniteError` naming the first non-finite quantity (the
+        objective is not checked when ``None``).
+
+        One device synchronisation in the common (all finite) case.
+        """
+        parts = [stacked.violation]
+        if objective is not None:
+            parts.append(objective.detach().reshape(1).to(self.dtype))
+        parts += [iv.violation for iv in stacked.per_sample.values()]
+        if bool(torch.isfinite(torch.cat(parts)).all()):
+            return
+        hint = (
+            "expected finite values; look for log(0), a division by zero, an overflow or NaN "
+            "in the data, or pass on_nonfinite='skip' to skip such steps"
+        )
+        if objective is not None and not bool(torch.isfinite(objective.detach()).all()):
+            raise NonFiniteError(f"the objective is {objective.item()} at step {step} ({hint}).")
+        for name, part in self.split(stacked.violation).items():
+            bad = ~torch.isfinite(part)
+            if bool(bad.any()):
+                where = bad.nonzero().reshape(-1)[:5].tolist()
+                raise NonFiniteError(
+                    f"constraint {name!r} is not finite at step {step} (entries {where}; "
+                    f"values {part[bad][:5].tolist()}; {hint})."
+                )
+        for name, iv in stacked.per_sample.items():
+            bad = ~torch.isfinite(iv.violation)
+            if bool(bad.any()):
+                raise NonFiniteError(
+                    f"per-sample constraint {name!r} is not finite at step {step} "
+                    f"(samples {iv.indices[bad][:5].tolist()}; values "
+                    f"{iv.violation[bad][:5].tolist()}; {hint})."
+                )
+
+
+def dual_dtype(objective: Tensor, constraints: list[object]) -> torch.dtype:
+    """The dtype of the stacked constraints and the multipliers: the widest floating dtype
+    among the objective and the constraint values, and at least float32.
+
+    Low-precision (bf16, fp16) objectives and constraints therefore never make the
+    multipliers low-precision (small increments would round away), and a constraint value
+    is never rounded to the objective's dtype before it is compared with its bound.
+    """
+    dtype = torch.float32
+    candidates: list[torch.dtype] = [objective.dtype]
+    for raw in constraints:
+        if isinstance(raw, Tensor):
+            candidates.append(raw.dtype)
+        else:
+            value = getattr(raw, "value", None)
+            if isinstance(value, Tensor):
+                candidates.append(value.dtype)
+    for candidate in candidates:
+        if candidate.is_floating_point:
+            dtype = torch.promote_types(dtype, candidate)
+    return dtype

@@ -1,0 +1,205 @@
+"""The primal side: the optimizer(s) of the model's parameters.
+
+:class:`PrimalSide` runs ``backward`` (with the cross-process gradient reduction and the
+non-finite gradient check) and the optimizer step(s), handing a closure to optimizers that
+need one (LBFGS). :func:`make_optimizer` builds an optimizer from a name.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from ._errors import ConfigError, NonFiniteError, describe
+from ._registry import Registry
+from .problem import ConstrainedProblem, ProblemState
+
+__all__ = ["OptimizerSpec", "PrimalSide", "SignalReducer", "make_optimizer"]
+
+logger = logging.getLogger("constrain")
+
+OptimizerSpec = torch.optim.Optimizer | Sequence[torch.optim.Optimizer]
+
+
+class SignalReducer(Protocol):
+    """Combines evaluations and gradients across processes (see
+    :class:`constrain.distributed.DistributedReducer`); the default does nothing."""
+
+    def reduce_state(self, problem: ConstrainedProblem, state: ProblemState) -> ProblemState: ...
+
+    def reduce_gradients(self, model: nn.Module) -> None: ...
+
+
+class LocalReducer:
+    """The reducer of a single process: nothing to combine."""
+
+    def reduce_state(self, problem: ConstrainedProblem, state: ProblemState) -> ProblemState:
+        return state
+
+    def reduce_gradients(self, model: nn.Module) -> None:
+        return None
+
+
+class PrimalSide:
+    """The model's optimizer(s), the gradient reduction and the gradient check.
+
+    Args:
+        model: The model.
+        optimizer: One ``torch.optim.Optimizer`` or a non-empty list of them.
+        reducer: Cross-process gradient reduction.
+        on_nonfinite: ``"raise"``: a NaN/Inf gradient raises :class:`NonFiniteError`
+            naming the parameters; ``"skip"``: the gradients are dropped and
+            :meth:`backward` returns False.
+
+    Raises:
+        ConfigError: If an optimizer is not a ``torch.optim.Optimizer``, no optimizer owns
+            a parameter of the model, or two optimizers own the same parameter.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: OptimizerSpec,
+        reducer: SignalReducer,
+        on_nonfinite: Literal["raise", "skip"],
+    ) -> None:
+        self.model = model
+        self.optimizers = _as_optimizers(optimizer)
+        self.reducer = reducer
+        self.on_nonfinite = on_nonfinite
+        self.group_of = _parameter_groups(self.optimizers, model)
+
+    def backward(self, loss: Tensor, step: int) -> bool:
+        """``zero_grad``, ``loss.backward()``, gradient reduction and check; False if the
+        gradients were dropped because one is not finite (``on_nonfinite="skip"``)."""
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        self.reducer.reduce_gradients(self.model)
+        return self._check_gradients(step)
+
+    def step(self, closure: Callable[[], Tensor] | None = None) -> None:
+        """Step every optimizer (with ``closure`` for those that require one)."""
+        for optimizer in self.optimizers:
+            if closure is not None and _needs_closure(optimizer):
+                optimizer.step(closure)  # type: ignore[arg-type]
+            else:
+                optimizer.step()
+
+    def _check_gradients(self, step: int) -> bool:
+        """Raise :class:`NonFiniteError` naming the parameters with a NaN/Inf gradient (or,
+        with ``on_nonfinite="skip"``, drop the gradients and skip the primal step)."""
+        grads = [(n, p.grad) for n, p in self.model.named_parameters() if p.grad is not None]
+        if not grads:
+            return True
+        sums = torch.stack([g.sum().to(torch.float64) for _, g in grads])
+        if bool(torch.isfinite(sums).all()):
+            return True
+        bad = [n for n, g in grads if not bool(torch.isfinite(g).all())]
+        if not bad:
+            return True
+        message = (
+            f"the gradient of parameter(s) {bad} is not finite at step {step} "
+            "although the objective and the constraints are finite (e.g. sqrt or log at 0, "
+            "or an overflow in backward); guard the offending operation or lower the lr."
+        )
+        if self.on_nonfinite == "raise":
+            raise NonFiniteError(message)
+        logger.warning("%s Primal step skipped.", message)
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        return False
+
+
+def _as_optimizers(optimizer: OptimizerSpec) -> list[torch.optim.Optimizer]:
+    items = [optimizer] if isinstance(optimizer, torch.optim.Optimizer) else optimizer
+    if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Sequence) or not items:
+        raise ConfigError(
+            "optimizer must be a torch.optim.Optimizer instance or a non-empty list of them; "
+            f"got {describe(optimizer)}."
+        )
+    for k, item in enumerate(items):
+        if not isinstance(item, torch.optim.Optimizer):
+            raise ConfigError(
+                f"optimizer #{k} must be a torch.optim.Optimizer instance; got {describe(item)}."
+            )
+    return list(items)
+
+
+def _parameter_groups(
+    optimizers: list[torch.optim.Optimizer], model: nn.Module
+) -> dict[int, tuple[int, int]]:
+    """``id(parameter) -> (optimizer index, group index)``.
+
+    Raises:
+        ConfigError: If no optimizer owns any parameter of a model that has parameters,
+            or two optimizers own the same parameter.
+    """
+    group_of: dict[int, tuple[int, int]] = {}
+    for k, optimizer in enumerate(optimizers):
+        for g, group in enumerate(optimizer.param_groups):
+            for p in group["params"]:
+                if id(p) in group_of and group_of[id(p)][0] != k:
+                    raise ConfigError(
+                        f"optimizers #{group_of[id(p)][0]} and #{k} both own a parameter of "
+                        "shape {tuple(p.shape)}; give each parameter to one optimizer."
+                    )
+                group_of[id(p)] = (k, g)
+    owned = [name for name, p in model.named_parameters() if id(p) in group_of]
+    if not owned and any(True for _ in model.parameters()):
+        raise ConfigError(
+            "the optimizer does not own any parameter of the model; build it from "
+            "model.parameters() (or named groups of them)."
+        )
+    return group_of
+
+
+def _needs_closure(optimizer: torch.optim.Optimizer) -> bool:
+    """True for optimizers whose ``step`` requires a closure (LBFGS)."""
+    parameter = inspect.signature(optimizer.step).parameters.get("closure")
+    return parameter is not None and parameter.default is inspect.Parameter.empty
+
+
+_OPTIMIZERS: Registry[type[torch.optim.Optimizer]] = Registry("optimizer")
+for _name, _cls in (
+    ("sgd", torch.optim.SGD),
+    ("adam", torch.optim.Adam),
+    ("adamw", torch.optim.AdamW),
+    ("rmsprop", torch.optim.RMSprop),
+    ("adagrad", torch.optim.Adagrad),
+    ("lbfgs", torch.optim.LBFGS),
+):
+    _OPTIMIZERS.add(_name, _cls)
+
+
+def make_optimizer(
+    spec: str | torch.optim.Optimizer, params: Iterable[nn.Parameter], **options: Any
+) -> torch.optim.Optimizer:
+    """Build a primal optimizer from a name (``sgd``, ``adam``, ...) or pass one through.
+
+    Raises:
+        UnknownNameError: For an unknown name (lists the known ones).
+        ConfigError: For invalid options (the optimizer's own message, with its name), or
+            a learning rate that is not a finite number.
+    """
+    if isinstance(spec, torch.optim.Optimizer):
+        return spec
+    cls = _OPTIMIZERS.get(spec)
+    lr = options.get("lr")
+    if lr is not None and (
+        isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr)
+    ):
+        raise ConfigError(
+            f"optimizer {spec!r}: lr must be a finite number; got {lr!r}. A NaN or infinite "
+            "learning rate would turn every parameter non-finite at the first step."
+        )
+    try:
+        return cls(params, **options)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid options for optimizer {spec!r} {options}: {exc}") from None

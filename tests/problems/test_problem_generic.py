@@ -1,0 +1,138 @@
+"""The contract every registered problem meets: its default configuration round trips, its
+recommended controller settings name registered controllers, bad hyperparameters are
+refused naming the field, a run resumes exactly from a checkpoint, and the exact check
+(``constrain validate``) applies exactly where the table says.
+
+Parametrized from the registry through tests/problems/_problem_db.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from _problem_db import PROBLEM_DB, parametrize
+from _problem_db import info as row_of
+from torch import Tensor
+
+from constrain import ConfigError, RunConfig, blocks, controllers, get_problem, problem_names
+from constrain.checkpoint import load_checkpoint, save_checkpoint
+from constrain.runner import build_solver
+
+pytest.importorskip("sklearn")  # the data of iris-svm and the studies
+
+pytest_generate_tests = parametrize
+
+
+def config(name: str, **problem: Any) -> RunConfig:
+    """The default configuration with the row's (and then the given) problem hyperparameters."""
+    data = get_problem(name).default_config().model_dump()
+    data["problem"] = {**data["problem"], **row_of(name).problem, **problem}
+    return RunConfig.parse(data)
+
+
+def test_the_table_covers_exactly_the_registered_problems() -> None:
+    registered, rows = set(problem_names()), set(PROBLEM_DB)
+    assert not registered - rows, f"registered problems without a row: {registered - rows}"
+    assert not rows - registered, f"rows without a registered problem: {rows - registered}"
+
+
+def test_default_configuration_round_trips(problem_name: str) -> None:
+    spec = get_problem(problem_name)
+    assert spec.name == problem_name and spec.description
+    default = spec.default_config()
+    assert default.problem["name"] == problem_name
+    assert RunConfig.parse(default.model_dump()) == default
+
+
+def test_recommended_controller_settings_build(problem_name: str) -> None:
+    """``--controller NAME`` works for every registered controller; the problem's
+    recommended settings name registered controllers and are valid for them."""
+    spec = get_problem(problem_name)
+    assert set(spec.controller_defaults) <= set(controllers.names())
+    for name in controllers.names():
+        controller = controllers.build(spec.default_config(name).controller)
+        assert controller.name == name
+
+
+def test_bad_hyperparameters_are_refused_naming_the_field(
+    bad_problem_hyperparameters: tuple[str, dict[str, Any], str],
+) -> None:
+    name, params, field = bad_problem_hyperparameters
+    with pytest.raises(ConfigError) as info:
+        build_solver(get_problem(name), config(name, **params))
+    message = str(info.value)
+    assert f"\n  {field}:" in message, message
+    assert repr(name) in message
+
+
+def _snapshot(solver: Any) -> dict[str, Any]:
+    state = solver.state_dict()
+    records = [{k: v for k, v in r.items() if k != "seconds"} for r in state["history"]["records"]]
+    keys = ("model", "optimizer", "multipliers", "controller_state", "indexed_state")
+    return {**{k: state[k] for k in keys}, "step_count": state["step_count"], "history": records}
+
+
+def _assert_identical(a: Any, b: Any, where: str = "state") -> None:
+    if isinstance(a, Tensor):
+        assert isinstance(b, Tensor) and torch.equal(a, b), where
+    elif isinstance(a, Mapping):
+        assert isinstance(b, Mapping) and set(a) == set(b), where
+        for key in a:
+            _assert_identical(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for k, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_identical(x, y, f"{where}[{k}]")
+    else:
+        assert a == b or (a != a and b != b), f"{where}: {a!r} != {b!r}"
+
+
+def test_a_run_resumes_exactly_from_a_checkpoint(problem_to_build: str, tmp_path: Path) -> None:
+    """Three steps, a checkpoint, three more in a fresh solver: bit for bit the six-step run."""
+    spec, cfg = get_problem(problem_to_build), config(problem_to_build)
+    setup, reference = build_solver(spec, cfg)
+    reference.fit(setup.data, 6, batch=setup.batch, progress=False)
+    setup, first = build_solver(spec, cfg)
+    first.fit(setup.data, 3, batch=setup.batch, progress=False)
+    path = save_checkpoint(tmp_path / "run.pt", first)
+    torch.manual_seed(12345)  # the process state must not matter
+    setup, resumed = build_solver(spec, cfg)
+    resumed.load_state_dict(load_checkpoint(path)["solver"])
+    resumed.fit(setup.data, 3, batch=setup.batch, progress=False)
+    _assert_identical(_snapshot(reference), _snapshot(resumed))
+    assert all(bool(torch.isfinite(p).all()) for p in resumed.model.parameters())
+
+
+def _data(setup: Any) -> Any:
+    data = setup.extras.get("data")
+    return data if isinstance(data, Mapping) else setup.batch
+
+
+def test_validate_applies_where_the_table_says(problem_to_build: str) -> None:
+    """Problems marked ``validates`` have a CVXPY twin that solves; the others are refused
+    by ``constrain validate`` before any step, with a message saying why."""
+    pytest.importorskip("cvxpy")
+    from constrain.exact import validate_registered
+
+    spec, cfg = get_problem(problem_to_build), config(problem_to_build)
+    if row_of(problem_to_build).validates:
+        setup, _ = build_solver(spec, cfg)
+        solution = blocks.to_cvxpy(setup.problem, _data(setup)).solve()
+        assert solution.status in ("optimal", "optimal_inaccurate")
+    else:
+        with pytest.raises(ConfigError, match="cannot be validated exactly"):
+            validate_registered(spec, cfg.model_copy(update={"steps": 10**9}))
+
+
+@pytest.mark.slow  # full runs (seconds each); tests/test_validation.py runs some by default
+def test_validate_passes_with_the_defaults(validated_problem: str) -> None:
+    pytest.importorskip("cvxpy")
+    from constrain.exact import validate_registered
+
+    report = validate_registered(get_problem(validated_problem), config(validated_problem))
+    assert report["passed"], report["failures"]
+    assert report["multiplier_error"] < 1e-3 and report["primal_error"] < 1e-3

@@ -1,0 +1,114 @@
+"""The import graph follows the layers of the step: a lower layer never imports a higher one.
+
+problem/layout <- formulations, controllers, prox, regularization <- duals, primal,
+distributed <- solver <- runner, checkpoint <- cli. Every ``import`` statement of
+``src/constrain`` is checked, including those inside functions (``if TYPE_CHECKING``
+blocks, which never run, are exempt).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "constrain"
+
+# Lower numbers are lower layers; a module may import its own layer or lower ones.
+LAYERS: dict[str, int] = {
+    "_errors": 0, "_io": 0, "_registry": 0, "_components": 0, "_validation": 0,
+    "reference": 0, "_resume": 0, "_state_schema": 0,
+    "problem": 1, "variables": 1, "multipliers": 1,
+    "layout": 2, "blocks": 2, "history": 2,
+    "formulations": 3, "controllers": 3, "prox": 3, "regularization": 3, "recording": 3,
+    "studies": 3,
+    "duals": 4, "primal": 4, "distributed": 4,
+    "_checkpoint_state": 5,
+    "solver": 6,
+    "config": 7, "runner": 7, "checkpoint": 7, "plots": 7, "bench": 7, "exact": 7, "validation": 7,
+    "_run_folder": 7, "randomized": 7,
+    "cli": 8,
+    "__init__": 9,
+}  # fmt: skip
+
+
+def _layer_of(module: str) -> int:
+    head = module.split(".")[0]
+    assert head in LAYERS, f"module constrain.{module} has no layer in tests/test_layers.py"
+    return LAYERS[head]
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """``(line, imported constrain module)`` for every runtime import in ``path``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = path.relative_to(SRC).with_suffix("").parts
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in ast.walk(node):
+                skipped.add(id(child))
+    found = []
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = list(package[: len(package) - node.level])
+                parts = [*base, *(node.module.split(".") if node.module else [])]
+                names = [".".join(parts)] if parts and node.module else [
+                    ".".join([*parts, a.name]) for a in node.names
+                ]
+            elif node.module and node.module.startswith("constrain."):
+                names = [node.module.removeprefix("constrain.")]
+            else:
+                continue
+            found += [(node.lineno, n) for n in names if n]
+        elif isinstance(node, ast.Import):
+            found += [
+                (node.lineno, a.name.removeprefix("constrain."))
+                for a in node.names
+                if a.name.startswith("constrain.")
+            ]
+    return found
+
+
+MODULES = sorted(p for p in SRC.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=[str(p.relative_to(SRC)) for p in MODULES])
+def test_no_module_imports_a_higher_layer(path: Path) -> None:
+    own = path.relative_to(SRC).with_suffix("").parts
+    own_layer = _layer_of(own[0])
+    for line, imported in _imports(path):
+        if imported.split(".")[0] == own[0]:
+            continue  # inside one package
+        assert _layer_of(imported) <= own_layer, (
+            f"{path.relative_to(SRC)}:{line} imports constrain.{imported} (layer "
+            f"{_layer_of(imported)}) from layer {own_layer}; lower layers must not import "
+            "higher ones."
+        )
+
+
+def test_every_module_has_a_layer() -> None:
+    heads = {p.relative_to(SRC).parts[0].removesuffix(".py") for p in MODULES}
+    assert heads <= set(LAYERS), sorted(heads - set(LAYERS))
+
+
+@pytest.mark.parametrize(
+    ("old", "name", "new"),
+    [
+        ("constrain.multipliers", "ConstraintLayout", "constrain.layout"),
+        ("constrain.validation", "validate", "constrain.exact"),
+        ("constrain._validation", "build_component", "constrain._components"),
+        ("constrain.distributed", "shard_setup", "constrain.runner"),
+    ],
+)
+def test_old_module_paths_still_work_for_one_release(old: str, name: str, new: str) -> None:
+    import importlib
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        moved = getattr(importlib.import_module(old), name)
+    assert moved is getattr(importlib.import_module(new), name)
