@@ -17,10 +17,11 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# The main job: a constrained-training study with its report and figures under $(OUT)/.
+# The main job: a constrained-training study with its report and figures under $(OUT)/
+# (--overwrite: a rerun replaces the previous study's files).
 study: $(STAMP)
-	$(BIN)/constrain compare fairness-adult --controllers gda,nupi --out $(OUT)/fairness-adult
-	$(BIN)/constrain compare iris-svm --controllers gda,momentum,adam,nupi --out $(OUT)/iris-svm
+	$(BIN)/constrain compare fairness-adult --controllers gda,nupi --out $(OUT)/fairness-adult --overwrite
+	$(BIN)/constrain compare iris-svm --controllers gda,momentum,adam,nupi --out $(OUT)/iris-svm --overwrite
 
 # The default (fast) test suite; pytest's exit code 5 (no tests collected) is an error here.
 test: $(STAMP)

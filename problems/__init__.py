@@ -12,6 +12,7 @@ from __future__ import annotations
 from constrain.runner import ProblemSpec
 
 from .fairness_adult import FairnessAdult
+from .fairness_adult_rates import FairnessAdultRates
 from .feasible_learning import FeasibleLearningStudy
 from .iris_svm import IrisSVM
 from .lasso import LassoSpec
@@ -33,12 +34,14 @@ PROBLEMS: dict[str, type[ProblemSpec]] = {
         WeightSharingDigits,
         NeymanPearson,
         LassoSpec,
+        FairnessAdultRates,
     )
 }
 
 __all__ = [
     "PROBLEMS",
     "FairnessAdult",
+    "FairnessAdultRates",
     "FeasibleLearningStudy",
     "IrisSVM",
     "LassoSpec",

@@ -84,6 +84,41 @@ class AdultParams(BaseModel):
     max_train_samples: int | None = Field(default=None, ge=100)
 
 
+Split = tuple[Tensor, Tensor, Tensor]
+"""Features, labels in {0, 1} and the membership matrix of one split."""
+
+
+def adult_splits(
+    include_protected: bool,
+    min_group_size: int,
+    max_train_samples: int | None,
+    dtype: torch.dtype,
+) -> tuple[Groups, Split, Split]:
+    """UCI Adult as tensors: the intersectional ``sex x race`` groups (cells below
+    ``min_group_size`` training rows pooled per sex) and the training and test splits
+    ``(x, y, membership)``; ``max_train_samples`` keeps a fixed random subset of the training
+    rows (seed 0)."""
+    data = load_adult(include_protected)
+    X_train, y_train = data.X_train, data.y_train
+    protected_train = data.protected_train
+    if max_train_samples is not None and max_train_samples < len(y_train):
+        keep = np.sort(np.random.RandomState(0).permutation(len(y_train))[:max_train_samples])
+        X_train, y_train = X_train[keep], y_train[keep]
+        protected_train = {k: v[keep] for k, v in protected_train.items()}
+    groups = Groups.intersectional(protected_train, min_count=min_group_size)
+    train = (
+        torch.as_tensor(X_train, dtype=dtype),
+        torch.as_tensor(y_train, dtype=dtype),
+        groups.membership(protected_train, dtype=dtype),
+    )
+    test = (
+        torch.as_tensor(data.X_test, dtype=dtype),
+        torch.as_tensor(data.y_test, dtype=dtype),
+        groups.membership(data.protected_test, dtype=dtype),
+    )
+    return groups, train, test
+
+
 def make_classifier(num_features: int, kind: str, hidden: int) -> nn.Module:
     """Logistic regression ``s = w.x + b`` or ``s = w2 . relu(W1 x + b1) + b2``."""
     if kind == "logistic":
@@ -124,26 +159,9 @@ class FairnessAdult(ProblemSpec):
 
     def build(self, config: RunConfig) -> Setup:
         params = study_params(AdultParams, config)
-        data = load_adult(params.include_protected)
-        X_train, y_train = data.X_train, data.y_train
-        protected_train = data.protected_train
-        if params.max_train_samples is not None and params.max_train_samples < len(y_train):
-            keep = np.sort(
-                np.random.RandomState(0).permutation(len(y_train))[: params.max_train_samples]
-            )
-            X_train, y_train = X_train[keep], y_train[keep]
-            protected_train = {k: v[keep] for k, v in protected_train.items()}
-        groups = Groups.intersectional(protected_train, min_count=params.min_group_size)
         dtype = DTYPES[config.dtype]
-        train = (
-            torch.as_tensor(X_train, dtype=dtype),
-            torch.as_tensor(y_train, dtype=dtype),
-            groups.membership(protected_train, dtype=dtype),
-        )
-        test = (
-            torch.as_tensor(data.X_test, dtype=dtype),
-            torch.as_tensor(data.y_test, dtype=dtype),
-            groups.membership(data.protected_test, dtype=dtype),
+        groups, train, test = adult_splits(
+            params.include_protected, params.min_group_size, params.max_train_samples, dtype
         )
         num_features = train[0].shape[1]
 

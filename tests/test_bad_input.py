@@ -675,7 +675,46 @@ ROWS: list[Row] = [
         ("evil.yaml", "not valid", "python/object/apply"),
         cli=True,
     ),
+    Row(
+        "rate-unknown-name",
+        "rate constraint on a misspelled rate",
+        lambda t: _rate_constraint("fpt", "<=", 0.1),
+        ConfigError,
+        ("unknown rate 'fpt'", "false_positive_rate"),
+    ),
+    Row(
+        "rate-binary-labels",
+        "binary rate with labels other than 0 and 1",
+        lambda t: _rate("tpr", torch.zeros(3), torch.tensor([0.0, 2.0, 1.0])),
+        ConfigError,
+        ("true_positive_rate", "binary labels must be 0 or 1", "[2.0]"),
+    ),
+    Row(
+        "shrinking-infeasible",
+        "randomized solution asked to be feasible when no distribution is",
+        lambda t: _shrinking([0.0, 1.0], [[1.0], [2.0]], on_infeasible="raise"),
+        ConfigError,
+        ("no distribution over the 2 candidates", "is 1 > tolerance 0.0"),
+    ),
 ]
+
+
+def _rate_constraint(*args: Any, **kwargs: Any) -> Any:
+    from constrain.studies import rate_constraint
+
+    return rate_constraint(*args, **kwargs)
+
+
+def _rate(*args: Any, **kwargs: Any) -> Any:
+    from constrain.studies import rate
+
+    return rate(*args, **kwargs)
+
+
+def _shrinking(*args: Any, **kwargs: Any) -> Any:
+    from constrain import shrinking_distribution
+
+    return shrinking_distribution(*args, **kwargs)
 
 
 def test_the_table_has_at_least_30_rows() -> None:

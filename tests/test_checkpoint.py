@@ -94,6 +94,7 @@ _CONTROLLER_OPTIONS: dict[str, dict[str, Any]] = {
     "optimistic": {"lr": 0.1},
     "extragradient": {"lr": 0.1},
     "multiplicative": {"lr": 0.1},
+    "group_dro": {"lr": 0.1},
 }
 
 

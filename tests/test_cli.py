@@ -170,6 +170,7 @@ def test_compare_writes_its_report(capsys: pytest.CaptureFixture[str], tmp_path:
         "20",
         "--out",
         str(out),
+        "--overwrite",  # the folder holds the first comparison
         "--json",
     )
     assert [r["controller"] for r in data["runs"]] == ["gda", "nupi"]

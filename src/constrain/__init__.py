@@ -28,6 +28,14 @@ from .problem import (
     Regularizer,
     constraint,
 )
+from .randomized import (
+    CandidateDistribution,
+    RandomizedPredictor,
+    Snapshot,
+    Snapshots,
+    best_iterate,
+    shrinking_distribution,
+)
 from .runner import ProblemSpec, Reference, RunResult, Setup, get_problem, problem_names, run
 from .solver import Solver, SolveResult, make_optimizer, solve
 from .variables import Variables
@@ -36,6 +44,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AugmentedLagrangian",
+    "CandidateDistribution",
     "CheckpointError",
     "ConfigError",
     "ConstrainError",
@@ -52,12 +61,15 @@ __all__ = [
     "ProblemSpec",
     "ProblemState",
     "QuadraticPenalty",
+    "RandomizedPredictor",
     "Reference",
     "Regularizer",
     "RunConfig",
     "RunResult",
     "Setup",
     "ShapeError",
+    "Snapshot",
+    "Snapshots",
     "SolveResult",
     "Solver",
     "StepRecord",
@@ -66,6 +78,7 @@ __all__ = [
     "ValidationReport",
     "Variables",
     "__version__",
+    "best_iterate",
     "blocks",
     "constraint",
     "controllers",
@@ -75,6 +88,7 @@ __all__ = [
     "make_optimizer",
     "problem_names",
     "run",
+    "shrinking_distribution",
     "solve",
     "to_cvxpy",
     "validate",

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ._errors import CheckpointError, describe
 from ._resume import get_rng_state, set_rng_state
+from ._state_schema import check_solver_state
 from .duals import expect_equal
 from .history import History
 
@@ -85,6 +86,7 @@ def load_solver_state(solver: Solver, state: Mapping[str, Any]) -> None:
             f"unsupported solver state version {version!r}: this constrain reads versions "
             f"{list(_READABLE_VERSIONS)}. Resume with the constrain release that wrote it."
         )
+    check_solver_state(state)
     try:
         _load(solver, _upgrade(state))
     except KeyError as exc:

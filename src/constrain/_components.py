@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import types
+import typing
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from ._errors import ConfigError
+from ._errors import ConfigError, short_repr
 
 if TYPE_CHECKING:
     from ._registry import Registry
@@ -15,10 +18,12 @@ if TYPE_CHECKING:
 M = TypeVar("M", bound=BaseModel)
 
 __all__ = [
+    "bools_for_numbers",
     "build_component",
     "build_model",
     "field_owners",
     "format_validation_error",
+    "refuse_bools_for_numbers",
 ]
 
 
@@ -48,7 +53,10 @@ def format_validation_error(
                 )
             else:
                 msg = "unknown field (check its spelling)"
-        lines.append(f"  {field}: {msg}; received {received!r}")
+        if field == "(root)":  # a model-level check: its message names the fields
+            lines.append(f"  {msg}")
+        else:
+            lines.append(f"  {field}: {msg}; received {short_repr(received)}")
     return f"invalid {owner}:\n" + "\n".join(lines)
 
 
@@ -71,10 +79,92 @@ def build_model(
         ConfigError: Naming every offending field, what it expected and what it got (and,
             for an unknown field that other components of ``registry`` have, which).
     """
+    refuse_bools_for_numbers(cls, params, owner)
     try:
         return cls(**dict(params))
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, owner, registry)) from None
+
+
+def _is_bool(value: object) -> bool:
+    return isinstance(value, (bool, np.bool_))
+
+
+def _parts(annotation: Any) -> tuple[Any, ...]:
+    """The alternatives of a union (or ``Annotated``) annotation, else the annotation."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _parts(typing.get_args(annotation)[0])
+    if origin is typing.Union or origin is types.UnionType:
+        return tuple(p for arg in typing.get_args(annotation) for p in _parts(arg))
+    return (annotation,)
+
+
+def _admits_bool(annotation: Any) -> bool:
+    for part in _parts(annotation):
+        if part in (bool, Any, object) or isinstance(part, typing.TypeVar):
+            return True
+        if typing.get_origin(part) is typing.Literal and any(
+            isinstance(a, bool) for a in typing.get_args(part)
+        ):
+            return True
+    return False
+
+
+def _item_annotations(annotation: Any) -> list[Any]:
+    """Item annotations of the sequence alternatives (``tuple[float, ...]`` -> ``float``)."""
+    items = []
+    for part in _parts(annotation):
+        if typing.get_origin(part) in (tuple, list, set, frozenset):
+            items += [a for a in typing.get_args(part) if a is not Ellipsis]
+    return items
+
+
+def _numeric(annotation: Any) -> bool:
+    return any(part in (int, float, complex) for part in _parts(annotation))
+
+
+def bools_for_numbers(cls: type[BaseModel], data: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Fields of ``cls`` that ``data`` gives a bool although they take numbers.
+
+    pydantic (lax mode) reads ``True`` as ``1`` and ``1.0``, so ``steps=True`` or
+    ``--set controller.lr=true`` would run with 1: bool is not a number here. Checks a bool
+    for a numeric field, a sequence holding a bool for a sequence of numbers, and recurses
+    into nested models given as mappings. Returns ``"field: ... received True"`` lines.
+    """
+    lines = []
+    fields = cls.model_fields
+    for name, value in data.items():
+        field = fields.get(name) if isinstance(name, str) else None
+        if field is None:
+            continue
+        annotation, path = field.annotation, f"{prefix}{name}"
+        if _is_bool(value):
+            if not _admits_bool(annotation) and _numeric(annotation):
+                lines.append(
+                    f"  {path}: expected a number, not a bool (true/false is not 1/0 here); "
+                    f"received {value!r}"
+                )
+        elif isinstance(value, (list, tuple)) and any(_is_bool(v) for v in value):
+            items = _item_annotations(annotation)
+            if items and not any(_admits_bool(a) for a in items) and any(map(_numeric, items)):
+                lines.append(
+                    f"  {path}: expected numbers, not bools (true/false is not 1/0 here); "
+                    f"received {short_repr(value)}"
+                )
+        elif isinstance(value, Mapping):
+            for part in _parts(annotation):
+                if isinstance(part, type) and issubclass(part, BaseModel):
+                    lines += bools_for_numbers(part, value, f"{path}.")
+    return lines
+
+
+def refuse_bools_for_numbers(cls: type[BaseModel], data: Mapping[str, Any], owner: str) -> None:
+    """Raise :class:`ConfigError` if ``data`` gives a bool for a numeric field of ``cls``
+    (see :func:`bools_for_numbers`)."""
+    lines = bools_for_numbers(cls, data)
+    if lines:
+        raise ConfigError(f"invalid {owner}:\n" + "\n".join(lines))
 
 
 def build_component(

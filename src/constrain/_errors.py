@@ -7,7 +7,13 @@ how to fix it.
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 3
+_REPR.maxdict = _REPR.maxlist = _REPR.maxtuple = _REPR.maxset = 6
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 80
 
 __all__ = [
     "CheckpointError",
@@ -17,6 +23,7 @@ __all__ = [
     "ShapeError",
     "UnknownNameError",
     "describe",
+    "short_repr",
 ]
 
 
@@ -55,7 +62,20 @@ def describe(value: Any) -> str:
         torch = None  # type: ignore[assignment]
     if torch is not None and isinstance(value, torch.Tensor):
         return f"tensor(shape={tuple(value.shape)}, dtype={value.dtype}, device={value.device})"
-    text = repr(value)
-    if len(text) > 80:
-        text = text[:77] + "..."
-    return f"{text} ({type(value).__name__})"
+    return f"{short_repr(value)} ({type(value).__name__})"
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` bounded in size however large or deeply nested ``value`` is.
+
+    Containers are shown to a depth of 3 and 6 items per level (``reprlib``), and the text
+    is cut to ``limit`` characters, so that an error message never prints (or spends time
+    expanding) a huge input such as a YAML alias bomb.
+    """
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # a broken __repr__ must not hide the real error
+        text = f"<{type(value).__name__} object>"
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text

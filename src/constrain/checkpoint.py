@@ -12,11 +12,14 @@ to a temporary file in the same folder and renamed (:func:`constrain._io.atomic_
 a process killed at any moment leaves either the previous file set or the new complete
 file, never a partial one under the final name. Before loading, the archive's CRC-32
 checksums are verified, so a truncated or bit-flipped file is reported as corrupt
-instead of silently yielding wrong numbers.
+instead of silently yielding wrong numbers, and the whole solver state is checked against
+its schema (:mod:`constrain._state_schema`): a crafted or damaged value anywhere is reported
+naming its field, before any of it is used.
 
 A run folder holds ``checkpoints/step-000001000.pt`` files; the newest ``keep`` (default 2)
-are kept. :func:`load_latest` loads the newest readable one and falls back to the one
-before it if the newest is corrupt.
+*of the run that owns the folder* are kept (see :mod:`constrain._run_folder`; files of
+other runs are never deleted). :func:`load_latest` loads the newest readable one and falls
+back to the one before it if the newest is corrupt.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ import torch
 
 from ._errors import CheckpointError, ConfigError
 from ._io import atomic_write
+from ._run_folder import RunFolder, deferred_signals
+from ._state_schema import check_checkpoint_meta, check_solver_state
 from .config import RunConfig
 from .solver import Solver
 
@@ -110,6 +115,21 @@ def save_checkpoint(
     return path
 
 
+def _odd_member(archive: zipfile.ZipFile) -> str | None:
+    """What is wrong with the first member that ``torch.save`` would not have written:
+    a folder entry (by name, or by the MS-DOS folder attribute, which torch's reader
+    honours and then reads no data), a compressed member, or one whose sizes disagree.
+    Such an entry means the central directory was damaged; its CRC-32 may still pass."""
+    for info in archive.infolist():
+        if info.filename.endswith("/") or info.external_attr & 0x10:
+            return f"member {info.filename!r} is marked as a folder"
+        if info.compress_type != zipfile.ZIP_STORED:
+            return f"member {info.filename!r} has compression method {info.compress_type}"
+        if info.file_size != info.compress_size:
+            return f"member {info.filename!r} has inconsistent sizes"
+    return None
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint with ``torch.load(..., weights_only=True)`` after verifying it.
 
@@ -117,21 +137,31 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         The payload: ``{"format", "version", "meta", "solver"}``; tensors on the CPU.
 
     Raises:
-        CheckpointError: If the file is missing, truncated, corrupt (a CRC-32 mismatch),
-            holds objects other than tensors and plain containers, or is not a constrain
-            checkpoint of a supported version.
+        CheckpointError: If the file is missing, truncated, corrupt (a CRC-32 mismatch or
+            any damage to the archive's structure), holds objects other than tensors and
+            plain containers, is not a constrain checkpoint of a supported version, or
+            holds a solver state or metadata that does not fit their schema (naming the
+            field).
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist (expected a file).")
     try:
         with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, UnicodeDecodeError, ValueError) as exc:
+            odd = _odd_member(archive)
+            bad = None if odd else archive.testzip()
+    except Exception as exc:  # the loader boundary: damage surfaces as many error types
+        # (BadZipFile, NotImplementedError for a flipped compression method, EOFError,
+        # zlib.error, UnicodeDecodeError, struct.error, OverflowError, ...)
         raise CheckpointError(
             f"checkpoint {str(path)!r} is corrupt or truncated (expected a complete torch.save "
             f"archive; reading it failed: {type(exc).__name__}: {exc})."
         ) from None
+    if odd is not None:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupt: its zip directory is damaged ({odd}; "
+            "expected the uncompressed files torch.save writes)."
+        )
     if bad is not None:
         raise CheckpointError(
             f"checkpoint {str(path)!r} is corrupt: member {bad!r} fails its CRC-32 check "
@@ -160,6 +190,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             f"checkpoint {str(path)!r} lacks its 'meta' or 'solver' section (expected both)."
         )
+    try:
+        check_solver_state(payload["solver"])
+        check_checkpoint_meta(payload["meta"], payload["solver"]["step_count"])
+    except CheckpointError as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r}: {exc}") from None
+    except RecursionError:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is nested too deeply to be a solver state."
+        ) from None
     return payload
 
 
@@ -196,19 +235,17 @@ def load_latest(directory: str | Path) -> tuple[Path, dict[str, Any]]:
     )
 
 
-def _run_folder(path: Path) -> Path:
+def _folder_of(path: Path) -> Path:
     """The run folder of ``path``: a run folder, its ``checkpoints/`` folder or a file in it."""
     if path.is_file():
         path = path.parent
     return path.parent if path.name == "checkpoints" else path
 
 
-def _prune(folder: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints and stale temporary files."""
-    for _, path in list_checkpoints(folder)[:-keep]:
-        path.unlink(missing_ok=True)
-    for stale in folder.glob(".step-*.tmp"):
-        stale.unlink(missing_ok=True)
+def _prune(folder: RunFolder, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints *of this run* (never another run's)."""
+    for _, path in folder.own_checkpoints()[:-keep]:
+        folder.forget(path)
 
 
 def _check_compatible(meta: Mapping[str, Any], config: RunConfig, where: Path) -> None:
@@ -244,6 +281,7 @@ def run_with_checkpoints(
     progress: bool | None = None,
     keep: int = 2,
     figures: bool = True,
+    overwrite: bool = False,
 ) -> Any:
     """Run a registered problem, saving a checkpoint every ``every`` steps and at the end.
 
@@ -251,28 +289,36 @@ def run_with_checkpoints(
     with ``steps=2000`` runs 1000 more, and the result is bit-for-bit that of an
     uninterrupted 2000-step run.
 
+    The run folder is checked and locked before the first step
+    (:mod:`constrain._run_folder`): a folder holding a previous run is refused unless
+    ``overwrite`` (the previous run's files are deleted, and only those) or ``resume``
+    names it (the run continues there and owns its checkpoints). A first SIGINT/SIGTERM
+    stops the run after the current step, writes a checkpoint and the report (marked
+    ``"interrupted": true``) and raises :class:`constrain._run_folder.RunInterrupted`.
+
     Args:
         config: The run configuration.
         out: Run folder (checkpoints go to ``out/checkpoints``, the report to ``out``);
-            defaults to ``resume``.
+            defaults to the folder of ``resume``.
         every: Checkpoint interval in steps; ``None`` on resume reuses the saved interval.
         resume: Run folder (or checkpoint file) to continue from.
         progress: Progress bar.
-        keep: Number of checkpoints kept (>= 1); older ones are deleted after a new one is
-            written, so with 2 a damaged newest file still leaves a good one.
+        keep: Number of this run's checkpoints kept (>= 1); older ones are deleted after a
+            new one is written, so with 2 a damaged newest file still leaves a good one.
         figures: Write figures with the report.
+        overwrite: Replace a previous run in ``out`` (not with ``resume`` of that folder).
 
     Returns:
         A :class:`constrain.runner.RunResult`.
 
     Raises:
-        ConfigError: For a non-positive ``every`` or ``keep``, no folder to write to, or
-            fewer total steps than the checkpoint already has.
+        ConfigError: For a non-positive ``every`` or ``keep``, no folder to write to, a
+            folder that is unusable, in use or holds another run, or fewer total steps
+            than the checkpoint already has.
         CheckpointError: If the checkpoint is unreadable or belongs to another problem or
             configuration.
     """
-    from .distributed import is_main_process, world_size
-    from .runner import RunResult, build_solver, get_problem, summarize, write_report
+    from .runner import _single_process, check_optimizer, claim_folder, get_problem
 
     if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
         raise ConfigError(f"--checkpoint-every must be a positive integer; got {every!r}.")
@@ -282,8 +328,51 @@ def run_with_checkpoints(
         raise ConfigError(
             "--checkpoint-every needs --out DIR (the folder the checkpoints are written to)."
         )
-    folder = Path(out) if out is not None else _run_folder(Path(resume))  # type: ignore[arg-type]
+    if resume is not None:
+        if isinstance(resume, str) and not resume.strip():
+            raise ConfigError(
+                "--resume '' is empty; expected the run folder (or checkpoint file) to "
+                "continue, e.g. --resume runs/simplex."
+            )
+        source = Path(resume)
+        if not source.is_file() and not list_checkpoints(source):
+            raise CheckpointError(
+                f"no checkpoint in {str(source)!r} (expected files checkpoints/step-*.pt "
+                "written by `constrain run ... --checkpoint-every K --out DIR`)."
+            )
+        home = _folder_of(source)
+        target = Path(out) if out is not None else home
+        same = target.resolve() == home.resolve()
+    else:
+        target, same = Path(out), False  # type: ignore[arg-type]
     spec = get_problem(config.problem["name"])
+    check_optimizer(config.optimizer)
+    with deferred_signals(enabled=_single_process()) as stop:
+        folder = claim_folder(
+            out if out is not None else target, config, overwrite=overwrite, resume=same
+        )
+        try:
+            return _run_in(folder, spec, config, resume, every, keep, progress, figures, stop)
+        finally:
+            if folder is not None:
+                folder.release()
+
+
+def _run_in(
+    folder: RunFolder | None,
+    spec: Any,
+    config: RunConfig,
+    resume: str | Path | None,
+    every: int | None,
+    keep: int,
+    progress: bool | None,
+    figures: bool,
+    stop: Any,
+) -> Any:
+    """The body of :func:`run_with_checkpoints` once the folder is claimed."""
+    from .distributed import is_main_process, world_size
+    from .runner import build_solver, execute
+
     setup, solver = build_solver(spec, config)
     if resume is not None:
         path, payload = load_latest(Path(resume))
@@ -293,12 +382,15 @@ def run_with_checkpoints(
         if every is None:
             saved_every = payload["meta"].get("every")
             every = saved_every if isinstance(saved_every, int) and saved_every > 0 else None
+        if folder is not None:
+            folder.note_resume(solver.step_count, path)
         logger.info("resumed %s from %s at step %d", spec.name, path, solver.step_count)
     remaining = config.steps - solver.step_count
     if remaining < 0:
         raise ConfigError(
-            f"steps={config.steps} but the checkpoint is already at step {solver.step_count}; "
-            f"--steps is the total number of steps: give at least {solver.step_count}."
+            f"steps={config.steps} but the checkpoint is already at step "
+            f"{solver.step_count}; --steps is the total number of steps: give at least "
+            f"{solver.step_count}."
         )
     meta = {
         "problem": spec.name,
@@ -312,23 +404,31 @@ def run_with_checkpoints(
     def save() -> None:
         nonlocal saved_at
         saved_at = solver.step_count
-        if not is_main_process():
+        if folder is None or not is_main_process():
             return
-        target = checkpoint_path(folder, solver.step_count)
-        save_checkpoint(target, solver, meta)
-        _prune(target.parent, keep)
-        logger.info("checkpoint written: %s", target)
+        written = save_checkpoint(checkpoint_path(folder.path, solver.step_count), solver, meta)
+        folder.record(written)
+        _prune(folder, keep)
+        logger.info("checkpoint written: %s", written)
 
     def callback(current: Solver, record: Any) -> None:
         if every is not None and current.step_count % every == 0:
             save()
 
-    start = time.perf_counter()
-    solver.fit(setup.data, remaining, batch=setup.batch, progress=progress, callback=callback)
-    seconds = time.perf_counter() - start
-    if every is not None and solver.step_count != saved_at:
-        save()
-    summary = summarize(spec, config, setup, solver, seconds)
-    if is_main_process():
-        write_report(folder, spec, config, setup, solver, summary, figures=figures)
-    return RunResult(summary, solver, setup, config)
+    def at_end(interrupted: bool) -> None:
+        if (every is not None or interrupted) and solver.step_count != saved_at:
+            save()
+
+    return execute(
+        spec,
+        config,
+        setup,
+        solver,
+        folder,
+        remaining,
+        progress=progress,
+        figures=figures,
+        callback=callback,
+        at_end=at_end,
+        stop=stop,
+    )

@@ -4,29 +4,32 @@ Commands:
     constrain list [--json]
     constrain show PROBLEM [--controller NAME] [--yaml] [--json]
     constrain run PROBLEM [--controller NAME] [--steps N] [--set KEY=VALUE ...]
-                  [--config FILE] [--out DIR] [--json]
+                  [--config FILE] [--out DIR [--overwrite]] [--checkpoint-every K]
+                  [--resume DIR] [--json]
     constrain compare PROBLEM --controllers "a,b(key=value,...),c" [--seeds N] [--steps N]
-                      [--set ...] [--out DIR] [--json]
+                      [--set ...] [--out DIR [--overwrite]] [--json]
     constrain validate PROBLEM [--controller NAME] [--steps N] [--json]
     constrain bench [prox|solver] [--quick]
 
 Errors in the configuration (unknown names, bad ``--set`` keys or values) exit with
 status 2 and one message naming the offending key; the process never ends in a bare
-traceback for bad input.
+traceback for bad input. A run folder (``--out``) is checked and locked before the first
+step; one holding a previous run is refused unless ``--overwrite`` or ``--resume`` says
+what to do with it. SIGINT (Ctrl-C) or SIGTERM stops a run after the current step, writes
+what exists (marked interrupted) and exits with 128 + the signal number (130, 143).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._errors import ConstrainError
+from ._errors import ConfigError, ConstrainError
+from ._io import strict_json_dumps
 
 __all__ = ["main"]
 
@@ -78,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
             help="override a config value, e.g. controller.kp=1 or optimizer.lr=0.01 (repeatable)",
         )
         p.add_argument("--config", type=Path, help="YAML/JSON run configuration to start from")
-        p.add_argument("--seed", type=int, help="random seed")
+        p.add_argument("--seed", type=int, help="random seed (an integer in [0, 2**63 - 1])")
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
         p.add_argument(
             "--progress",
@@ -95,7 +98,14 @@ def _parser() -> argparse.ArgumentParser:
     common(p_run)
     p_run.add_argument("--controller", help="multiplier controller (see `constrain list`)")
     p_run.add_argument(
-        "--out", type=Path, help="write a report (JSON, CSV, figures) into this folder"
+        "--out",
+        help="write a report (JSON, CSV, figures) into this folder (it must not hold "
+        "another run unless --overwrite or --resume)",
+    )
+    p_run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a previous run in --out (only that run's files are deleted)",
     )
     p_run.add_argument(
         "--checkpoint-every",
@@ -104,7 +114,10 @@ def _parser() -> argparse.ArgumentParser:
         help="save a checkpoint under --out every K steps",
     )
     p_run.add_argument(
-        "--resume", type=Path, metavar="DIR", help="resume from the latest checkpoint in DIR"
+        "--resume",
+        metavar="DIR",
+        help="resume from the latest checkpoint in DIR (and continue the run there, unless "
+        "--out names another folder)",
     )
 
     p_cmp = sub.add_parser(
@@ -131,10 +144,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     p_cmp.add_argument(
         "--out",
-        type=Path,
-        default=Path("runs/compare"),
+        default="runs/compare",
         help="report folder: compare.md, compare.json, figures and one run folder per entry "
         "(default: %(default)s)",
+    )
+    p_cmp.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a previous comparison in --out (only its files are deleted)",
     )
 
     p_val = sub.add_parser(
@@ -158,55 +175,74 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _base(args: argparse.Namespace, controller: str | None = None) -> tuple[Any, dict[str, Any]]:
-    """The problem's spec and the base configuration: the config file or the problem's
-    default, with ``--controller``, ``--steps`` and ``--seed`` applied (not ``--set``)."""
-    from .config import load_config
+    """The problem's spec and the base configuration data: the problem's defaults, the
+    ``--config`` file merged over them, then ``--controller``, ``--steps`` and ``--seed``
+    (not ``--set``)."""
+    from .config import merge_config, read_config_file
     from .runner import get_problem
 
     spec = get_problem(args.problem)
+    update: dict[str, Any] = {}
     if args.config is not None:
-        base = load_config(args.config).model_dump()
-        base["problem"] = {**base["problem"], "name": spec.name}
-        if controller is not None and base["controller"].get("name") != controller:
-            base["controller"] = {
-                "name": controller,
-                **spec.controller_defaults.get(controller, {}),
-            }
-    else:
-        base = spec.default_config(controller).model_dump()
+        update = read_config_file(args.config)
+        named = update.get("problem")
+        named = named.get("name") if isinstance(named, dict) else named
+        if named is not None and named != spec.name:
+            raise ConfigError(
+                f"config file {str(args.config)!r} is for problem {named!r} but the command "
+                f"line names {spec.name!r}; expected the same problem. Run `constrain "
+                f"{args.command} {named} --config {args.config}`, or drop problem.name from "
+                "the file."
+            )
+    file_controller = update.get("controller")
+    if isinstance(file_controller, dict):
+        file_controller = file_controller.get("name")
+    if controller is not None and file_controller not in (None, controller):
+        update.pop("controller")  # --controller wins, with the problem's recommended values
+    chosen = controller if controller is not None else file_controller
+    base = spec.default_config(chosen if isinstance(chosen, str) else None).model_dump()
+    data = merge_config(base, update)
     if args.steps is not None:
-        base["steps"] = args.steps
+        data["steps"] = args.steps
     if args.seed is not None:
-        base["seed"] = args.seed
-    return spec, base
+        data["seed"] = args.seed
+    return spec, data
+
+
+def _check_problem_name(args: argparse.Namespace, spec: Any, data: dict[str, Any]) -> None:
+    problem = data.get("problem")
+    named = problem.get("name") if isinstance(problem, dict) else problem
+    if named != spec.name:
+        raise ConfigError(
+            f"--set problem.name={named!r} conflicts with the problem named on the command line "
+            f"({spec.name!r}); expected the same name. Run `constrain {args.command} {named}` "
+            "to run that problem."
+        )
 
 
 def _config(args: argparse.Namespace, controller: str | None) -> Any:
+    """The run configuration: the problem's defaults, the ``--config`` file merged over
+    them, then ``--controller``, ``--steps``, ``--seed`` and ``--set``; validated once, as a
+    whole, and its components built once so that bad values fail before any work."""
     from .config import RunConfig, apply_overrides
+    from .runner import check_optimizer
 
-    spec, base = _base(args, controller)
-    data = apply_overrides(base, args.overrides)
+    spec, data = _base(args, controller)
+    data = apply_overrides(data, args.overrides)
+    _check_problem_name(args, spec, data)
     config = RunConfig.parse(data)
     # Build the components once now so that bad --set values fail before any work.
     from . import controllers, formulations
 
     controllers.build(config.controller)
     formulations.build(config.formulation)
+    check_optimizer(config.optimizer)
     return spec, config
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(_jsonable(obj), default=float) + "\n")
+def _print_json(obj: Any, flag: str | None = None) -> None:
+    """One strict JSON line (non-finite numbers as null, listed under ``flag``)."""
+    sys.stdout.write(strict_json_dumps(obj, flag=flag) + "\n")
 
 
 _REPORT_KEYS = {
@@ -323,22 +359,35 @@ def _cmd_run(args: argparse.Namespace) -> int:
             every=args.checkpoint_every,
             resume=args.resume,
             progress=args.progress,
+            overwrite=args.overwrite,
         )
     else:
-        result = run(config, out=args.out, progress=args.progress)
+        if args.overwrite and args.out is None:
+            raise ConfigError("--overwrite needs --out DIR (the folder whose run it replaces).")
+        result = run(config, out=args.out, progress=args.progress, overwrite=args.overwrite)
     if not _is_main_process():
         return 0
     if args.json:
-        _print_json(result.summary)
+        _print_json(result.summary, flag="nonfinite")
     else:
         print(_summary_table(result.summary))
         _print_group_tables(result.summary)
-        if args.out is not None:
-            print(f"report written to {args.out}")
+        if args.out is not None or args.resume is not None:
+            print(f"report written to {result_folder(args)}")
     return 0
 
 
+def result_folder(args: argparse.Namespace) -> str:
+    """The folder ``run`` wrote its report into."""
+    if args.out is not None:
+        return str(args.out)
+    from .checkpoint import _folder_of
+
+    return str(_folder_of(Path(args.resume)))
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
+    from ._run_folder import RunFolder
     from .comparison import (
         entry_configs,
         format_table,
@@ -352,26 +401,33 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     entries = parse_entries(args.controllers)
     configs = entry_configs(spec, base, entries, args.overrides)  # validate all before any run
     if args.seeds < 1:
-        from ._errors import ConfigError
-
         raise ConfigError(f"--seeds must be >= 1; got {args.seeds}.")
+    out = Path(args.out)
     logger.info(
         "comparing %d entries x %d seed(s) on %s; report folder: %s",
         len(configs),
         args.seeds,
         spec.name,
-        args.out,
+        out,
     )
-    comparison = run_comparison(spec, configs, args.out, seeds=args.seeds, progress=args.progress)
+    labels = [entry.label for entry, _ in configs]
+    with RunFolder.claim(
+        args.out, overwrite=args.overwrite, info={"problem": spec.name, "compare": labels}
+    ) as folder:
+        comparison = run_comparison(
+            spec, configs, out, seeds=args.seeds, progress=args.progress, overwrite=args.overwrite
+        )
+        written = write_comparison(comparison, spec, out) if _is_main_process() else []
+        folder.record(*written)
+        folder.finish("finished")
     if not _is_main_process():
         return 0
-    written = write_comparison(comparison, spec, args.out)
     if args.json:
         data = comparison.to_dict()
-        data["figures"] = [str(args.out / f) for f in data["figures"]]
+        data["figures"] = [str(out / f) for f in data["figures"]]
         data["figure"] = data["figures"][0] if data["figures"] else None
-        data["report"] = str(args.out / "compare.md")
-        _print_json(data)
+        data["report"] = str(out / "compare.md")
+        _print_json(data, "nonfinite")
         return 0
     print(format_table(comparison))
     steps = comparison.to_dict()["steps"]
@@ -383,8 +439,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if figures:
         print(f"figure written to {figures[0]}")
     print(
-        f"report written to {args.out}: compare.md, compare.json, "
-        + ", ".join(p.name for p in figures)
+        f"report written to {out}: compare.md, compare.json, " + ", ".join(p.name for p in figures)
     )
     return 0
 
@@ -466,9 +521,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConstrainError as exc:
         sys.stderr.write(f"constrain: error: {exc}\n")
         return 2
-    except KeyboardInterrupt:  # pragma: no cover
+    except KeyboardInterrupt as exc:
+        from ._run_folder import RunInterrupted
+
+        if isinstance(exc, RunInterrupted) and exc.folder is not None:
+            from .checkpoint import list_checkpoints
+
+            hint = (
+                f"continue with --resume {exc.folder}"
+                if list_checkpoints(exc.folder)
+                else "no checkpoint (run with --checkpoint-every K to be able to resume)"
+            )
+            sys.stderr.write(
+                f"constrain: interrupted after {max(exc.step, 0)} steps; what exists was "
+                f'written to {exc.folder} (summary.json says "interrupted": true); {hint}.\n'
+            )
+            return exc.exit_status
         sys.stderr.write("constrain: interrupted\n")
-        return 130
+        return exc.exit_status if isinstance(exc, RunInterrupted) else 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -31,7 +31,7 @@ import numpy as np
 import yaml
 
 from ._errors import ConfigError
-from ._io import atomic_write_text
+from ._io import atomic_write_text, strict_json_dumps
 from .config import RunConfig, apply_overrides, parse_override
 from .history import LATE_FRACTION, History
 from .runner import ProblemSpec, run
@@ -358,12 +358,22 @@ def entry_configs(
                 ", ".join(applied[text]),
                 "; ".join(skipped[text]),
             )
+    from .runner import check_optimizer
+
     out = []
     for entry, data in prepared:
+        problem = data.get("problem")
+        named = problem.get("name") if isinstance(problem, Mapping) else problem
+        if named != spec.name:
+            raise ConfigError(
+                f"entry {entry.label!r} sets problem.name={named!r}; a comparison runs one "
+                f"problem ({spec.name!r}). Compare settings of {spec.name!r} only."
+            )
         try:
             config = RunConfig.parse(data)
             controllers.build(config.controller)
             formulations.build(config.formulation)
+            check_optimizer(config.optimizer)
         except ConfigError as exc:
             raise ConfigError(f"entry {entry.label!r}: {exc}") from None
         out.append((entry, config))
@@ -489,11 +499,13 @@ def run_comparison(
     *,
     seeds: int = 1,
     progress: bool | None = None,
+    overwrite: bool = False,
 ) -> Comparison:
     """Run every entry with ``seeds`` seeds (the config's seed, then the next ones).
 
     Each run writes its report (without figures) under ``out/<entry>`` (``out/<entry>/seed-S``
-    with several seeds).
+    with several seeds); ``overwrite`` replaces previous runs there (see
+    :func:`constrain.run`).
 
     Raises:
         ConfigError: If ``seeds < 1``.
@@ -514,7 +526,9 @@ def run_comparison(
             run_config = config.model_copy(update={"seed": seed})
             where = out / folder if seeds == 1 else out / folder / f"seed-{seed}"
             logger.info("compare %s: entry %r, seed %d", spec.name, entry.label, seed)
-            result = run(run_config, out=where, progress=progress, figures=False)
+            result = run(
+                run_config, out=where, progress=progress, figures=False, overwrite=overwrite
+            )
             summaries.append({"label": entry.label, **result.summary})
             histories.append(result.solver.history)
         results.append(EntryResult(entry, config, folder, seed_list, summaries, histories))
@@ -646,17 +660,7 @@ def write_comparison(comparison: Comparison, spec: ProblemSpec, out: str | Path)
     comparison.figures = [str(p.relative_to(out)) for p in written]
     json_path, md_path = out / "compare.json", out / "compare.md"
     atomic_write_text(
-        json_path, json.dumps(_jsonable(comparison.to_dict()), indent=2, default=float)
+        json_path, strict_json_dumps(comparison.to_dict(), indent=2, flag="nonfinite")
     )
     atomic_write_text(md_path, markdown(comparison))
     return [*written, json_path, md_path]
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import copy
 import json
+import math
+import numbers
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -13,10 +16,27 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ._components import format_validation_error
-from ._errors import ConfigError
+from ._errors import ConfigError, short_repr
 from ._io import atomic_write_text
 
-__all__ = ["RunConfig", "apply_overrides", "load_config", "parse_override"]
+__all__ = [
+    "MAX_SEED",
+    "RunConfig",
+    "apply_overrides",
+    "load_config",
+    "merge_config",
+    "parse_override",
+    "read_config_file",
+]
+
+MAX_SEED = 2**63 - 1
+"""Largest accepted seed (torch seeds are 64-bit integers)."""
+
+MAX_CONFIG_BYTES = 1 << 20
+"""Largest configuration file read (1 MiB; a run configuration is a few hundred bytes)."""
+
+MAX_CONFIG_NODES = 100_000
+"""Largest number of values a configuration may expand to (aliases counted as copies)."""
 
 Component = dict[str, Any]
 
@@ -51,7 +71,7 @@ class RunConfig(BaseModel):
     order: Literal["simultaneous", "dual_primal", "primal_dual"] = "simultaneous"
     steps: int = Field(default=1000, ge=0)
     batch_size: int | None = Field(default=None, ge=1)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     dtype: Literal["float32", "float64"] = "float32"
     record_every: int = Field(default=1, ge=1)
     on_nonfinite: Literal["raise", "skip"] = "raise"
@@ -65,7 +85,39 @@ class RunConfig(BaseModel):
             if "name" not in value or not isinstance(value["name"], str):
                 raise ValueError("needs a 'name' key with a string value")
             return dict(value)
-        raise ValueError(f"expected a name or a mapping with a 'name' key; got {value!r}")
+        raise ValueError(f"expected a name or a mapping with a 'name' key; got {short_repr(value)}")
+
+    @field_validator("steps", "batch_size", "seed", "record_every", mode="before")
+    @classmethod
+    def _strict_integer(cls, value: object) -> object:
+        if isinstance(value, bool):
+            raise ValueError("expected an integer, not a bool (true/false is not 1/0 here)")
+        return value
+
+    @field_validator("optimizer", mode="after")
+    @classmethod
+    def _finite_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        def check(item: object, where: str) -> None:
+            if isinstance(item, Mapping):
+                for key, child in item.items():
+                    check(child, f"{where}.{key}")
+            elif isinstance(item, (list, tuple)):
+                for k, child in enumerate(item):
+                    check(child, f"{where}[{k}]")
+            elif (
+                isinstance(item, numbers.Real)
+                and not isinstance(item, bool)
+                and not math.isfinite(float(item))
+            ):
+                raise ValueError(
+                    f"{where} must be a finite number, got {item!r} (a NaN or infinite option "
+                    "makes every parameter non-finite at the first step)"
+                )
+
+        for key, item in value.items():
+            if key != "name":
+                check(item, f"optimizer.{key}")
+        return value
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> RunConfig:
@@ -90,28 +142,168 @@ class RunConfig(BaseModel):
         return text
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read a YAML or JSON run configuration with safe loaders.
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def _decode(data: bytes, where: str) -> str:
+    """Text of a configuration file: UTF-8, or UTF-8/16/32 with a byte-order mark."""
+    encoding = next((enc for bom, enc in _BOMS if data.startswith(bom)), "utf-8")
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{where} is not valid {encoding.upper().replace('-SIG', '')} text (byte "
+            f"{data[exc.start : exc.start + 1]!r} at offset {exc.start}: {exc.reason}); expected "
+            "UTF-8 (or UTF-16/32 with a byte-order mark). Save it as UTF-8."
+        ) from None
+
+
+def _expanded_size(data: object, where: str) -> int:
+    """Number of values ``data`` holds, shared (aliased) parts counted once per use.
 
     Raises:
-        ConfigError: If the file is missing, unreadable, not a mapping or invalid.
+        ConfigError: For a structure that contains itself (a recursive YAML alias) or
+            expands beyond :data:`MAX_CONFIG_NODES` values (an alias bomb).
+    """
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(item: object) -> int:
+        if not isinstance(item, (Mapping, list, tuple)):
+            return 1
+        key = id(item)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise ConfigError(
+                f"{where} contains itself (a recursive YAML alias such as `a: &x [*x]`); "
+                "expected a finite configuration. Write the values out."
+            )
+        active.add(key)
+        children = list(item.keys()) + list(item.values()) if isinstance(item, Mapping) else item
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_CONFIG_NODES:
+                raise ConfigError(
+                    f"{where} expands to more than {MAX_CONFIG_NODES} values through YAML "
+                    "aliases (&anchor / *alias); a run configuration holds a few dozen. "
+                    "Refusing to expand it; write the values out."
+                )
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(data)
+
+
+def _safe_load(text: str, where: str, *, json_only: bool = False, kind: str = "") -> Any:
+    """Parse YAML (or JSON) text with the safe loader and bound what it expands to.
+
+    Raises:
+        ConfigError: For invalid syntax, nesting too deep for the parser, a recursive
+            alias or an alias bomb (see :func:`_expanded_size`).
+    """
+    kind = kind or ("JSON" if json_only else "YAML")
+    try:
+        data = json.loads(text) if json_only else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        message = str(exc)
+        if len(message) > 300:
+            message = message[:297] + "..."
+        raise ConfigError(f"{where} is not valid {kind}: {message}") from None
+    except RecursionError:
+        raise ConfigError(
+            f"{where} is nested too deeply to parse; expected a configuration a few levels deep."
+        ) from None
+    try:
+        _expanded_size(data, where)
+    except RecursionError:
+        raise ConfigError(
+            f"{where} is nested too deeply; expected a configuration a few levels deep."
+        ) from None
+    return data
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping held by a YAML or JSON configuration file, not yet validated.
+
+    Any subset of the :class:`RunConfig` fields may be given: the command line merges it
+    over the named problem's defaults (:func:`merge_config`) before validating the whole.
+    The file is read as UTF-8 (a UTF-8, UTF-16 or UTF-32 byte-order mark is honoured) with
+    PyYAML's safe loader (``.json`` files with the JSON parser); at most 1 MiB and
+    :data:`MAX_CONFIG_NODES` values (YAML aliases counted as copies) are accepted.
+
+    Raises:
+        ConfigError: If the file is missing, unreadable, too large, not text, not valid
+            YAML/JSON, a recursive or exploding alias structure, or not a mapping.
     """
     path = Path(path)
+    where = f"config file {str(path)!r}"
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}.") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(
-            f"config file {str(path)!r} is not valid {path.suffix or 'YAML'}: {exc}"
+            f"cannot read {where}: {exc.strerror or exc}; expected a readable YAML or JSON file."
         ) from None
-    if not isinstance(data, Mapping):
+    if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(
-            f"config file {str(path)!r} must hold a mapping; got {type(data).__name__}."
+            f"{where} is larger than {MAX_CONFIG_BYTES} bytes; expected a run configuration "
+            "(a few hundred bytes)."
         )
-    return RunConfig.parse(data)
+    text = _decode(raw, where)
+    data = _safe_load(text, where, json_only=path.suffix == ".json", kind=path.suffix or "YAML")
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where} must hold a mapping; got {type(data).__name__}.")
+    return dict(data)
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a complete run configuration (see :func:`read_config_file`).
+
+    Raises:
+        ConfigError: As :func:`read_config_file`, or naming each invalid field.
+    """
+    return RunConfig.parse(read_config_file(path))
+
+
+def _merge_tree(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        old = out.get(key)
+        both = isinstance(old, Mapping) and isinstance(value, Mapping)
+        out[key] = _merge_tree(old, value) if both else copy.deepcopy(value)  # type: ignore[arg-type]
+    return out
+
+
+def merge_config(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``update`` (e.g. a partial config file) merged over ``base`` (a full config).
+
+    Top-level values replace; a component (``problem``, ``controller``, ``formulation``,
+    ``optimizer``) given without a name or with the name it has in ``base`` updates the
+    options of ``base`` (nested mappings merged key by key), one with another name
+    replaces it. Nothing is validated here: validate the result with
+    :meth:`RunConfig.parse`.
+    """
+    out = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        if key in _COMPONENTS and isinstance(value, (str, Mapping)):
+            new = {"name": value} if isinstance(value, str) else dict(value)
+            old = out.get(key)
+            if isinstance(old, Mapping) and new.get("name", old.get("name")) == old.get("name"):
+                out[key] = _merge_tree(old, new)
+                continue
+            out[key] = new
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -131,8 +323,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set key {key!r} is empty or has an empty part.")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         value = raw
+    try:
+        _expanded_size(value, f"--set {key.strip()}")  # alias bombs are refused
+    except RecursionError:
+        raise ConfigError(f"--set {key.strip()}: the value is nested too deeply.") from None
     if isinstance(value, str):
         # YAML 1.1 reads "3e-3" (no dot) as a string; a number is what the user meant.
         with contextlib.suppress(ValueError):

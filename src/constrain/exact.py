@@ -221,6 +221,8 @@ def kkt_residuals(
         lam = torch.zeros_like(s) if multipliers is None else multipliers[c.name].reshape(-1)
         lagrangian = lagrangian + lam @ s
         detached = s.detach()
+        if detached.numel() == 0:  # an empty group: no condition (max over no entries)
+            continue
         if c.is_equality:
             violation = max(violation, float(detached.abs().max()))
         else:
@@ -523,6 +525,8 @@ def validate_registered(spec: Any, config: Any, progress: bool | None = None) ->
     reference = solve_reference(twin, data)
     start = time.perf_counter()
     solver.fit(setup.data, config.steps, batch=setup.batch, progress=progress)
+    if solver.step_count == 0:  # --steps 0: validate the initial point (initial multipliers)
+        solver.initialise(setup.batch, setup.data)
     seconds = time.perf_counter() - start
     report = validate(
         setup.problem,

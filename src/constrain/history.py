@@ -183,7 +183,8 @@ class History:
             exact = np.asarray(reference_multipliers, dtype=np.float64).reshape(-1)
             lam = self.multipliers()[mask]
             if lam.shape[1] == exact.size:
-                error = np.linalg.norm(lam - exact[None, :], axis=1)
+                with np.errstate(over="ignore", invalid="ignore"):  # non-finite runs: inf/nan
+                    error = np.linalg.norm(lam - exact[None, :], axis=1)
                 out["late_max_multiplier_error"] = float(error.max())
                 out["late_mean_multiplier_error"] = float(error.mean())
         return out

@@ -60,6 +60,7 @@ _RAW_WIDTH, _RAW_ALPHA = 0.5, 0.25
 _LATE_COLOR = "0.88"
 _FEASIBLE_COLOR = "#d6f0d6"
 _MIN_FLOOR = 1e-12
+_MAX_SHOWN = 1e200
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -122,7 +123,7 @@ def running_max(values: np.ndarray, window: int) -> np.ndarray:
     pad = np.full((window - 1, *values.shape[1:]), -np.inf)
     padded = np.concatenate([pad, values])
     windows = np.lib.stride_tricks.sliding_window_view(padded, window, axis=0)
-    return np.asarray(windows.max(axis=-1))
+    return np.asarray(np.fmax.reduce(windows, axis=-1))  # NaN (a gap) only if all are NaN
 
 
 def _window(length: int) -> int:
@@ -137,7 +138,8 @@ def violation_floor(*arrays: np.ndarray) -> float:
     drawn there, but at least ``1e-12`` (smaller values are drawn at ``1e-12`` too, and the
     band's label says so); ``1e-6`` if no value is positive.
     """
-    positive = [a[a > 0] for a in (np.asarray(x, dtype=np.float64).ravel() for x in arrays)]
+    flat = (np.asarray(x, dtype=np.float64).ravel() for x in arrays)
+    positive = [a[(a > 0) & np.isfinite(a)] for a in flat]
     smallest = min((float(p.min()) for p in positive if p.size), default=None)
     if smallest is None:
         return 1e-6
@@ -164,7 +166,9 @@ def plot_violation(
         values: Shape ``(T,)`` (one curve) or ``(T, S)`` (seeds: the median and a
             min-max band are drawn).
     """
-    values = np.maximum(np.asarray(values, dtype=np.float64), 0.0)
+    values = np.asarray(values, dtype=np.float64)
+    # Non-finite values are gaps; near 1e308 a log axis overflows while autoscaling.
+    values = np.where(np.isfinite(values), np.clip(values, 0.0, _MAX_SHOWN), np.nan)
     window = _window(len(steps)) if envelope else 1
     shown = np.maximum(running_max(values, window), floor)
     if values.ndim == 2:
@@ -182,7 +186,15 @@ def finish_violation_axis(ax: Axes, floor: float, *, what: str = "max violation"
     """Log scale, the green feasible band below ``floor`` and the axis label."""
     ax.set_yscale("log")
     bottom = floor / 3
-    top = ax.get_ylim()[1]
+    # The top from the data drawn (autoscaling a log axis over huge values overflows).
+    drawn = [np.asarray(line.get_ydata(), dtype=np.float64) for line in ax.get_lines()]
+    drawn += [
+        np.asarray(c.get_paths()[0].vertices, dtype=np.float64)[:, 1]
+        for c in ax.collections
+        if c.get_paths()
+    ]
+    finite = np.concatenate([d[np.isfinite(d)] for d in drawn]) if drawn else np.zeros(0)
+    top = 3 * float(finite.max()) if finite.size else floor * 10
     ax.axhspan(
         bottom,
         floor * 1.15,
@@ -292,9 +304,12 @@ def _reference_arrays(
     )
 
 
-def clip_transient(ax: Axes, values: Sequence[np.ndarray], *, skip: float = 0.05) -> None:
+def clip_transient(
+    ax: Axes, values: Sequence[np.ndarray], *, skip: float = 0.05, keep: Sequence[float] = ()
+) -> None:
     """Limit the y axis to the range of ``values`` after the first ``skip`` of the records
-    when an early transient is more than 5 times wider than that range; says so on the axes.
+    (widened to show the levels ``keep``, e.g. a reference) when an early transient is more
+    than 5 times wider than that range; says so on the axes.
     """
     arrays = [np.asarray(v, dtype=np.float64) for v in values if np.size(v)]
     if not arrays:
@@ -305,6 +320,7 @@ def clip_transient(ax: Axes, values: Sequence[np.ndarray], *, skip: float = 0.05
     later, whole = later[np.isfinite(later)], whole[np.isfinite(whole)]
     if later.size == 0 or whole.size == 0:
         return
+    later = np.concatenate([later, np.asarray(keep, dtype=np.float64)])
     low, high = float(later.min()), float(later.max())
     span = max(high - low, 1e-12 * max(1.0, abs(high)))
     if float(whole.max()) - float(whole.min()) <= 5 * span:
@@ -338,8 +354,8 @@ def _objective_panel(
             reference_objective, color="k", lw=0.9, ls="--", label="exact optimum f* (reference)"
         )
     ax.set(title=title, xlabel="step", ylabel="objective f(x) (problem units)")
-    extra = [] if reference_objective is None else [np.array([reference_objective] * 2)]
-    clip_transient(ax, [history.objective(), *extra])
+    keep = [] if reference_objective is None else [reference_objective]
+    clip_transient(ax, [history.objective()], keep=keep)
 
 
 def _max_violation_panel(ax: Axes, history: History) -> None:
@@ -393,7 +409,7 @@ def plot_history(
         distance = np.linalg.norm(lam - ref_multipliers[None, :], axis=1)
         axes[3].semilogy(
             steps,
-            np.maximum(distance, 1e-16),
+            np.clip(distance, 1e-16, _MAX_SHOWN),
             color="tab:purple",
             lw=1.2,
             label="||lambda - lambda*||",

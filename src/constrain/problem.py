@@ -17,16 +17,20 @@ one vector so that the cost of a step does not grow with the number of groups.
 
 from __future__ import annotations
 
+import decimal
 import math
+import numbers
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeAlias
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from torch import Tensor
 
+from ._components import bools_for_numbers
 from ._errors import ConfigError, ShapeError, describe
 
 __all__ = [
@@ -68,8 +72,10 @@ class ConstraintValue:
             ``value`` belong to (1-d integer tensor, same length as ``value``).
         observed: Optional boolean mask (shape of ``value``) of the entries this batch
             measured. An unobserved entry (e.g. the parity gap of a group absent from the
-            batch) gets no multiplier update, no primal term and counts as no violation;
-            its value may be anything, NaN included.
+            batch) gets no multiplier update, no primal term and counts as no violation.
+            Its value may be anything, NaN included, as long as it carries no gradient: a
+            NaN inside the graph would still reach the gradient (compute group means with
+            ``counts.clamp_min(1)``, as the fairness helpers do).
     """
 
     value: Tensor
@@ -106,6 +112,47 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 def _suggest_name(value: str) -> str:
     cleaned = re.sub(r"[^A-Za-z0-9_.\-]+", "_", value).strip("_") or "constraint"
     return cleaned if cleaned[0].isalpha() or cleaned[0] == "_" else "c_" + cleaned
+
+
+def _real(value: object, what: str) -> float:
+    """``value`` as a finite float: a real number (Python, numpy, ``Decimal``,
+    ``Fraction``, a one-element tensor or array); never a bool, a string or a complex."""
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(
+            f"{what} must be a number, not a bool (true/false is not 1/0 here); got {value!r}"
+        )
+    if isinstance(value, (str, bytes)):
+        raise ValueError(
+            f"{what} must be a number, not a string; got {describe(value)}. To take the rhs "
+            "from a problem field, use @constraint(rhs='field_name') on a subclass."
+        )
+    if isinstance(value, (numbers.Real, decimal.Decimal)):
+        try:
+            number = float(value)
+        except (ValueError, OverflowError, decimal.InvalidOperation):
+            raise ValueError(f"{what} must be a finite number; got {describe(value)}") from None
+        return _check_finite_number(number, what)
+    raise ValueError(f"{what} must be a real number; got {describe(value)}")
+
+
+def _real_rhs(value: object) -> float | tuple[float, ...]:
+    """Normalise an rhs to a finite float or a tuple of finite floats (see
+    :func:`_real`); tensors and arrays of any shape are flattened."""
+    if isinstance(value, Tensor):
+        if value.dtype == torch.bool or value.is_complex():
+            raise ValueError(f"rhs must hold real numbers; got {describe(value)}")
+        value = value.detach().cpu().double().numpy()
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "iuf":
+            raise ValueError(f"rhs must hold real numbers; got an array of dtype {value.dtype}")
+        flat = value.astype(np.float64).reshape(-1)
+        value = flat[0].item() if flat.size == 1 else flat.tolist()
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        values = tuple(_real(v, f"rhs entry {k}") for k, v in enumerate(value))
+        if not values:
+            raise ValueError("rhs sequence is empty")
+        return values
+    return _real(value, "rhs")
 
 
 class Constraint(BaseModel):
@@ -168,22 +215,20 @@ class Constraint(BaseModel):
     @field_validator("rhs", mode="before")
     @classmethod
     def _finite_rhs(cls, value: object) -> object:
-        if isinstance(value, Tensor):
-            value = (
-                value.detach().cpu().reshape(-1).tolist() if value.numel() != 1 else value.item()
+        return _real_rhs(value)
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _integer_size(cls, value: object) -> object:
+        if value is None:
+            return value
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+            raise ValueError(
+                f"size must be an integer (the number of entries of the group); got "
+                f"{describe(value)}"
+                + (" (true/false is not 1/0 here)" if isinstance(value, (bool, np.bool_)) else "")
             )
-        if isinstance(value, bool):
-            raise ValueError("rhs must be a number or a sequence of numbers; got a bool")
-        if isinstance(value, (int, float)):
-            return _check_finite_number(float(value), "rhs")
-        if isinstance(value, Sequence) and not isinstance(value, str):
-            values = tuple(float(v) for v in value)
-            for v in values:
-                _check_finite_number(v, "every rhs entry")
-            if not values:
-                raise ValueError("rhs sequence is empty")
-            return values
-        return value
+        return int(value)
 
     @field_validator("fn", "proxy")
     @classmethod
@@ -392,6 +437,15 @@ class ConstrainedProblem(BaseModel):
 
     is_convex: ClassVar[bool] = False
     """Set by problems built from convex blocks (they can be checked against CVXPY)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bools_for_numbers(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            lines = bools_for_numbers(cls, data)
+            if lines:
+                raise ValueError("; ".join(line.strip() for line in lines))
+        return data
 
     @field_validator("objective_fn")
     @classmethod

@@ -9,13 +9,15 @@ by name in :data:`PROBLEMS`, which loads the entry-point group ``constrain.probl
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import signal
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -25,8 +27,9 @@ from torch import nn
 from . import distributed
 from ._components import format_validation_error
 from ._errors import ConfigError
-from ._io import atomic_write_text
+from ._io import atomic_write_text, strict_json_dumps
 from ._registry import Registry
+from ._run_folder import RunFolder, RunInterrupted, StopFlag, deferred_signals, is_writer
 from .config import RunConfig
 from .problem import ConstrainedProblem
 from .reference import Reference
@@ -59,6 +62,9 @@ class Setup:
         extras: Anything the spec wants to keep (test data, reference data, ...).
         full: In a distributed run, the whole-data setup this rank's shard came from
             (references, reports and figures use it); ``None`` otherwise.
+        callback: Called after every training step as ``callback(solver, record)`` (see
+            :meth:`Solver.fit`), e.g. a schedule of a problem hyperparameter or
+            :class:`constrain.Snapshots`.
     """
 
     problem: ConstrainedProblem
@@ -67,6 +73,7 @@ class Setup:
     data: Iterable[Any] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     full: Setup | None = None
+    callback: Callable[[Solver, Any], None] | None = None
 
 
 class ProblemSpec:
@@ -237,6 +244,7 @@ def build_solver(spec: ProblemSpec, config: RunConfig) -> tuple[Setup, Solver]:
         rank, world = distributed.init_from_env()
         if world > 1:
             setup = spec.shard(setup, rank, world)
+    check_optimizer(config.optimizer)
     options = dict(config.optimizer)
     name = options.pop("name")
     optimizer = make_optimizer(name, setup.model.parameters(), **options)
@@ -262,9 +270,19 @@ def build_solver(spec: ProblemSpec, config: RunConfig) -> tuple[Setup, Solver]:
 
 
 def summarize(
-    spec: ProblemSpec, config: RunConfig, setup: Setup, solver: Solver, seconds: float
+    spec: ProblemSpec,
+    config: RunConfig,
+    setup: Setup,
+    solver: Solver,
+    seconds: float,
+    *,
+    extras: bool = True,
 ) -> dict[str, Any]:
-    """The JSON summary of a finished run (see the CLI's ``--json``)."""
+    """The JSON summary of a run (see the CLI's ``--json``).
+
+    ``extras=False`` leaves out the reference comparison and the problem's own report
+    fields (what an interrupted run skips to stop promptly).
+    """
     history = solver.history
     last = history.last if len(history) else None
     summary: dict[str, Any] = {
@@ -280,6 +298,7 @@ def summarize(
         "multiplier_names": history.labels,
         "seconds": seconds,
         "seconds_per_step": seconds / max(solver.step_count, 1),
+        "interrupted": False,
     }
     if last is not None and last.per_sample:
         summary["per_sample"] = last.per_sample
@@ -287,6 +306,8 @@ def summarize(
         summary["metrics"] = last.metrics
     if last is not None and last.clusters:
         summary["clusters"] = last.clusters
+    if not extras:
+        return summary
     reference = spec.reference(setup.full or setup)
     if reference is not None:
         summary["reference"] = compare_with_reference(reference, solver)
@@ -349,46 +370,225 @@ def compare_with_reference(reference: Reference, solver: Solver) -> dict[str, An
     return out
 
 
+def check_optimizer(options: Mapping[str, Any]) -> None:
+    """Check a primal optimizer's configuration before any work: build it once on a
+    dummy parameter (the optimizer's own checks), then refuse what torch would accept but
+    that is meaningless: a bool for a numeric option (``lr=true`` is not ``lr=1``) and a
+    non-finite number.
+
+    Raises:
+        UnknownNameError: For an unknown optimizer name.
+        ConfigError: Naming the option, what was expected and what was received.
+    """
+    import inspect
+    import math
+
+    options = dict(options)
+    name = options.pop("name")
+    built = make_optimizer(name, [nn.Parameter(torch.zeros(1))], **options)
+    defaults = inspect.signature(type(built).__init__).parameters
+    for key, value in options.items():
+        default = defaults[key].default if key in defaults else None
+        numeric = isinstance(default, (int, float, tuple)) and not isinstance(default, bool)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if numeric and any(isinstance(v, (bool, np.bool_)) for v in values):
+            raise ConfigError(
+                f"optimizer {name!r}: option {key!r} takes a number (default {default!r}), not a "
+                f"bool (true/false is not 1/0 here); received {value!r}."
+            )
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(
+                    f"optimizer {name!r}: option {key!r} must be a finite number; received "
+                    f"{value!r}. A NaN or infinite {key} makes every parameter non-finite."
+                )
+
+
+def claim_folder(
+    out: str | Path | None,
+    config: RunConfig,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    what: str = "--out",
+) -> RunFolder | None:
+    """Claim ``out`` for a run of ``config`` (``None`` without ``out`` and on ranks other
+    than 0); see :class:`constrain._run_folder.RunFolder`."""
+    if out is None or not is_writer():
+        return None
+    info = {"problem": config.problem["name"], "controller": config.controller["name"]}
+    return RunFolder.claim(out, overwrite=overwrite, resume=resume, what=what, info=info)
+
+
+def execute(
+    spec: ProblemSpec,
+    config: RunConfig,
+    setup: Setup,
+    solver: Solver,
+    folder: RunFolder | None,
+    steps: int,
+    *,
+    progress: bool | None = None,
+    figures: bool = True,
+    callback: Any = None,
+    at_end: Any = None,
+    stop: StopFlag | None = None,
+) -> RunResult:
+    """Take ``steps`` steps and write the report into ``folder``, whatever happens.
+
+    ``setup.callback`` and then ``callback(solver, record)`` run after every step.
+    ``at_end(interrupted)`` runs once
+    the steps are done, or after a first SIGINT/SIGTERM has stopped the run between two
+    steps (e.g. to write a checkpoint); the report is then written without figures, the
+    summary says ``"interrupted": true``, and :class:`RunInterrupted` is raised. On an
+    error the report of the steps taken is written too (``run.json`` says ``failed``)
+    and the error propagates. ``stop`` is the flag of an enclosing
+    :func:`~constrain._run_folder.deferred_signals` (one is opened here if ``None``).
+    """
+    if stop is None:
+        with deferred_signals(enabled=folder is not None and _single_process()) as flag:
+            return execute(
+                spec,
+                config,
+                setup,
+                solver,
+                folder,
+                steps,
+                progress=progress,
+                figures=figures,
+                callback=callback,
+                at_end=at_end,
+                stop=flag,
+            )
+
+    def after_step(current: Solver, record: Any) -> None:
+        if setup.callback is not None:
+            setup.callback(current, record)
+        if callback is not None:
+            callback(current, record)
+        stop.check(current.step_count)
+
+    start = time.perf_counter()
+    try:
+        stop.check(solver.step_count)  # a signal while the run was being set up
+        solver.fit(setup.data, steps, batch=setup.batch, progress=progress, callback=after_step)
+        if solver.step_count == 0:  # --steps 0: report the initial point
+            solver.initialise(setup.batch, setup.data)
+        if at_end is not None:
+            at_end(False)
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, RunInterrupted) else int(signal.SIGINT)
+        if folder is not None:
+            whole = isinstance(exc, RunInterrupted) and exc.step == solver.step_count
+            if whole and at_end is not None:
+                at_end(True)  # the state is a whole number of steps
+            _write_partial(spec, config, setup, solver, folder, start, "interrupted")
+        raise RunInterrupted(signum, solver.step_count, folder.path if folder else None) from None
+    except BaseException as exc:
+        if folder is not None:
+            _write_partial(spec, config, setup, solver, folder, start, "failed", exc)
+        raise
+    seconds = time.perf_counter() - start
+    summary = summarize(spec, config, setup, solver, seconds)
+    logger.info(
+        "%s finished in %.1f s after %d steps: objective %s, max violation %s",
+        spec.name,
+        seconds,
+        solver.step_count,
+        "-" if summary["objective"] is None else format(summary["objective"], ".6g"),
+        "-" if summary["max_violation"] is None else format(summary["max_violation"], ".3g"),
+    )
+    if folder is not None:
+        written = write_report(folder.path, spec, config, setup, solver, summary, figures=figures)
+        folder.record(*written)
+        folder.finish("finished", steps=solver.step_count)
+    return RunResult(summary, solver, setup, config)
+
+
+def _single_process() -> bool:
+    """Not a multi-process run (signals then stop every rank at the same step only by
+    chance, so distributed runs keep the default Ctrl-C behaviour)."""
+    from . import distributed
+
+    return not (distributed.is_distributed() or distributed.launched_distributed())
+
+
+def _write_partial(
+    spec: ProblemSpec,
+    config: RunConfig,
+    setup: Setup,
+    solver: Solver,
+    folder: RunFolder,
+    start: float,
+    status: Literal["interrupted", "failed"],
+    error: BaseException | None = None,
+) -> None:
+    """Write the report of the steps taken so far (no figures, no reference)."""
+    try:
+        summary = summarize(spec, config, setup, solver, time.perf_counter() - start, extras=False)
+        summary["interrupted"] = status == "interrupted"
+        if error is not None:
+            summary["error"] = f"{type(error).__name__}: {str(error)[:2000]}"
+        folder.record(
+            *write_report(folder.path, spec, config, setup, solver, summary, figures=False)
+        )
+        logger.warning(
+            "run %s after %d steps: report written to %s", status, solver.step_count, folder.path
+        )
+    except Exception as exc:  # never hide the reason the run stopped
+        logger.error("could not write the report of the %s run: %s", status, exc)
+    folder.finish(status, steps=solver.step_count)
+
+
 def run(
     config: RunConfig,
     out: str | Path | None = None,
     *,
     progress: bool | None = None,
     figures: bool = True,
+    overwrite: bool = False,
 ) -> RunResult:
     """Run a registered problem as configured; write a report under ``out`` if given.
 
     The report: ``summary.json``, ``config.yaml``, ``history.csv``, ``history.json`` and
     PNG figures (objective, constraints against their bounds, multipliers), plus the
-    problem's own figures.
+    problem's own figures, and ``run.json`` (the run id, its status and its files).
+    ``out`` is checked and locked before the first step; a folder that holds a previous
+    run is refused unless ``overwrite`` (which deletes that run's files, and only those).
+    ``config.steps == 0`` reports the initial point (no history, initial multipliers).
+
+    Raises:
+        ConfigError: For an ``out`` that is ``''``, a file, below a file, not writable,
+            in use by another run, or holding a previous run without ``overwrite``.
+        RunInterrupted: (a ``KeyboardInterrupt``) after SIGINT/SIGTERM, once the report
+            of the steps taken is written (marked ``"interrupted": true``).
     """
     spec = get_problem(config.problem["name"])
-    setup, solver = build_solver(spec, config)
-    logger.info(
-        "running %s: controller %s, formulation %s, order %s, %d steps",
-        spec.name,
-        solver.controller.spec(),
-        config.formulation["name"],
-        config.order,
-        config.steps,
-    )
-    start = time.perf_counter()
-    solver.fit(setup.data, config.steps, batch=setup.batch, progress=progress)
-    seconds = time.perf_counter() - start
-    summary = summarize(spec, config, setup, solver, seconds)
-    logger.info(
-        "%s finished in %.1f s: objective %.6g, max violation %.3g",
-        spec.name,
-        seconds,
-        summary["objective"] or float("nan"),
-        summary["max_violation"] or 0.0,
-    )
-    if out is not None:
-        from .distributed import is_main_process
-
-        if is_main_process():
-            write_report(Path(out), spec, config, setup, solver, summary, figures=figures)
-    return RunResult(summary, solver, setup, config)
+    check_optimizer(config.optimizer)
+    with (
+        deferred_signals(enabled=out is not None and _single_process()) as stop,
+        claim_folder(out, config, overwrite=overwrite) or contextlib.nullcontext() as folder,
+    ):
+        setup, solver = build_solver(spec, config)
+        logger.info(
+            "running %s: controller %s, formulation %s, order %s, %d steps",
+            spec.name,
+            solver.controller.spec(),
+            config.formulation["name"],
+            config.order,
+            config.steps,
+        )
+        return execute(
+            spec,
+            config,
+            setup,
+            solver,
+            folder,
+            config.steps,
+            progress=progress,
+            figures=figures,
+            stop=stop,
+        )
 
 
 def write_report(
@@ -401,15 +601,19 @@ def write_report(
     *,
     figures: bool = True,
 ) -> list[Path]:
-    """Write the run report under ``out`` (atomic writes); returns the files written."""
-    import json
+    """Write the run report under ``out`` (atomic writes); returns the files written.
 
+    ``summary.json`` and ``history.json`` are strict JSON: non-finite numbers are
+    ``null`` (``summary.json`` lists their paths under ``nonfinite``).
+    """
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "summary.json", out / "config.yaml", out / "history.csv", out / "history.json"]
-    atomic_write_text(written[0], json.dumps(summary, indent=2, default=float))
+    # Strict JSON: a non-finite number is written as null and its path listed under
+    # "nonfinite" (a bare NaN is not JSON).
+    atomic_write_text(written[0], strict_json_dumps(summary, indent=2, flag="nonfinite"))
     config.to_yaml(written[1])
     solver.history.to_csv(written[2])
-    solver.history.to_json(written[3])
+    atomic_write_text(written[3], strict_json_dumps(solver.history.to_dict()))
     if figures:
         try:
             from . import plots

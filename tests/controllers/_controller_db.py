@@ -14,7 +14,7 @@ default hyperparameters even before it has a row, and
 Fixtures provided by :func:`parametrize` (each value is one pytest parameter):
 
 * ``case``: a :class:`Case` per registered controller, plus its per-constraint variant;
-* ``scalar_case``: the same without the per-constraint variants;
+* ``scalar_case``: the same without the per-constraint variants, for entry-wise rules;
 * ``controller_name``: each registered name;
 * ``bad_hyperparameters``: ``(name, params, field)``, the row's bad values plus those that
   are wrong for every controller (``lr`` not positive or not finite, an unknown field);
@@ -53,6 +53,9 @@ class ControllerInfo:
             its output can leave the domain and projection is the formulation's job.
         nupi: Maps ``params`` to the ``NuPI(lr=1, ...)`` hyperparameters that reproduce the
             rule exactly (docs/algorithms.md, 'The nuPI reduction table').
+        entrywise: Each multiplier's update depends on its own entries only, so that indexed
+            (per-sample) use may gather, update and scatter a subset; ``False`` for rules
+            that couple the entries (``group_dro`` normalises over all of them).
     """
 
     params: Mapping[str, Any] = field(default_factory=dict)
@@ -62,6 +65,7 @@ class ControllerInfo:
     extrapolates: bool = False
     nonnegative: bool = False
     nupi: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
+    entrywise: bool = True
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,12 @@ CONTROLLER_DB: dict[str, ControllerInfo] = {
         supports_equality=False,
         nonnegative=True,
     ),
+    "group_dro": ControllerInfo(
+        params={"lr": 0.2},
+        supports_equality=False,
+        nonnegative=True,
+        entrywise=False,
+    ),
 }
 
 # Wrong for every controller: the step size is a field of the base class.
@@ -205,7 +215,11 @@ def parametrize(metafunc: pytest.Metafunc) -> None:
     if "case" in names:
         metafunc.parametrize("case", [pytest.param(c, id=c.id) for c in cases()])
     if "scalar_case" in names:
-        scalar = [pytest.param(c, id=c.id) for c in cases() if c.params is c.info.params]
+        scalar = [
+            pytest.param(c, id=c.id)
+            for c in cases()
+            if c.params is c.info.params and c.info.entrywise
+        ]
         metafunc.parametrize("scalar_case", scalar)
     if "nonnegative_case" in names:
         chosen = [pytest.param(c, id=c.id) for c in cases() if c.info.nonnegative]

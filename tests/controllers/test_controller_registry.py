@@ -16,6 +16,7 @@ from constrain.controllers import (
     PID,
     Adam,
     ExtraGradient,
+    GroupDRO,
     Momentum,
     MultiplicativeWeights,
     Nesterov,
@@ -38,6 +39,7 @@ BUILTIN = {
     "optimistic": Optimistic,
     "extragradient": ExtraGradient,
     "multiplicative": MultiplicativeWeights,
+    "group_dro": GroupDRO,
 }
 
 

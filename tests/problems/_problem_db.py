@@ -77,6 +77,15 @@ PROBLEM_DB: dict[str, ProblemInfo] = {
             ({"max_train_samples": 10}, "max_train_samples"),
         ),
     ),
+    "fairness-adult-rates": ProblemInfo(
+        problem={"max_train_samples": 2000},
+        slow_build=True,
+        invalid=(
+            ({"tolerance": 2.0}, "tolerance"),
+            ({"fpr_bound": 0.0}, "fpr_bound"),
+            ({"proxy": "relu"}, "proxy"),
+        ),
+    ),
     "feasible-learning": ProblemInfo(
         problem={"num_samples": 2000, "num_test": 500},
         invalid=(({"epsilon": -0.1}, "epsilon"),),

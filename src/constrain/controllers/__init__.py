@@ -7,7 +7,8 @@ or instantiate the class directly (``NuPI(lr=1.0, ki=0.1, kp=1.0)``).
 Registered rules: ``gda`` (:class:`GDA`), ``momentum`` (:class:`Momentum`), ``nesterov``
 (:class:`Nesterov`), ``adam`` (:class:`Adam`), ``nupi`` (:class:`NuPI`), ``pid``
 (:class:`PID`), ``optimistic`` (:class:`Optimistic`), ``extragradient``
-(:class:`ExtraGradient`) and ``multiplicative`` (:class:`MultiplicativeWeights`).
+(:class:`ExtraGradient`), ``multiplicative`` (:class:`MultiplicativeWeights`) and
+``group_dro`` (:class:`GroupDRO`).
 """
 
 from ._base import Controller, ControllerState
@@ -15,6 +16,7 @@ from ._registry import CONTROLLERS, build, get, names, register
 from .adam import Adam
 from .extragradient import ExtraGradient
 from .gda import GDA
+from .group_dro import GroupDRO
 from .momentum import Momentum
 from .multiplicative import MultiplicativeWeights
 from .nesterov import Nesterov
@@ -30,6 +32,7 @@ __all__ = [
     "Controller",
     "ControllerState",
     "ExtraGradient",
+    "GroupDRO",
     "Momentum",
     "MultiplicativeWeights",
     "Nesterov",

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from .._errors import ConfigError, ShapeError, describe
 
-__all__ = ["Groups", "group_counts", "group_major", "group_means"]
+__all__ = ["Groups", "group_counts", "group_major", "group_means", "membership_from_labels"]
 
 AttributeColumns = Mapping[str, Sequence[object] | np.ndarray]
 
@@ -223,3 +223,39 @@ def group_means(
         return means
     fill = torch.as_tensor(empty, dtype=values.dtype, device=values.device).expand_as(means)
     return torch.where(counts > 0, means, fill)
+
+
+def membership_from_labels(
+    labels: Tensor, num_groups: int | None = None, *, dtype: torch.dtype | None = None
+) -> Tensor:
+    """The membership matrix ``M`` (``(n, G)``, column-major, 0/1) of integer group labels.
+
+    ``M[i, g] = 1[labels_i = g]``: one disjoint group per label value.
+
+    Args:
+        labels: One integer group label per sample, shape ``(n,)``, values in ``[0, G)``.
+        num_groups: ``G``. ``None`` infers ``max(labels) + 1``; give it explicitly for
+            minibatches, where the largest label may be absent from a batch.
+        dtype: Floating dtype of the matrix (default: the default dtype).
+
+    Raises:
+        ShapeError: If ``labels`` is not a 1-d integer tensor.
+        ConfigError: If a label is negative or not below ``num_groups``.
+    """
+    if labels.dim() != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ShapeError(
+            "group labels must be a 1-d integer tensor (one group index per sample); got "
+            f"{describe(labels)}. Pass a membership matrix (n, G) for overlapping groups."
+        )
+    n = labels.shape[0]
+    low = int(labels.min()) if n else 0
+    high = int(labels.max()) if n else -1
+    if num_groups is None:
+        num_groups = high + 1
+    if low < 0 or high >= num_groups:
+        raise ConfigError(
+            f"group labels must lie in [0, {num_groups}); got values in [{low}, {high}]. "
+            "Pass num_groups= with the number of groups."
+        )
+    rows = torch.arange(num_groups, device=labels.device)[:, None] == labels[None, :]
+    return rows.to(dtype or torch.get_default_dtype()).T
