@@ -262,3 +262,27 @@ def test_clip_transient_limits_the_axis_and_says_so(monkeypatch: pytest.MonkeyPa
     before = ax2.get_ylim()
     plots.clip_transient(ax2, [np.linspace(1.0, 2.0, 100)])
     assert ax2.get_ylim() == before and not ax2.texts
+
+
+def test_per_sample_constraints_are_drawn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A problem with per-sample constraints only (no dense labels) still gets its violation,
+    feasible share and multiplier figures."""
+    history = History([])
+    for t in range(20):
+        stats = {"max_violation": 0.5 / (t + 1), "feasible_fraction": t / 20,
+                 "mean_multiplier": 0.1 * t, "max_multiplier": 0.2 * t}  # fmt: skip
+        history.append(StepRecord(t, 1.0, 0.5 / (t + 1), [], [], per_sample={"sample_loss": stats}))
+    figures = _capture(monkeypatch)
+    written = plots.run_figures(history, None, tmp_path)
+    assert [p.name for p in written] == [
+        "overview.png",
+        "objective.png",
+        "constraints.png",
+        "multipliers.png",
+    ]
+    labels = [line.get_label() for line in figures[3].axes[0].get_lines()]
+    assert "sample_loss: mean multiplier of the batch" in labels
+    (share,) = [
+        line for line in figures[2].axes[0].get_lines() if line.get_label() == "sample_loss"
+    ]
+    np.testing.assert_allclose(share.get_ydata(), np.arange(20) / 20)

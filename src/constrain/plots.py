@@ -368,6 +368,68 @@ def _max_violation_panel(ax: Axes, history: History) -> None:
     ax.set(title="max violation (0 = feasible)", xlabel="step")
 
 
+def _per_sample(history: History) -> dict[str, dict[str, np.ndarray]]:
+    """Per-sample groups' recorded statistics: group -> statistic -> values per record."""
+    groups = sorted({g for r in history for g in r.per_sample})
+    return {
+        g: {
+            stat: np.array([r.per_sample.get(g, {}).get(stat, np.nan) for r in history])
+            for stat in ("feasible_fraction", "mean_multiplier", "max_multiplier")
+        }
+        for g in groups
+    }
+
+
+def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Mean over the last ``window`` values (fewer at the start), NaN ignored."""
+    values = np.asarray(values, dtype=np.float64)
+    if window <= 1 or values.size == 0:
+        return values
+    valid = np.isfinite(values)
+    sums = np.cumsum(np.where(valid, values, 0.0))
+    counts = np.cumsum(valid)
+    sums[window:] = sums[window:] - sums[:-window].copy()
+    counts[window:] = counts[window:] - counts[:-window].copy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def _has_constraints(history: History) -> bool:
+    return bool(history.labels) or any(r.per_sample for r in history)
+
+
+def _multiplier_panel(
+    ax: Axes, history: History, reference: np.ndarray | None, title: str = "multipliers"
+) -> None:
+    """Dense multipliers (each entry, or an envelope), else the per-sample groups' mean and
+    max multiplier over the batch."""
+    steps = history.steps()
+    mark_late_window(ax, steps)
+    if history.labels:
+        _entry_lines(ax, steps, history.multipliers(), history.labels, reference)
+    groups = _per_sample(history)
+    window = _window(len(steps))
+    smooth = f" (moving average over {window} steps)" if window > 1 else ""
+    for color, (group, stats) in zip(_colors(max(1, len(groups))), groups.items(), strict=False):
+        ax.plot(steps, stats["mean_multiplier"], color=color, lw=_RAW_WIDTH, alpha=_RAW_ALPHA)
+        ax.plot(
+            steps,
+            _moving_average(stats["mean_multiplier"], window),
+            color=color,
+            lw=1.3,
+            label=f"{group}: mean multiplier of the batch{smooth}",
+        )
+        ax.plot(
+            steps,
+            _moving_average(stats["max_multiplier"], window),
+            color=color,
+            lw=1.0,
+            ls="--",
+            label=f"{group}: max multiplier of the batch{smooth}",
+        )
+    ax.set(title=title, xlabel="step", ylabel="multiplier lambda (objective / constraint units)")
+
+
 def plot_history(
     history: History, title: str = "", reference: Mapping[str, Any] | None = None
 ) -> Figure:
@@ -382,7 +444,7 @@ def plot_history(
     """
     ref_objective, ref_multipliers = _reference_arrays(reference)
     lam = history.multipliers()
-    if lam.shape[1] == 0:  # no constraints: only the objective has something to show
+    if not _has_constraints(history):  # only the objective has something to show
         fig = new_figure(7.5, 4.6)
         ax = fig.subplots()
         _objective_panel(ax, history, ref_objective, title="objective (no constraints)")
@@ -396,13 +458,7 @@ def plot_history(
     _objective_panel(axes[0], history, ref_objective)
     _max_violation_panel(axes[1], history)
     steps = history.steps()
-    mark_late_window(axes[2], steps)
-    _entry_lines(axes[2], steps, lam, history.labels, ref_multipliers)
-    axes[2].set(
-        title="multipliers",
-        xlabel="step",
-        ylabel="multiplier lambda (objective / constraint units)",
-    )
+    _multiplier_panel(axes[2], history, ref_multipliers)
     if with_distance:
         assert ref_multipliers is not None
         mark_late_window(axes[3], steps)
@@ -456,21 +512,33 @@ def run_figures(
     fig = new_figure(7.5, 4.2)
     ax = fig.subplots()
     _objective_panel(ax, history, ref_objective, title=f"{prefix}objective")
-    legend_outside(ax)
+    legend_outside(fig, [ax])
     written.append(save_figure(fig, out / "objective.png"))
-    if not history.labels:
+    if not _has_constraints(history):
         return written  # no constraints, no multipliers: nothing more to draw
 
     fig = new_figure(14, 4.8)
     axes = fig.subplots(1, 2)
     mark_late_window(axes[0], steps)
-    _entry_lines(axes[0], steps, history.violation(), history.labels)
-    axes[0].axhline(0.0, color="k", lw=1.0, ls="--", label="bound g = 0 (feasible below)")
-    axes[0].set(
-        title="constraints in standard form g = value - bound",
-        xlabel="step",
-        ylabel="g (constraint units; feasible: g <= 0, equalities g = 0)",
-    )
+    if history.labels:
+        _entry_lines(axes[0], steps, history.violation(), history.labels)
+        axes[0].axhline(0.0, color="k", lw=1.0, ls="--", label="bound g = 0 (feasible below)")
+        axes[0].set(
+            title="constraints in standard form g = value - bound",
+            xlabel="step",
+            ylabel="g (constraint units; feasible: g <= 0, equalities g = 0)",
+        )
+    else:  # per-sample groups only: the share of the batch that meets its constraint
+        groups = _per_sample(history)
+        for color, (group, stats) in zip(_colors(len(groups)), groups.items(), strict=True):
+            axes[0].plot(steps, stats["feasible_fraction"], color=color, lw=1.0, label=group)
+        axes[0].axhline(1.0, color="k", lw=1.0, ls="--", label="every sample feasible")
+        axes[0].set(
+            title="per-sample constraints: feasible share of the batch",
+            xlabel="step",
+            ylabel="fraction of the batch with g_i <= 0",
+            ylim=(0, 1.05),
+        )
     _max_violation_panel(axes[1], history)
     if title:
         fig.suptitle(title)
@@ -479,10 +547,8 @@ def run_figures(
 
     fig = new_figure(7.5, 4.2)
     ax = fig.subplots()
-    mark_late_window(ax, steps)
-    _entry_lines(ax, steps, history.multipliers(), history.labels, ref_multipliers)
-    ax.set(title=f"{prefix}multipliers", xlabel="step", ylabel="multiplier lambda")
-    legend_outside(ax)
+    _multiplier_panel(ax, history, ref_multipliers, title=f"{prefix}multipliers")
+    legend_outside(fig, [ax])
     written.append(save_figure(fig, out / "multipliers.png"))
     return written
 
