@@ -57,7 +57,13 @@ from constrain.studies import (
 )
 
 from ._study import DTYPES, cached, config_key, evaluating, seeded_model, study_params, train_plain
-from .fairness_adult import Split, adult_splits, make_classifier
+from .fairness_adult import (
+    ADULT_CONTROLLER_DEFAULTS,
+    ADULT_RUN_DEFAULTS,
+    Split,
+    adult_splits,
+    make_classifier,
+)
 
 
 class AdultRatesParams(BaseModel):
@@ -197,24 +203,10 @@ class FairnessAdultRates(ProblemSpec):
         "schedule, an FPR bound on the smallest group and the randomized (shrinking) solution."
     )
     defaults: ClassVar[dict[str, Any]] = {
-        "controller": {"name": "nupi", "lr": 1.0, "ki": 1.0, "kp": 10.0, "nu": 0.0},
-        "optimizer": {"name": "adam", "lr": 1e-2},
-        "order": "dual_primal",
-        "steps": 1000,
-        "dtype": "float32",
+        **ADULT_RUN_DEFAULTS,
         "problem": AdultRatesParams().model_dump(),
     }
-    controller_defaults: ClassVar[dict[str, dict[str, Any]]] = {
-        "gda": {"lr": 1.0},
-        "nupi": {"lr": 1.0, "ki": 1.0, "kp": 10.0, "nu": 0.0},
-        "momentum": {"lr": 1.0, "beta": 0.5},
-        "nesterov": {"lr": 1.0, "beta": 0.5},
-        "optimistic": {"lr": 1.0},
-        "extragradient": {"lr": 1.0},
-        "pid": {"ki": 1.0, "kp": 10.0},
-        "adam": {"lr": 1e-2},
-        "multiplicative": {"lr": 1.0},
-    }
+    controller_defaults: ClassVar[dict[str, dict[str, Any]]] = ADULT_CONTROLLER_DEFAULTS
 
     def build(self, config: RunConfig) -> Setup:
         params = study_params(AdultRatesParams, config)
