@@ -727,7 +727,12 @@ def test_bad_input_fails_with_a_clear_message(row: Row, tmp_path_factory: Any) -
     tmp = _shared_tmp(tmp_path_factory)
     with pytest.raises(row.error) as info:
         row.trigger(tmp)
-    error = info.value
+    assert_library_error(row, info.value)
+
+
+def assert_library_error(row: Row, error: BaseException) -> None:
+    """``error`` is a library error (constrain's, or pydantic's for declarations) whose
+    message holds every part of ``row.contains``."""
     assert type(error).__module__.startswith(("constrain", "pydantic")), (
         f"{row.id}: {type(error).__module__}.{type(error).__name__} is not a library error"
     )
