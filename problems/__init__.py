@@ -17,10 +17,12 @@ from .feasible_learning import FeasibleLearningStudy
 from .iris_svm import IrisSVM
 from .lasso import LassoSpec
 from .neyman_pearson import NeymanPearson
+from .proxsparse_digits import ProxSparseDigits
 from .random_qp import RandomQP
 from .simplex import SimplexProjection
 from .sparsity_digits import SparsityDigits
 from .weight_sharing_digits import WeightSharingDigits
+from .weight_sharing_torus import WeightSharingTorus
 
 PROBLEMS: dict[str, type[ProblemSpec]] = {
     spec.name: spec
@@ -32,6 +34,8 @@ PROBLEMS: dict[str, type[ProblemSpec]] = {
         FeasibleLearningStudy,
         SparsityDigits,
         WeightSharingDigits,
+        WeightSharingTorus,
+        ProxSparseDigits,
         NeymanPearson,
         LassoSpec,
         FairnessAdultRates,
@@ -46,8 +50,10 @@ __all__ = [
     "IrisSVM",
     "LassoSpec",
     "NeymanPearson",
+    "ProxSparseDigits",
     "RandomQP",
     "SimplexProjection",
     "SparsityDigits",
     "WeightSharingDigits",
+    "WeightSharingTorus",
 ]

@@ -23,6 +23,7 @@ from constrain import (
     ConfigError,
     ConstrainedProblem,
     ConstraintValue,
+    History,
     Solver,
     Variables,
     constraint,
@@ -76,8 +77,13 @@ def _data() -> DataLoader[Any]:
     return DataLoader(dataset, batch_size=8, shuffle=True)
 
 
-def _solver(controller: Any = "gda", **options: Any) -> tuple[Solver, DataLoader[Any]]:
+def _solver(
+    controller: Any = "gda", stream: Path | None = None, **options: Any
+) -> tuple[Solver, DataLoader[Any]]:
+    """A fresh solver; ``stream`` gives its history a JSON Lines file (the checkpoint keeps
+    only the stream position: without a stream a resumed history restarts empty)."""
     torch.manual_seed(0)
+    options["history"] = History(stream=stream)
     model = Variables(w=torch.zeros(3, dtype=DTYPE), b=torch.zeros((), dtype=DTYPE))
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     spec = {"name": controller, **_CONTROLLER_OPTIONS.get(controller, {})}
@@ -101,7 +107,8 @@ _CONTROLLER_OPTIONS: dict[str, dict[str, Any]] = {
 def _snapshot(solver: Solver) -> dict[str, Any]:
     """Everything that must agree bit-for-bit (wall times excluded)."""
     state = solver.state_dict()
-    records = [{k: v for k, v in r.items() if k != "seconds"} for r in state["history"]["records"]]
+    history = solver.history.to_dict()["records"]
+    records = [{k: v for k, v in r.items() if k != "seconds"} for r in history]
     return {
         "model": state["model"],
         "optimizer": state["optimizer"],
@@ -140,20 +147,23 @@ def test_resume_is_bit_exact_for_every_controller(controller: str, tmp_path: Pat
     the state and every history record equals the uninterrupted run's, bit for bit."""
     if controller not in _CONTROLLER_OPTIONS:
         pytest.skip(f"no test settings for plug-in controller {controller!r}")
-    reference, data = _solver(controller)
+    reference, data = _solver(controller, tmp_path / "reference.jsonl")
     reference.fit(data, TOTAL)
 
-    first, data = _solver(controller)
+    first, data = _solver(controller, tmp_path / "run.jsonl")
     first.fit(data, STOP)
     path = save_checkpoint(tmp_path / "ckpt.pt", first)
+    first.fit(data, 3)  # the interrupted run got further than its checkpoint
     del first
 
     torch.manual_seed(12345)  # a different process state must not matter
-    resumed, data = _solver(controller)
+    resumed, data = _solver(controller, tmp_path / "run.jsonl")
     resumed.load_state_dict(load_checkpoint(path)["solver"])
     assert resumed.step_count == STOP
     resumed.fit(data, TOTAL - STOP)
     _assert_identical(_snapshot(reference), _snapshot(resumed))
+    # The stream was cut back to the checkpoint and continued: byte for byte the same.
+    assert (tmp_path / "run.jsonl").read_bytes() == (tmp_path / "reference.jsonl").read_bytes()
 
 
 @pytest.mark.parametrize("order", ["simultaneous", "dual_primal", "primal_dual"])
@@ -170,12 +180,12 @@ def test_resume_is_bit_exact_for_orders_and_formulations(
     order: str, formulation: Any, tmp_path: Path
 ) -> None:
     """Penalty schedules (formulation state) and every update order resume exactly."""
-    reference, data = _solver("nupi", order=order, formulation=formulation)
+    reference, data = _solver("nupi", tmp_path / "a.jsonl", order=order, formulation=formulation)
     reference.fit(data, TOTAL)
-    first, data = _solver("nupi", order=order, formulation=formulation)
+    first, data = _solver("nupi", tmp_path / "b.jsonl", order=order, formulation=formulation)
     first.fit(data, STOP)
     path = save_checkpoint(tmp_path / "ckpt.pt", first)
-    resumed, data = _solver("nupi", order=order, formulation=formulation)
+    resumed, data = _solver("nupi", tmp_path / "b.jsonl", order=order, formulation=formulation)
     resumed.initialise(data=data)  # layout known: the checkpoint is checked at once
     resumed.load_state_dict(load_checkpoint(path)["solver"])
     resumed.fit(data, TOTAL - STOP)
@@ -197,12 +207,12 @@ def test_consecutive_fits_continue_the_data_stream() -> None:
 def test_record_forced_by_the_end_of_fit_is_dropped_on_resume(tmp_path: Path) -> None:
     """With record_every=5 the first run records step 6 only because its fit() ended
     there; the resumed history equals the uninterrupted one."""
-    reference, data = _solver("gda", record_every=5)
+    reference, data = _solver("gda", tmp_path / "a.jsonl", record_every=5)
     reference.fit(data, TOTAL)
-    first, data = _solver("gda", record_every=5)
+    first, data = _solver("gda", tmp_path / "b.jsonl", record_every=5)
     first.fit(data, STOP)
     assert [r.step for r in first.history] == [0, 5, 6]
-    resumed, data = _solver("gda", record_every=5)
+    resumed, data = _solver("gda", tmp_path / "b.jsonl", record_every=5)
     resumed.load_state_dict(first.state_dict())
     resumed.fit(data, TOTAL - STOP)
     assert [r.step for r in resumed.history] == [r.step for r in reference.history]
@@ -225,7 +235,7 @@ def test_checkpoint_loads_with_weights_only(tmp_path: Path) -> None:
         "indexed_state",
         "formulation_state",
         "step_count",
-        "history",
+        "history_position",
         "rng",
         "data",
         "layout",

@@ -22,7 +22,7 @@ LAYERS: dict[str, int] = {
     "problem": 1, "variables": 1, "multipliers": 1,
     "layout": 2, "blocks": 2, "history": 2,
     "formulations": 3, "controllers": 3, "prox": 3, "regularization": 3, "recording": 3,
-    "studies": 3,
+    "studies": 3, "schedules": 3, "loggers": 3,
     "duals": 4, "primal": 4, "distributed": 4,
     "_checkpoint_state": 5,
     "solver": 6,

@@ -149,9 +149,14 @@ def test_stack_reports_a_missing_constraint() -> None:
     ids=["no-indices", "too-large", "negative"],
 )
 def test_bad_sample_indices(value: ConstraintValue, message: str) -> None:
+    """Missing indices fail at once; out-of-range ones are clamped on the device (no
+    synchronisation) and reported by check_indices (the solver reads the same facts from
+    the step's record when it flushes)."""
     layout = ConstraintLayout(MIXED, _state(**VALUES))
     with pytest.raises(ShapeError, match=message) as info:
-        layout.stack(_state(**{**VALUES, "samples": value}))
+        stacked = layout.stack(_state(**{**VALUES, "samples": value}))
+        assert bool((stacked.per_sample["samples"].indices < 5).all())
+        layout.check_indices(stacked)
     assert "'samples'" in str(info.value)
 
 

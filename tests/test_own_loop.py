@@ -4,6 +4,8 @@ closure optimizers, several optimizers and low-precision losses work."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from torch import Tensor
@@ -189,3 +191,143 @@ def test_changed_rhs_is_read_at_the_next_step() -> None:
     problem.budget = 0.5
     solver.fit(steps=1500)
     assert float(model.x.detach().sum()) == pytest.approx(0.5, abs=1e-3)
+
+
+# -- gradient accumulation and mixed precision -----------------------------------------------
+def _mean_problem(samples: int) -> ConstrainedProblem:
+    """Objective and dense constraints are means over the batch's rows (so the mean over
+    equal micro-batches is the full batch's value); one per-sample group over all rows."""
+    from constrain import ConstraintValue, ProblemState
+
+    class Rows(ConstrainedProblem):
+        def evaluate(self, model: Any, batch: Any) -> ProblemState:
+            A, idx = batch
+            r = A @ model.x
+            return ProblemState(
+                (r - 1).pow(2).mean() + 0.1 * model.x.pow(2).sum(),
+                {
+                    "mean": r.mean().reshape(1),
+                    "spread": (r.pow(2).mean() - 2.0).reshape(1),
+                    "rows": ConstraintValue(r - 0.5, indices=idx),
+                },
+            )
+
+    return Rows(
+        constraints=[
+            Constraint("mean", "<=", rhs=0.3),
+            Constraint("spread", ">=", rhs=-1.5),
+            Constraint("rows", "<=", size=samples, per_sample=True),
+        ]
+    )
+
+
+def _rows_solver(order: str, lr: float) -> Solver:
+    model = Variables(x=torch.full((3,), 0.1, dtype=DTYPE))
+    return Solver(
+        _mean_problem(16), model, torch.optim.SGD(model.parameters(), lr=lr, momentum=0.5),
+        controller={"name": "nupi", "lr": 0.3, "kp": 0.5}, order=order,
+    )  # fmt: skip
+
+
+def _accumulated_step(solver: Solver, batches: list[Any]) -> None:
+    solver.optimizer.zero_grad()
+    for k, batch in enumerate(batches):
+        loss = solver.lagrangian(batch, accumulate=k > 0) / len(batches)
+        loss.backward()
+    solver.optimizer.step()
+    solver.dual_step()
+
+
+@pytest.mark.parametrize("order", ["simultaneous", "primal_dual"])
+def test_accumulation_averages_the_constraint_signal(order: str) -> None:
+    """4 micro-batches, each loss scaled by 1/4, against one step on the whole batch.
+
+    With the primal step off (lr 0) every multiplier, dense and per-sample, equals the
+    whole batch's (dense violations averaged, per-sample entries merged: sample 5 is in
+    two micro-batches and counts once with its mean, as it does in the whole batch)."""
+    gen = torch.Generator().manual_seed(0)
+    A = torch.randn(16, 3, generator=gen, dtype=DTYPE)
+    idx = torch.arange(16)
+    idx[8] = 5  # the whole batch holds sample 5 twice, too
+    whole, parts = _rows_solver(order, 0.0), _rows_solver(order, 0.0)
+    for _ in range(20):
+        whole.step((A, idx))
+        _accumulated_step(parts, [(A[4 * k : 4 * k + 4], idx[4 * k : 4 * k + 4]) for k in range(4)])
+    for name, lam in whole.multipliers.items():
+        torch.testing.assert_close(parts.multipliers[name], lam, rtol=0, atol=1e-12)
+    assert parts.history.objective().tolist() == pytest.approx(whole.history.objective().tolist())
+
+
+def test_accumulation_gives_the_whole_batch_gradient() -> None:
+    """Dense constraints that are means: the accumulated step is the whole batch's step
+    (gradient and signal), to 1e-12 over 40 steps. (Per-sample terms are sums over the
+    batch's samples: scaling each micro-batch's loss by 1/k scales them by 1/k too.)"""
+
+    class Dense(ConstrainedProblem):
+        def evaluate(self, model: Any, batch: Any) -> Any:
+            state = _mean_problem(16).evaluate(model, batch)
+            del state.constraints["rows"]
+            return state
+
+    problem = Dense(
+        constraints=[Constraint("mean", "<=", rhs=0.3), Constraint("spread", ">=", rhs=-1.5)]
+    )
+
+    def solver() -> Solver:
+        model = Variables(x=torch.full((3,), 0.1, dtype=DTYPE))
+        return Solver(
+            problem, model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5),
+            controller={"name": "nupi", "lr": 0.3, "kp": 0.5},
+        )  # fmt: skip
+
+    gen = torch.Generator().manual_seed(1)
+    A = torch.randn(16, 3, generator=gen, dtype=DTYPE)
+    idx = torch.arange(16)
+    whole, parts = solver(), solver()
+    for _ in range(40):
+        whole.step((A, idx))
+        _accumulated_step(parts, [(A[4 * k : 4 * k + 4], idx[4 * k : 4 * k + 4]) for k in range(4)])
+    torch.testing.assert_close(parts.model.x, whole.model.x, rtol=0, atol=1e-12)
+    for name, lam in whole.multipliers.items():
+        torch.testing.assert_close(parts.multipliers[name], lam, rtol=0, atol=1e-12)
+
+
+def test_accumulation_is_refused_where_it_cannot_average() -> None:
+    solver = _solver("dual_primal")
+    solver.lagrangian()
+    with pytest.raises(ConfigError, match="'dual_primal' order updates the multipliers"):
+        solver.lagrangian(accumulate=True)
+    other = _solver("simultaneous")
+    other.lagrangian()
+    other.prox_step()
+    with pytest.raises(ConfigError, match="prox or multiplier step already ran"):
+        other.lagrangian(accumulate=True)
+
+
+def test_autocast_bf16_with_a_grad_scaler() -> None:
+    """CPU autocast in bf16 with GradScaler semantics (scale, unscale, clip, step, update)
+    in the own loop reaches the float32 solution's multiplier: lam* = 4 for
+    min (x - 3)^2 s.t. x <= 1."""
+    model = Variables(x=torch.zeros(1))
+    problem = ConstrainedProblem(
+        objective=lambda m, b: (m.x * torch.ones(1, 1)).sum().sub(3).pow(2),
+        constraints=[Constraint("cap", "<=", rhs=1.0, fn=lambda m, b: (m.x * torch.ones(1, 1)).sum())],
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    solver = Solver(problem, model, optimizer, controller={"name": "nupi", "lr": 0.05, "kp": 1.0})
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    solver.register_state("scaler", scaler)
+    for _ in range(3000):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = solver.lagrangian()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad()
+        solver.dual_step()
+    assert solver.multiplier_store is not None
+    assert solver.multiplier_store.dense.dtype == torch.float32
+    assert solver.multipliers["cap"].item() == pytest.approx(4.0, abs=0.05)
+    assert model.x.item() == pytest.approx(1.0, abs=0.02)

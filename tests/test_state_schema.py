@@ -67,6 +67,16 @@ def state() -> dict[str, Any]:
     return solver.state_dict()
 
 
+@pytest.fixture(scope="module")
+def old_state() -> dict[str, Any]:
+    """A version-2 state: the history's records embedded instead of its position."""
+    solver = _solver()
+    solver.fit(None, 3)
+    state = solver.state_dict()
+    old = {k: v for k, v in state.items() if k not in ("history_position", "schedules")}
+    return {**old, "version": 2, "history": solver.history.to_dict()}
+
+
 def test_record_checks_cover_exactly_the_step_record_fields() -> None:
     assert set(HISTORY_RECORD) == {f.name for f in dataclasses.fields(StepRecord)}
 
@@ -103,11 +113,22 @@ def test_states_with_several_optimizers_and_registered_objects_pass() -> None:
         check_solver_state(state)
 
 
-def test_version_one_states_have_no_extra(state: dict[str, Any]) -> None:
-    old = {k: v for k, v in state.items() if k != "extra"}
+def test_version_one_states_have_no_extra(old_state: dict[str, Any]) -> None:
+    old = {k: v for k, v in old_state.items() if k != "extra"}
+    check_solver_state(old_state)
     check_solver_state({**old, "version": 1})
     with pytest.raises(CheckpointError, match="lacks the entry 'extra'"):
         check_solver_state(old)
+
+
+def test_version_three_states_hold_a_position_not_records(
+    state: dict[str, Any], old_state: dict[str, Any]
+) -> None:
+    assert "history" not in state and set(state["history_position"]) == {"records", "bytes"}
+    with pytest.raises(CheckpointError, match="unexpected entry 'history'"):
+        check_solver_state({**state, "history": old_state["history"]})
+    with pytest.raises(CheckpointError, match="'history_position': the entry is missing"):
+        check_solver_state({k: v for k, v in state.items() if k != "history_position"})
 
 
 def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
@@ -144,11 +165,32 @@ def _swap_records(state: dict[str, Any]) -> None:
     records[0], records[1] = records[1], records[0]
 
 
+CRAFTED_HISTORY = [
+    ("extra-record-key", _extra_record_key, "history.records[0]", "unexpected entry 'extra'"),
+    ("history-string", _set("history", "x"), "'history'", "expected a mapping; got 'x' (str)"),
+    ("record-step-string", _set("history.records[1].step", "1"), "records[1].step", "got '1'"),
+    ("records-out-of-order", _swap_records, "records[1].step", "after the previous record"),
+    (
+        "record-beyond-step-count",
+        _set("step_count", 2),
+        "history.records[2].step",
+        "below step_count (2)",
+    ),
+    ("violation-width", _set("history.records[0].violation", [1.0, 2.0]), "violation", "1 values"),
+    ("skipped-not-bool", _set("history.records[0].skipped", 0), "skipped", "a bool"),
+]
+"""Changes of the records embedded in version-1 and -2 states."""
+
 CRAFTED = [
     # the issue's examples
-    ("extra-record-key", _extra_record_key, "history.records[0]", "unexpected entry 'extra'"),
     ("step-count-string", _set("step_count", "abc"), "'step_count'", "got 'abc' (str)"),
-    ("history-string", _set("history", "x"), "'history'", "expected a mapping; got 'x' (str)"),
+    (
+        "position-negative",
+        _set("history_position.bytes", -1),
+        "'history_position.bytes'",
+        "an integer >= 0; got -1",
+    ),
+    ("schedules-string", _set("schedules", "x"), "'schedules'", "expected a mapping"),
     ("negative-step-count", _set("step_count", -5), "'step_count'", "an integer >= 0; got -5"),
     (
         "negative-optimizer-lr",
@@ -164,16 +206,6 @@ CRAFTED = [
     ("beta-one", _set("optimizer.param_groups[0].betas", (0.9, 1.0)), "betas[1]", "< 1.0"),
     ("order", _set("order", "random"), "'order'", "one of ['simultaneous'"),
     ("record-every-zero", _set("record_every", 0), "'record_every'", "an integer >= 1; got 0"),
-    ("record-step-string", _set("history.records[1].step", "1"), "records[1].step", "got '1'"),
-    ("records-out-of-order", _swap_records, "records[1].step", "after the previous record"),
-    (
-        "record-beyond-step-count",
-        _set("step_count", 2),
-        "history.records[2].step",
-        "below step_count (2)",
-    ),
-    ("violation-width", _set("history.records[0].violation", [1.0, 2.0]), "violation", "1 values"),
-    ("skipped-not-bool", _set("history.records[0].skipped", 0), "skipped", "a bool"),
     ("nan-multiplier", _set("multipliers.dense", torch.tensor([float("nan")])), "dense", "finite"),
     (
         "integer-multipliers",
@@ -220,6 +252,17 @@ def test_crafted_states_are_refused_naming_the_field(
     message = str(info.value)
     assert where in message and detail in message, message
     assert "resume from an earlier checkpoint" in message
+
+
+@pytest.mark.parametrize(
+    ("change", "where", "detail"),
+    [c[1:] for c in CRAFTED_HISTORY],
+    ids=[c[0] for c in CRAFTED_HISTORY],
+)
+def test_crafted_records_of_old_states_are_refused(
+    old_state: dict[str, Any], change: Callable[[dict[str, Any]], None], where: str, detail: str
+) -> None:
+    test_crafted_states_are_refused_naming_the_field(old_state, change, where, detail)
 
 
 def test_meta_is_checked() -> None:

@@ -19,6 +19,7 @@ from .exact import Tolerances, ValidationReport, to_cvxpy, validate
 from .formulations import AugmentedLagrangian, Formulation, Lagrangian, QuadraticPenalty
 from .history import History, StepRecord
 from .layout import ConstraintLayout
+from .loggers import Logger, TensorBoardLogger
 from .multipliers import Multipliers
 from .problem import (
     ConstrainedProblem,
@@ -37,6 +38,7 @@ from .randomized import (
     shrinking_distribution,
 )
 from .runner import ProblemSpec, Reference, RunResult, Setup, get_problem, problem_names, run
+from .schedules import ScheduledValue
 from .solver import Solver, SolveResult, make_optimizer, solve
 from .variables import Variables
 
@@ -56,6 +58,7 @@ __all__ = [
     "Formulation",
     "History",
     "Lagrangian",
+    "Logger",
     "Multipliers",
     "NonFiniteError",
     "ProblemSpec",
@@ -66,6 +69,7 @@ __all__ = [
     "Regularizer",
     "RunConfig",
     "RunResult",
+    "ScheduledValue",
     "Setup",
     "ShapeError",
     "Snapshot",
@@ -73,6 +77,7 @@ __all__ = [
     "SolveResult",
     "Solver",
     "StepRecord",
+    "TensorBoardLogger",
     "Tolerances",
     "UnknownNameError",
     "ValidationReport",

@@ -11,7 +11,12 @@ Version history:
   ``history``. Still loaded.
 * 2: ``optimizer`` and ``optimizer_type`` hold one optimizer's state and class name, or
   lists of them when the solver has several optimizers; ``extra`` holds the objects
-  registered with :meth:`Solver.register_state` (LR schedulers, ...).
+  registered with :meth:`Solver.register_state` (LR schedulers, ...). Still loaded.
+* 3: no ``history``: ``history_position`` (``{"records", "bytes"}``) says where the
+  history's stream continues (:meth:`History.position`), so that a checkpoint's size does
+  not grow with the run; ``schedules`` holds the state of the dual step-size and penalty
+  schedulers. Version-1 and -2 states load: their embedded records are replayed into the
+  history (and its stream).
 """
 
 from __future__ import annotations
@@ -36,9 +41,9 @@ __all__ = ["SOLVER_STATE_VERSION", "load_solver_state", "solver_state"]
 
 logger = logging.getLogger("constrain")
 
-SOLVER_STATE_VERSION = 2
+SOLVER_STATE_VERSION = 3
 """Version of the :meth:`Solver.state_dict` layout (1: constrain 0.1.0)."""
-_READABLE_VERSIONS = (1, 2)
+_READABLE_VERSIONS = (1, 2, 3)
 
 
 def solver_state(solver: Solver) -> dict[str, Any]:
@@ -60,7 +65,8 @@ def solver_state(solver: Solver) -> dict[str, Any]:
         "model": {k: v.detach().clone() for k, v in solver.model.state_dict().items()},
         "optimizer": _one_or_list([copy.deepcopy(o.state_dict()) for o in solver.optimizers]),
         **duals.state_dict(),
-        "history": solver.history.to_dict(),
+        "history_position": solver.history.position(),
+        "schedules": {name: runner.state_dict() for name, runner in solver.schedules.items()},
         "extra": {
             name: copy.deepcopy(obj.state_dict()) for name, obj in solver.extra_state.items()
         },
@@ -97,10 +103,11 @@ def load_solver_state(solver: Solver, state: Mapping[str, Any]) -> None:
 
 
 def _upgrade(state: Mapping[str, Any]) -> Mapping[str, Any]:
-    """A version-1 state in the version-2 layout."""
-    if state["version"] == 2:
+    """A version-1 or -2 state in the version-3 layout (its records stay under
+    ``history``, to be replayed)."""
+    if state["version"] == 3:
         return state
-    return {**state, "extra": {}}
+    return {"extra": {}, **state, "schedules": {}}
 
 
 def _load(solver: Solver, state: Mapping[str, Any]) -> None:
@@ -146,6 +153,11 @@ def _load(solver: Solver, state: Mapping[str, Any]) -> None:
         )
     for name, obj in solver.extra_state.items():
         obj.load_state_dict(copy.deepcopy(extra[name]))
+    schedules = state["schedules"]
+    if not isinstance(schedules, Mapping):
+        raise CheckpointError(f"schedules: expected a mapping; got {describe(schedules)}.")
+    for name, runner in solver.schedules.items():
+        runner.load_state_dict(schedules.get(name))
     step_count = state["step_count"]
     if not isinstance(step_count, int) or isinstance(step_count, bool) or step_count < 0:
         raise CheckpointError(
@@ -157,7 +169,10 @@ def _load(solver: Solver, state: Mapping[str, Any]) -> None:
         solver.duals.reset()
     else:
         solver.duals.load_state_dict(state)
-    solver.history = _history(state["history"], solver)
+    if "history" in state:  # versions 1 and 2 embed the records
+        _replay(_history(state["history"], solver), solver)
+    else:
+        _resume_history(solver, state["history_position"])
     solver.cursor.load_state_dict(state["data"])
     set_rng_state(state["rng"])
 
@@ -171,14 +186,35 @@ def _history(data: Any, solver: Solver) -> History:
             f"history: expected a mapping from History.to_dict(); the checkpoint holds "
             f"{describe(data)}."
         )
+    records = list(data.get("records", []))
+    if records:
+        last = records[-1]
+        step = last.get("step") if isinstance(last, Mapping) else None
+        if step == solver.step_count - 1 and isinstance(step, int) and step % solver.record_every:
+            records.pop()  # recorded only because the saved fit() ended there
     try:
-        history = History.from_dict(dict(data))
+        return History.from_dict({**dict(data), "records": records})
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise CheckpointError(f"history: the checkpoint's records are malformed ({exc}).") from None
-    last = history.records[-1] if history.records else None
-    if last is not None and last.step == solver.step_count - 1 and last.step % solver.record_every:
-        history.records.pop()  # recorded only because the saved fit() ended there
-    return history
+
+
+def _resume_history(solver: Solver, position: Any) -> None:
+    if not isinstance(position, Mapping) or not {"records", "bytes"} <= set(position):
+        raise CheckpointError(
+            f"history_position: expected a mapping with 'records' and 'bytes'; the "
+            f"checkpoint holds {describe(position)}."
+        )
+    solver.history.resume(dict(position))
+
+
+def _replay(saved: History, solver: Solver) -> None:
+    """Start the history (and its stream) over with the records of an old checkpoint."""
+    history = solver.history
+    history.resume({"records": 0, "bytes": 0})
+    if saved.labels:
+        history.labels = saved.labels
+    for record in saved:
+        history.append(record)
 
 
 def _one_or_list(items: list[Any]) -> Any:

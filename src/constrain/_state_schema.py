@@ -241,8 +241,10 @@ def _record_fields() -> dict[str, Check]:
         "step": integer(0),
         "objective": finite_or_nan,
         "max_violation": finite_or_nan,
-        "violation": sequence(finite_or_nan),
-        "multipliers": sequence(finite_or_nan),
+        "violation": nullable(sequence(finite_or_nan)),
+        "multipliers": nullable(sequence(finite_or_nan)),
+        "group_violation": sequence(finite_or_nan),
+        "group_multiplier_norm": sequence(finite_or_nan),
         "per_sample": mapping(values=mapping(values=nullable(finite_or_nan))),
         "metrics": mapping(values=nullable(finite_or_nan)),
         "clusters": mapping(values=integer(0)),
@@ -256,10 +258,16 @@ HISTORY_RECORD = _record_fields()
 """Checks of the fields of one history record (those of :class:`constrain.StepRecord`)."""
 
 
+_NEW_RECORD_FIELDS = ("group_violation", "group_multiplier_norm")
+"""Record fields that records of version-1 and -2 states lack."""
+
+
 def _history(value: Any, path: str) -> None:
-    mapping({"labels": sequence(string()), "records": sequence(mapping(HISTORY_RECORD))})(
-        value, path
-    )
+    record = mapping(HISTORY_RECORD, optional=_NEW_RECORD_FIELDS)
+    mapping(
+        {"labels": sequence(string()), "groups": sequence(string()), "records": sequence(record)},
+        optional=("groups",),
+    )(value, path)
     width = len(value["labels"])
     previous = -1
     for k, record in enumerate(value["records"]):
@@ -270,7 +278,7 @@ def _history(value: Any, path: str) -> None:
             )
         previous = record["step"]
         for key in ("violation", "multipliers"):
-            if len(record[key]) != width:
+            if record[key] is not None and len(record[key]) != width:
                 _fail(f"{where}.{key}", f"{width} values (one per label)", record[key])
 
 
@@ -423,34 +431,48 @@ SOLVER_STATE: dict[str, Check] = {
     "indexed_state": mapping(values=tensor_tree),
     "formulation_state": mapping(values=tensor_tree),
     "history": _history,
+    "history_position": mapping({"records": integer(0), "bytes": integer(0)}),
+    "schedules": mapping(values=mapping(values=_extra_state)),
     "extra": mapping(values=_extra_state),
     "rng": _RNG,
     "data": _data,
 }
 """Checks of every entry of ``Solver.state_dict()`` (all required, no others allowed;
-``extra``, the registered objects' states, is absent from version-1 states)."""
+``extra``, the registered objects' states, is absent from version-1 states; version 3
+holds ``history_position`` and ``schedules`` instead of versions 1 and 2's ``history``)."""
+
+_BY_VERSION = {
+    1: ("history_position", "schedules", "extra"),
+    2: ("history_position", "schedules"),
+}
+"""Entries of :data:`SOLVER_STATE` that a version's states lack (version 3: ``history``)."""
 
 
 def check_solver_state(state: Mapping[str, Any]) -> None:
     """Check a saved solver state against :data:`SOLVER_STATE` before it is used.
 
-    Versions 1 (constrain 0.1.0, no ``extra``) and 2 are accepted; whether this
-    constrain reads the version is the loader's decision. Besides each entry's type and
-    range, the history must be consistent with the state:
-    records in increasing step order, below ``step_count``, each with one violation and
-    one multiplier per label.
+    Versions 1 (constrain 0.1.0, no ``extra``), 2 and 3 (the history's stream position
+    instead of its records) are accepted; whether this constrain reads the version is the
+    loader's decision. Besides each entry's type and range, the history of a version-1 or
+    -2 state must be consistent with the state: records in increasing step order, below
+    ``step_count``, each with one violation and one multiplier per label (or none).
 
     Raises:
         CheckpointError: Naming the first offending field by its path (e.g.
             ``'history.records[3].step'``), what was expected and what was received.
     """
-    version_one = isinstance(state, Mapping) and state.get("version") == 1
-    mapping(SOLVER_STATE, optional=("extra",) if version_one else ())(state, "")
+    version = state.get("version") if isinstance(state, Mapping) else None
+    absent = _BY_VERSION.get(version, ("history",))  # type: ignore[arg-type]
+    fields = {k: v for k, v in SOLVER_STATE.items() if k not in absent or k == "extra"}
+    optional = ("extra",) if "extra" in absent else ()
+    mapping(fields, optional=optional)(state, "")
     if isinstance(state["optimizer"], list) != isinstance(state["optimizer_type"], list) or (
         isinstance(state["optimizer"], list)
         and len(state["optimizer"]) != len(state["optimizer_type"])
     ):
         _fail("optimizer_type", "one optimizer type per saved optimizer", state["optimizer_type"])
+    if "history" not in state:
+        return
     records = state["history"]["records"]
     if records and records[-1]["step"] >= state["step_count"]:
         _fail(

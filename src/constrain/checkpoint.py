@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import time
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -248,6 +249,17 @@ def _prune(folder: RunFolder, keep: int) -> None:
         folder.forget(path)
 
 
+def _carry_stream(source: Path, folder: Path) -> None:
+    """Resuming into another folder: start its history stream from the resumed run's (the
+    checkpoint then cuts it back to its own position)."""
+    from .runner import HISTORY_STREAM
+
+    old, new = source / HISTORY_STREAM, folder / HISTORY_STREAM
+    if old.is_file() and old.resolve() != new.resolve() and not new.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(old, new)
+
+
 def _check_compatible(meta: Mapping[str, Any], config: RunConfig, where: Path) -> None:
     """The checkpoint must come from the same problem and the same settings (all but
     ``steps``)."""
@@ -282,6 +294,7 @@ def run_with_checkpoints(
     keep: int = 2,
     figures: bool = True,
     overwrite: bool = False,
+    loggers: Sequence[Any] = (),
 ) -> Any:
     """Run a registered problem, saving a checkpoint every ``every`` steps and at the end.
 
@@ -307,6 +320,7 @@ def run_with_checkpoints(
             new one is written, so with 2 a damaged newest file still leaves a good one.
         figures: Write figures with the report.
         overwrite: Replace a previous run in ``out`` (not with ``resume`` of that folder).
+        loggers: Receive every record (e.g. a :class:`constrain.TensorBoardLogger`).
 
     Returns:
         A :class:`constrain.runner.RunResult`.
@@ -352,7 +366,9 @@ def run_with_checkpoints(
             out if out is not None else target, config, overwrite=overwrite, resume=same
         )
         try:
-            return _run_in(folder, spec, config, resume, every, keep, progress, figures, stop)
+            return _run_in(
+                folder, spec, config, resume, every, keep, progress, figures, stop, loggers
+            )
         finally:
             if folder is not None:
                 folder.release()
@@ -368,12 +384,17 @@ def _run_in(
     progress: bool | None,
     figures: bool,
     stop: Any,
+    loggers: Sequence[Any] = (),
 ) -> Any:
     """The body of :func:`run_with_checkpoints` once the folder is claimed."""
     from .distributed import is_main_process, world_size
-    from .runner import build_solver, execute
+    from .runner import build_solver, execute, stream_history
 
     setup, solver = build_solver(spec, config)
+    if resume is not None and folder is not None:
+        _carry_stream(_folder_of(Path(resume)), folder.path)
+    stream_history(solver, folder)
+    solver.loggers += list(loggers)
     if resume is not None:
         path, payload = load_latest(Path(resume))
         _check_compatible(payload["meta"], config, path)

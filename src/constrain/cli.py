@@ -4,6 +4,7 @@ Commands:
     constrain list [--json]
     constrain run PROBLEM [--controller NAME] [--steps N] [--set KEY=VALUE ...]
                   [--config FILE] [--out DIR [--overwrite]] [--checkpoint-every K]
+                  [--tensorboard DIR]
                   [--resume DIR] [--json]
     constrain compare PROBLEM --controllers a,b,c [--steps N] [--set ...]
                   [--out DIR [--overwrite]] [--json]
@@ -100,6 +101,11 @@ def _parser() -> argparse.ArgumentParser:
         help="resume from the latest checkpoint in DIR (and continue the run there, unless "
         "--out names another folder)",
     )
+    p_run.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="also write TensorBoard event files into DIR (pip install constrain[tensorboard])",
+    )
 
     p_cmp = sub.add_parser("compare", help="run one problem with several controllers; one figure")
     common(p_cmp)
@@ -109,6 +115,11 @@ def _parser() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="replace a previous comparison in --out (only its files are deleted)",
+    )
+    p_cmp.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="also write TensorBoard event files, one run per controller under DIR",
     )
 
     p_val = sub.add_parser(
@@ -244,6 +255,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .runner import run
 
     _, config = _config(args, args.controller)
+    loggers = _tensorboard(args.tensorboard)
     if args.checkpoint_every is not None or args.resume is not None:
         from .checkpoint import run_with_checkpoints
 
@@ -254,11 +266,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
             resume=args.resume,
             progress=args.progress,
             overwrite=args.overwrite,
+            loggers=loggers,
         )
     else:
         if args.overwrite and args.out is None:
             raise ConfigError("--overwrite needs --out DIR (the folder whose run it replaces).")
-        result = run(config, out=args.out, progress=args.progress, overwrite=args.overwrite)
+        result = run(
+            config,
+            out=args.out,
+            progress=args.progress,
+            overwrite=args.overwrite,
+            loggers=loggers,
+        )
+    for sink in loggers:
+        sink.close()
     if not _is_main_process():
         return 0
     if args.json:
@@ -268,6 +289,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if args.out is not None or args.resume is not None:
             print(f"report written to {result_folder(args)}")
     return 0
+
+
+def _tensorboard(folder: str | None) -> list[Any]:
+    """A TensorBoard logger writing into ``folder`` (``--tensorboard DIR``), or none."""
+    if not folder:
+        return []
+    from .loggers import TensorBoardLogger
+
+    return [TensorBoardLogger(folder)]
 
 
 def result_folder(args: argparse.Namespace) -> str:
@@ -296,13 +326,17 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         args.out, overwrite=args.overwrite, info={"problem": args.problem, "compare": names}
     ) as folder:
         for name, (_, config) in zip(names, configs, strict=True):
+            loggers = _tensorboard(args.tensorboard and str(Path(args.tensorboard) / name))
             result = run(
                 config,
                 out=out / name,
                 progress=args.progress,
                 figures=False,
                 overwrite=args.overwrite,
+                loggers=loggers,
             )
+            for sink in loggers:
+                sink.close()
             summaries.append(result.summary)
             histories[name] = result.solver.history
             if "reference" in result.summary:

@@ -11,9 +11,10 @@ small interface to the solver:
   extragradient methods;
 * :meth:`Duals.state_dict` / :meth:`Duals.load_state_dict`: the dual part of a checkpoint.
 
-The non-finite policy lives here too: an update that makes a multiplier NaN/Inf raises
-:class:`~constrain.NonFiniteError` naming the constraint, or (``on_nonfinite="skip"``)
-keeps the old multipliers. See docs/algorithms.md, 'Multiplier controllers', and docs/algorithms.md,
+A proposed update with a NaN/Inf entry is dropped on the device (the old multipliers
+stay) and reported in the step's :class:`DualReport`; the solver raises
+:class:`~constrain.NonFiniteError` naming the constraint when the step is flushed, or
+(``on_nonfinite="skip"``) logs it. See docs/algorithms.md, 'Multiplier controllers', and docs/algorithms.md,
 'Formulations', for the update rules and the projection convention.
 """
 
@@ -22,18 +23,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from ._errors import CheckpointError, ConfigError, NonFiniteError, describe
+from ._errors import CheckpointError, ConfigError, describe
 from .controllers import Controller, ControllerState
 from .formulations import Formulation, FormulationState
 from .layout import ConstraintLayout, StackedConstraints
 from .multipliers import Multipliers
 
-__all__ = ["Duals", "NonFinitePolicy"]
+__all__ = ["DualReport", "Duals", "NonFinitePolicy"]
 
 logger = logging.getLogger("constrain")
 
@@ -132,23 +134,24 @@ class Duals:
         )
 
     # -- the multiplier step -------------------------------------------------------------
-    def step(self, stacked: StackedConstraints, step: int) -> bool:
-        """One multiplier update from ``stacked``; returns False if it was skipped.
+    def step(self, stacked: StackedConstraints, step: int) -> DualReport:
+        """One multiplier update from ``stacked``; returns what it proposed and whether
+        it was taken, on the device (no host synchronisation).
 
         The dense vector is updated in one call; each per-sample group is updated at its
-        observed indices only. A formulation without multipliers only advances its state
-        (penalty schedules).
-
-        Raises:
-            NonFiniteError: If an update is NaN/Inf and ``on_nonfinite="raise"``.
+        observed indices only. A proposal with a NaN/Inf entry is dropped on the device
+        (the multipliers and the controller state keep their values); the solver reports
+        it when the step is flushed (:class:`~constrain.NonFiniteError` naming the
+        constraint, or a warning with ``on_nonfinite="skip"``). A formulation without
+        multipliers only advances its state (penalty schedules).
         """
         assert self.multipliers is not None and self.layout is not None
         formulation, controller = self.formulation, self.controller
+        report = DualReport(torch.ones((), dtype=torch.bool, device=self.layout.device))
         if not formulation.uses_multipliers:
             self.formulation_state = formulation.after_dual_step(stacked, self.formulation_state)
-            return True
+            return report
         lam = self.multipliers
-        completed = True
         signal = formulation.dual_signal(stacked, self.formulation_state)
         dense, controller_state = controller.update(lam.dense, signal, self.controller_state)
         if stacked.observed is not None:  # unobserved entries keep multiplier and state
@@ -156,25 +159,25 @@ class Duals:
             controller_state = _keep_unobserved(
                 stacked.observed, controller_state, self.controller_state
             )
-        if self._finite(dense, None, step):
-            self.controller_state = controller_state
-            lam.dense = formulation.project(dense, self.layout.equality)
-        else:
-            completed = False
+        ok = _all_finite(dense)
+        self.controller_state = _keep_unless(ok, controller_state, self.controller_state)
+        lam.dense = torch.where(ok, formulation.project(dense, self.layout.equality), lam.dense)
+        report.dense, report.ok = dense, ok
         for name, iv in stacked.per_sample.items():
             sig = formulation.indexed_signal(iv.violation, self.formulation_state)
             store, state = lam.per_sample[name], self.indexed_state[name]
-            observed = {k: v[..., iv.indices] for k, v in state.items()}
-            updated, observed = controller.update(store[iv.indices], sig, observed)
-            if not self._finite(updated, name, step):
-                completed = False
-                continue
+            before = {k: v[..., iv.indices] for k, v in state.items()}
+            old = store[iv.indices]
+            updated, observed = controller.update(old, sig, before)
+            ok = _all_finite(updated)
             mask = torch.full_like(updated, iv.equality, dtype=torch.bool)
-            store[iv.indices] = formulation.project(updated, mask)  # O(batch), in place
-            for k, v in observed.items():
+            store[iv.indices] = torch.where(ok, formulation.project(updated, mask), old)  # O(batch)
+            for k, v in _keep_unless(ok, observed, before).items():
                 state[k][..., iv.indices] = v
+            report.per_sample[name] = updated
+            report.ok = report.ok & ok
         self.formulation_state = formulation.after_dual_step(stacked, self.formulation_state)
-        return completed
+        return report
 
     def lookahead(self, stacked: StackedConstraints) -> Multipliers:
         """The extrapolated multipliers of an extragradient step (no state changes).
@@ -210,25 +213,6 @@ class Duals:
             yield
         finally:
             self.multipliers = original
-
-    def _finite(self, values: Tensor, group: str | None, step: int) -> bool:
-        """True if ``values`` are finite; otherwise raise naming the constraint (or, with
-        ``on_nonfinite="skip"``, log it and return False)."""
-        if bool(torch.isfinite(values).all()):
-            return True
-        assert self.layout is not None
-        if group is None:
-            parts = self.layout.split(values)
-            group = next(n for n, v in parts.items() if not bool(torch.isfinite(v).all()))
-        message = (
-            f"the multipliers of constraint {group!r} became non-finite at step {step} after "
-            f"the {self.controller.name!r} update; lower the controller's lr (multiplicative "
-            "rules overflow for large lr * violation)."
-        )
-        if self.on_nonfinite == "raise":
-            raise NonFiniteError(message)
-        logger.warning("%s Multiplier update skipped.", message)
-        return False
 
     # -- checkpoints ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -278,6 +262,33 @@ class Duals:
         self.controller_state = clone_tree(state["controller_state"], device)
         self.indexed_state = clone_tree(state["indexed_state"], device)
         self.formulation_state = clone_tree(state["formulation_state"], device)
+
+
+@dataclass
+class DualReport:
+    """What one multiplier update did, as device tensors (see :meth:`Duals.step`).
+
+    Attributes:
+        ok: 0-dim bool tensor: every proposal was finite (else the non-finite ones were
+            dropped).
+        dense: The proposed (unprojected) dense multipliers, ``None`` without multipliers.
+        per_sample: The proposed multipliers of the observed entries of each group.
+    """
+
+    ok: Tensor
+    dense: Tensor | None = None
+    per_sample: dict[str, Tensor] = field(default_factory=dict)
+
+
+def _all_finite(values: Tensor) -> Tensor:
+    """0-dim bool tensor: every entry of ``values`` is finite (their float64 sum is
+    non-finite exactly then; no host synchronisation)."""
+    return torch.isfinite(values.sum(dtype=torch.float64))
+
+
+def _keep_unless(ok: Tensor, new: ControllerState, old: ControllerState) -> ControllerState:
+    """``new`` where ``ok`` else ``old``, key by key (keys only in ``new`` are taken)."""
+    return {k: torch.where(ok, v, old[k]) if k in old else v for k, v in new.items()}
 
 
 def _keep_unobserved(

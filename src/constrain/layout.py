@@ -19,24 +19,43 @@ from ._errors import ConfigError, NonFiniteError, ShapeError, describe
 from .multipliers import Multipliers
 from .problem import ConstrainedProblem, Constraint, ProblemState, as_constraint_value
 
-__all__ = ["ConstraintLayout", "IndexedViolation", "StackedConstraints"]
+__all__ = [
+    "NONFINITE_HINT",
+    "ConstraintLayout",
+    "IndexedViolation",
+    "StackedConstraints",
+    "index_message",
+]
 
 
 @dataclass
 class IndexedViolation:
     """Observed entries of one per-sample constraint group.
 
+    A sample drawn several times in one batch (sampling with replacement, the padding of a
+    distributed sampler) counts once, with the mean of its values: every occurrence carries
+    that mean in ``violation`` (so the multiplier updates of the occurrences are identical),
+    and only the first one enters the primal loss (the others' ``primal`` is a constant 0).
+    This keeps every shape fixed, so that no host synchronisation is needed.
+
     Attributes:
         violation: Standard-form true values ``g_i`` of the observed samples (detached).
         primal: Standard-form values the primal player differentiates (proxy or true).
-        indices: Sample indices (int64), one per entry, unique within a batch.
+        indices: Sample indices (int64), one per entry, clamped to ``[0, size)``.
         equality: True if the group is an equality constraint (multipliers of any sign).
+        first: True at the first occurrence of each sample (``None``: no repeats possible).
+        raw_indices: The indices as given (checked against ``size`` when the step is
+            flushed; see :meth:`ConstraintLayout.check_indices`).
+        size: Number of samples of the group.
     """
 
     violation: Tensor
     primal: Tensor
     indices: Tensor
     equality: bool = False
+    first: Tensor | None = None
+    raw_indices: Tensor | None = None
+    size: int = 0
 
 
 @dataclass
@@ -59,6 +78,12 @@ class StackedConstraints:
     equality: Tensor
     per_sample: dict[str, IndexedViolation] = field(default_factory=dict)
     observed: Tensor | None = None
+
+
+NONFINITE_HINT = (
+    "expected finite values; look for log(0), a division by zero, an overflow or NaN "
+    "in the data, or pass on_nonfinite='skip' to skip such steps"
+)
 
 
 class ConstraintLayout:
@@ -122,6 +147,7 @@ class ConstraintLayout:
         self.names = [c.name for c in self.dense]
         self._per_sample_names = {c.name for c in self.per_sample}
         self._rhs_values: tuple[object, ...] | None = None
+        self._rhs_source: object = None
         self._set_rhs(self._current_rhs())
         self.has_equality = bool(self.equality.any()) or any(c.is_equality for c in self.per_sample)
 
@@ -144,7 +170,10 @@ class ConstraintLayout:
             )
         rhs = torch.cat(parts) if parts else torch.zeros(0, dtype=self.dtype)
         self.rhs = rhs.to(self.device)
-        self._identity_form = bool((self.sign == 1).all()) and bool((self.rhs == 0).all())
+        # Decided from the declarations, not from the device tensors (no synchronisation).
+        self._identity_form = all(c.sign == 1 for c in self.dense) and all(
+            all(float(x) == 0.0 for x in (v if isinstance(v, tuple) else (v,))) for v in values
+        )
         self._shift = -self.sign * self.rhs
         self._rhs_values = values
 
@@ -199,27 +228,46 @@ class ConstraintLayout:
                 per-sample group has indices out of range or repeated within the batch.
         """
         if self.dense:
-            self._set_rhs(self._current_rhs())
+            # The declarations are rebuilt (a new list) whenever a field of the problem
+            # changes: only then can a right-hand side have changed.
+            source = getattr(self.problem, "_declared", None)
+            if source is None or source is not self._rhs_source:
+                self._set_rhs(self._current_rhs())
+                self._rhs_source = source
         expected = len(self.dense) + len(self.per_sample)
-        if len(state.constraints) != expected:
+        constraints = state.constraints
+        if len(constraints) != expected:
             self._raise_names(state)
         values: list[Tensor] = []
         primals: list[Tensor] = []
         masks: list[Tensor | None] = []
-        any_proxy = False
-        for c in self.dense:
+        any_proxy = any_mask = False
+        device = self.device
+        for c, n in zip(self.dense, self.sizes, strict=True):
             try:
-                raw = state.constraints[c.name]
+                raw = constraints[c.name]
             except KeyError:
                 self._raise_names(state)
+            if type(raw) is Tensor and raw.is_floating_point() and raw.device == device:
+                # The common case, a plain tensor: nothing else to check.
+                flat = raw if raw.dim() == 1 else raw.reshape(-1)
+                values.append(flat)
+                primals.append(flat)
+                masks.append(None)
+                if flat.numel() != n:
+                    self._raise_size_mismatch(values)
+                continue
             value = as_constraint_value(c.name, raw)
-            if value.value.device != self.device:
+            if value.value.device != device:
                 raise ShapeError(
                     f"constraint {c.name!r} is on {value.value.device} but the model and the "
-                    f"multipliers are on {self.device}; compute it on the model's device."
+                    f"multipliers are on {device}; compute it on the model's device."
                 )
             values.append(value.value.reshape(-1))
+            if values[-1].numel() != n:
+                self._raise_size_mismatch(values)
             masks.append(None if value.observed is None else value.observed.reshape(-1))
+            any_mask |= value.observed is not None
             if value.proxy is not None:
                 any_proxy = True
                 primals.append(value.proxy.reshape(-1))
@@ -227,8 +275,6 @@ class ConstraintLayout:
                 primals.append(values[-1])
         observed: Tensor | None = None
         if values:
-            if any(v.numel() != n for v, n in zip(values, self.sizes, strict=True)):
-                self._raise_size_mismatch(values)
             flat = torch.cat(values) if len(values) > 1 else values[0]
             flat = flat.to(self.dtype)
             violation = self._standard_form(flat)
@@ -236,19 +282,17 @@ class ConstraintLayout:
                 primal = self._standard_form(torch.cat(primals).to(self.dtype))
             else:
                 primal = violation
-            if any(m is not None for m in masks):
+            if any_mask:
                 observed = torch.cat(
                     [
-                        torch.ones(v.numel(), dtype=torch.bool, device=self.device)
-                        if m is None
-                        else m
+                        torch.ones(v.numel(), dtype=torch.bool, device=device) if m is None else m
                         for v, m in zip(values, masks, strict=True)
                     ]
                 )
                 violation = torch.where(observed, violation, 0.0)
                 primal = torch.where(observed, primal, 0.0)
         else:
-            violation = primal = torch.zeros(0, dtype=self.dtype, device=self.device)
+            violation = primal = torch.zeros(0, dtype=self.dtype, device=device)
         per_sample: dict[str, IndexedViolation] = {}
         for c in self.per_sample:
             per_sample[c.name] = self._stack_indexed(c, state.constraints.get(c.name))
@@ -290,27 +334,71 @@ class ConstraintLayout:
                 f"per-sample constraint {c.name!r} needs sample indices: return "
                 "ConstraintValue(value, indices=batch_indices)."
             )
-        indices = value.indices.reshape(-1).long()
-        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= int(c.size or 0)):
-            raise ShapeError(
-                f"per-sample constraint {c.name!r}: indices must lie in [0, {c.size}); got "
-                f"[{int(indices.min())}, {int(indices.max())}]."
-            )
+        size = int(c.size or 0)
+        given = value.indices.reshape(-1).long()
+        # Out-of-range indices are reported when the step is flushed (check_indices); until
+        # then they are clamped so that no gather or scatter leaves the store.
+        indices = given.clamp(0, max(size - 1, 0))
         current = self._declared(c)
         v = current.violation(value.value.reshape(-1).to(self.dtype))
         p = v if value.proxy is None else current.violation(value.proxy.reshape(-1).to(self.dtype))
+        first = None
         if indices.numel() > 1:
-            unique, inverse = torch.unique(indices, return_inverse=True)
-            if unique.numel() != indices.numel():
-                # A sample drawn several times (sampling with replacement, padding of a
-                # distributed sampler) counts once, with the mean of its values.
-                counts = torch.zeros_like(unique, dtype=self.dtype).index_add_(
-                    0, inverse, torch.ones_like(v)
-                )
-                v = torch.zeros_like(counts).index_add(0, inverse, v) / counts
-                p = torch.zeros_like(counts).index_add(0, inverse, p) / counts
-                indices = unique
-        return IndexedViolation(v.detach().clone(), p, indices, c.is_equality)
+            v, p, first = _merge_repeats(indices, v, p)
+        return IndexedViolation(v.detach().clone(), p, indices, c.is_equality, first, given, size)
+
+    def merge(self, evaluations: list[StackedConstraints]) -> StackedConstraints:
+        """One evaluation from several micro-batches (gradient accumulation): the mean of
+        the dense violations (over the micro-batches that observed each entry), and the
+        observed entries of every per-sample group together (a sample seen in several
+        micro-batches counts once, with the mean of its values). Only the violations are
+        merged: the primal values stay with each micro-batch's loss."""
+        if len(evaluations) == 1:
+            return evaluations[0]
+        violations = torch.stack([e.violation for e in evaluations])
+        observed: Tensor | None = None
+        if all(e.observed is None for e in evaluations):
+            violation = violations.mean(0)
+        else:  # the mean over the micro-batches that observed each entry
+            masks = torch.stack(
+                [
+                    torch.ones_like(e.violation, dtype=torch.bool)
+                    if e.observed is None
+                    else e.observed
+                    for e in evaluations
+                ]
+            )
+            counts = masks.sum(0)
+            violation = (violations * masks).sum(0) / counts.clamp_min(1)
+            observed = counts > 0
+        per_sample: dict[str, IndexedViolation] = {}
+        for name, first in evaluations[0].per_sample.items():
+            parts = [e.per_sample[name] for e in evaluations]
+            given = torch.cat([iv.indices for iv in parts])
+            values = torch.cat([iv.violation for iv in parts])
+            raw = torch.cat(
+                [iv.raw_indices if iv.raw_indices is not None else iv.indices for iv in parts]
+            )
+            mask = None
+            if given.numel() > 1:
+                values, _, mask = _merge_repeats(given, values, values)
+            per_sample[name] = IndexedViolation(
+                values, values, given, first.equality, mask, raw, first.size
+            )
+        return StackedConstraints(violation, violation, self.equality, per_sample, observed)
+
+    def check_indices(self, stacked: StackedConstraints, step: int | None = None) -> None:
+        """Raise :class:`ShapeError` if a per-sample group's indices leave ``[0, size)``
+        (one host synchronisation per group; the solver reads the same facts from the
+        step's record instead).
+        """
+        for name, iv in stacked.per_sample.items():
+            given = iv.raw_indices if iv.raw_indices is not None else iv.indices
+            if given.numel() == 0:
+                continue
+            low, high = int(given.min()), int(given.max())
+            if low < 0 or high >= iv.size:
+                raise ShapeError(index_message(name, iv.size, low, high, step))
 
     def _declared(self, c: Constraint) -> Constraint:
         """The problem's current declaration of ``c`` (its rhs may have changed)."""
@@ -320,7 +408,7 @@ class ConstraintLayout:
         return c
 
     def _raise_size_mismatch(self, values: list[Tensor]) -> None:
-        for c, n, v in zip(self.dense, self.sizes, values, strict=True):
+        for c, n, v in zip(self.dense, self.sizes, values, strict=False):
             if v.numel() != n:
                 raise ShapeError(
                     f"constraint {c.name!r} returned {v.numel()} entries but has {n} "
@@ -334,7 +422,9 @@ class ConstraintLayout:
         """Raise :class:`NonFiniteError` naming the first non-finite quantity (the
         objective is not checked when ``None``).
 
-        One device synchronisation in the common (all finite) case.
+        One device synchronisation in the common (all finite) case: the solver calls it
+        only where the host must decide (``on_nonfinite="skip"``) or when it reports an
+        error (to name the entries).
         """
         parts = [stacked.violation]
         if objective is not None:
@@ -342,10 +432,7 @@ class ConstraintLayout:
         parts += [iv.violation for iv in stacked.per_sample.values()]
         if bool(torch.isfinite(torch.cat(parts)).all()):
             return
-        hint = (
-            "expected finite values; look for log(0), a division by zero, an overflow or NaN "
-            "in the data, or pass on_nonfinite='skip' to skip such steps"
-        )
+        hint = NONFINITE_HINT
         if objective is not None and not bool(torch.isfinite(objective.detach()).all()):
             raise NonFiniteError(f"the objective is {objective.item()} at step {step} ({hint}).")
         for name, part in self.split(stacked.violation).items():
@@ -364,6 +451,34 @@ class ConstraintLayout:
                     f"(samples {iv.indices[bad][:5].tolist()}; values "
                     f"{iv.violation[bad][:5].tolist()}; {hint})."
                 )
+
+
+def index_message(name: str, size: int, low: float, high: float, step: int | None) -> str:
+    """The error message of out-of-range sample indices."""
+    where = "" if step is None else f" at step {step}"
+    return (
+        f"per-sample constraint {name!r}: indices must lie in [0, {size}); got "
+        f"[{int(low)}, {int(high)}]{where}. Give each sample its row number in the whole "
+        "data set (e.g. a TensorDataset with torch.arange(n))."
+    )
+
+
+def _merge_repeats(indices: Tensor, v: Tensor, p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Give every occurrence of a repeated index the mean of its values (``v``) and keep
+    only the first occurrence in the primal values (``p``, 0 elsewhere), with fixed shapes
+    and no host synchronisation. Returns ``(v, p, first)``."""
+    n = indices.numel()
+    order = torch.sort(indices, stable=True).indices
+    ordered = indices[order]
+    starts = torch.ones(n, dtype=torch.bool, device=indices.device)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    group = torch.empty_like(order).scatter_(0, order, torch.cumsum(starts, 0) - 1)
+    first = torch.empty_like(starts).scatter_(0, order, starts)
+    counts = torch.zeros(n, dtype=v.dtype, device=v.device).index_add_(0, group, torch.ones_like(v))
+    scale = counts.clamp_min(1)
+    mean_v = (torch.zeros_like(counts).index_add_(0, group, v.detach()) / scale)[group]
+    mean_p = (torch.zeros_like(counts).index_add(0, group, p) / scale)[group]
+    return mean_v, torch.where(first, mean_p, torch.zeros_like(mean_p)), first
 
 
 def dual_dtype(objective: Tensor, constraints: list[object]) -> torch.dtype:

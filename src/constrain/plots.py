@@ -62,12 +62,12 @@ def plot_history(history: History, title: str = "") -> Any:
     axes[0].plot(steps, history.objective(), lw=1.2)
     axes[0].set_title("objective")
     axes[0].set_xlabel("step")
-    viol = history.violation()
-    _entry_lines(axes[1], steps, viol, history.labels)
+    vector_steps = history.vector_steps()  # the vectors are recorded at a cadence
+    _entry_lines(axes[1], vector_steps, history.violation(), history.labels)
     axes[1].axhline(0.0, color="k", lw=0.8, ls="--")
     axes[1].set_title("constraints (standard form, feasible <= 0)")
     axes[1].set_xlabel("step")
-    _entry_lines(axes[2], steps, history.multipliers(), history.labels)
+    _entry_lines(axes[2], vector_steps, history.multipliers(), history.labels)
     axes[2].set_title("multipliers")
     axes[2].set_xlabel("step")
     if title:
@@ -92,7 +92,8 @@ def run_figures(
     written.append(save_figure(fig, out / "objective.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    _entry_lines(axes[0], steps, history.violation(), history.labels)
+    vector_steps = history.vector_steps()
+    _entry_lines(axes[0], vector_steps, history.violation(), history.labels)
     axes[0].axhline(0.0, color="k", lw=0.8, ls="--", label="bound")
     axes[0].set(title="constraint values minus bounds (<= 0 is feasible)", xlabel="step")
     axes[1].plot(steps, history.max_violation(), lw=1.2)
@@ -102,7 +103,7 @@ def run_figures(
     written.append(save_figure(fig, out / "constraints.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    _entry_lines(ax, steps, history.multipliers(), history.labels)
+    _entry_lines(ax, vector_steps, history.multipliers(), history.labels)
     ax.set(title=f"{title}: multipliers", xlabel="step", ylabel="lambda")
     written.append(save_figure(fig, out / "multipliers.png"))
     return written
@@ -129,12 +130,12 @@ def compare_figure(
         if len(history) == 0:
             continue
         steps = history.steps()
-        lam = history.multipliers()
+        lam_steps, lam = history.vector_steps(), history.multipliers()
         if reference is not None and lam.shape[1] == len(reference):
             dist = np.linalg.norm(lam - np.asarray(reference)[None, :], axis=1)
-            axes[0].semilogy(steps, np.maximum(dist, 1e-16), lw=1.2, label=label)
+            axes[0].semilogy(lam_steps, np.maximum(dist, 1e-16), lw=1.2, label=label)
         else:
-            axes[0].plot(steps, np.linalg.norm(lam, axis=1), lw=1.2, label=label)
+            axes[0].plot(lam_steps, np.linalg.norm(lam, axis=1), lw=1.2, label=label)
         axes[1].plot(steps, history.max_violation(), lw=1.2, label=label)
         axes[2].plot(steps, history.objective(), lw=1.2, label=label)
     axes[0].set(

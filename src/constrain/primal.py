@@ -1,8 +1,9 @@
 """The primal side: the optimizer(s) of the model's parameters.
 
-:class:`PrimalSide` runs ``backward`` (with the cross-process gradient reduction and the
-non-finite gradient check) and the optimizer step(s), handing a closure to optimizers that
-need one (LBFGS). :func:`make_optimizer` builds an optimizer from a name.
+:class:`PrimalSide` runs ``backward`` (with the cross-process gradient reduction) and the
+optimizer step(s), handing a closure to optimizers that need one (LBFGS); it reports the
+gradients' max-norms on the device (for the non-finite check at the next flush) or checks
+them on the host where the step must be skipped. :func:`make_optimizer` builds an optimizer from a name.
 """
 
 from __future__ import annotations
@@ -74,36 +75,52 @@ class PrimalSide:
         self.reducer = reducer
         self.on_nonfinite = on_nonfinite
         self.group_of = _parameter_groups(self.optimizers, model)
+        self._needs_closure = [_needs_closure(o) for o in self.optimizers]
+        self._named = list(model.named_parameters())
 
-    def backward(self, loss: Tensor, step: int) -> bool:
-        """``zero_grad``, ``loss.backward()``, gradient reduction and check; False if the
-        gradients were dropped because one is not finite (``on_nonfinite="skip"``)."""
+    def backward(self, loss: Tensor) -> None:
+        """``zero_grad``, ``loss.backward()`` and the gradient reduction (no host
+        synchronisation; see :meth:`gradient_norms` and :meth:`check_gradients`)."""
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         self.reducer.reduce_gradients(self.model)
-        return self._check_gradients(step)
 
     def step(self, closure: Callable[[], Tensor] | None = None) -> None:
         """Step every optimizer (with ``closure`` for those that require one)."""
-        for optimizer in self.optimizers:
-            if closure is not None and _needs_closure(optimizer):
+        for optimizer, needs in zip(self.optimizers, self._needs_closure, strict=True):
+            if closure is not None and needs:
                 optimizer.step(closure)  # type: ignore[arg-type]
             else:
                 optimizer.step()
 
-    def _check_gradients(self, step: int) -> bool:
-        """Raise :class:`NonFiniteError` naming the parameters with a NaN/Inf gradient (or,
-        with ``on_nonfinite="skip"``, drop the gradients and skip the primal step)."""
-        grads = [(n, p.grad) for n, p in self.model.named_parameters() if p.grad is not None]
+    def gradient_norms(self) -> tuple[tuple[str, ...], Tensor] | None:
+        """The names of the parameters with a gradient and the max-norm ``max |g|`` of
+        each (one tensor on the device, NaN/Inf exactly where a gradient is not finite;
+        no host synchronisation), or ``None`` if no parameter has a gradient."""
+        grads = [(n, p.grad) for n, p in self._named if p.grad is not None]
         if not grads:
+            return None
+        tensors = [g for _, g in grads]
+        norms = torch._foreach_norm(tensors, math.inf)
+        dtype, device = norms[0].dtype, norms[0].device
+        if any(x.dtype != dtype or x.device != device for x in norms):
+            dtype = torch.float64
+            norms = tuple(x.to(device, dtype) for x in norms)
+        return tuple(n for n, _ in grads), torch.stack(list(norms))
+
+    def check_gradients(self, step: int) -> bool:
+        """Host check (``on_nonfinite="skip"``): False, with the gradients dropped and a
+        warning, if a gradient is NaN/Inf; raise :class:`NonFiniteError` naming the
+        parameters with ``on_nonfinite="raise"``."""
+        found = self.gradient_norms()
+        if found is None or bool(torch.isfinite(found[1]).all()):
             return True
-        sums = torch.stack([g.sum().to(torch.float64) for _, g in grads])
-        if bool(torch.isfinite(sums).all()):
-            return True
-        bad = [n for n, g in grads if not bool(torch.isfinite(g).all())]
-        if not bad:
-            return True
+        bad = [
+            n
+            for n, norm in zip(found[0], found[1].tolist(), strict=True)
+            if not math.isfinite(norm)
+        ]
         message = (
             f"the gradient of parameter(s) {bad} is not finite at step {step} "
             "although the objective and the constraints are finite (e.g. sqrt or log at 0, "

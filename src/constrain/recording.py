@@ -1,120 +1,515 @@
-"""Turn one step's tensors into a :class:`~constrain.history.StepRecord`.
+"""Turn the steps' tensors into :class:`~constrain.history.StepRecord` objects, with one
+host copy per flush.
 
 The recorder only collects what each stage reports: the stacked constraints (problem and
-layout), the multipliers (dual side), the stage diagnostics (a formulation's penalty, a
-prox's cluster counts) and the problem's metrics. It reads no stage's internals.
-Everything it needs from the device is packed into one tensor and copied to the host once.
+layout), the multipliers and the proposed update (dual side), the gradient norms (primal
+side), the stage diagnostics (a formulation's penalty, a prox's cluster counts) and the
+problem's metrics. It reads no stage's internals.
+
+Every step adds one *row* to a buffer on the device: the per-step scalars (objective,
+the largest violation and the multiplier norm of each dense group, per-sample summaries,
+diagnostics, metrics) and the health facts of the step (NaN/Inf per group, gradient
+norms, out-of-range sample indices, whether the multiplier proposal was finite), plus the
+full violation and multiplier vectors at the steps that record them. Nothing is copied to
+the host until :meth:`Recorder.flush`, which concatenates the buffer and copies it with a
+single ``tolist()``: the only synchronisation of the steps in between. The health facts
+then say exactly which step and which constraint went non-finite first
+(:meth:`Recorder.problem`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from ._errors import ShapeError, describe
+from ._errors import ConstrainError, NonFiniteError, ShapeError, describe
 from .history import StepRecord
-from .layout import ConstraintLayout, StackedConstraints
+from .layout import NONFINITE_HINT, ConstraintLayout, StackedConstraints, index_message
 from .multipliers import Multipliers
 
-__all__ = ["record_step"]
+__all__ = ["FlushedRow", "Recorder"]
+
+logger = logging.getLogger("constrain")
+
+# Per-sample group: max violation, feasible fraction, mean and max multiplier, health of
+# the values and of the proposal (0 or NaN), number of out-of-range indices, lowest and
+# highest index.
+_PER_SAMPLE_WIDTH = 9
+_EMPTY_SAMPLE = [0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
 
 
-def record_step(
-    step: int,
-    layout: ConstraintLayout,
-    objective: Tensor,
-    stacked: StackedConstraints,
-    multipliers: Multipliers,
-    diagnostics: Mapping[str, Tensor],
-    metrics: Mapping[str, Tensor | float],
-    *,
-    skipped: bool,
-) -> StepRecord:
-    """The record of one step.
+class _Groups:
+    """Reductions over the dense groups (contiguous slices of the stacked vector) with as
+    few kernels as their sizes allow: one reduction for one group or equal sizes, a padded
+    gather otherwise."""
 
-    ``max_violation`` is ``max(max_i g_i, max_k |h_k|, 0)`` over the dense entries and the
-    observed per-sample entries; it is NaN when any of them is not finite (a skipped step
-    never reads as feasible).
+    def __init__(self, sizes: list[int], device: torch.device) -> None:
+        self.sizes = sizes
+        n, count = sum(sizes), len(sizes)
+        width = max(sizes, default=0)
+        self.mode = "none"
+        self.index: Tensor | None = None
+        self.lengths: Tensor | None = None
+        if count == 1 and n > 0:
+            self.mode = "one"
+        elif count and min(sizes) > 0 and len(set(sizes)) == 1:
+            self.mode = "equal"
+        elif count and count * width <= 4 * n + 64:
+            self.mode = "padded"
+            rows = []
+            offset = 0
+            for size in sizes:
+                rows.append(list(range(offset, offset + size)) + [n] * (width - size))
+                offset += size
+            self.index = torch.tensor(rows, dtype=torch.int64, device=device)
+        elif count:
+            self.mode = "segment"
+            self.lengths = torch.tensor(sizes, dtype=torch.int64, device=device)
+
+    def bad(self, x: Tensor) -> Tensor:
+        """Per group: 1.0 if an entry of ``x`` is NaN or Inf, else 0.0 (a float64 sum is
+        non-finite exactly then: it cannot overflow for float32 entries)."""
+        if self.mode == "one":
+            total = x.sum(dtype=torch.float64).reshape(1)
+        elif self.mode == "equal":
+            total = x.reshape(len(self.sizes), -1).sum(1, dtype=torch.float64)
+        else:
+            total = self.reduce(x.to(torch.float64), "sum")
+        return (~torch.isfinite(total)).to(x.dtype)
+
+    def norm(self, x: Tensor) -> Tensor:
+        """Per-group 2-norm."""
+        if self.mode == "one":
+            one: Tensor = torch.linalg.vector_norm(x).reshape(1)
+            return one
+        if self.mode == "equal":
+            each: Tensor = torch.linalg.vector_norm(x.reshape(len(self.sizes), -1), dim=1)
+            return each
+        return self.reduce(x * x, "sum").sqrt()
+
+    def reduce(self, x: Tensor, how: str) -> Tensor:
+        """Per-group ``"max"`` (NaN-propagating; ``-inf`` for an empty group) or ``"sum"``."""
+        fill = -math.inf if how == "max" else 0.0
+        if self.mode == "none":
+            return x.new_full((len(self.sizes),), fill)
+        if self.mode == "one":
+            return (x.max() if how == "max" else x.sum()).reshape(1)
+        if self.mode == "equal":
+            rows = x.reshape(len(self.sizes), -1)
+            return rows.amax(1) if how == "max" else rows.sum(1)
+        if self.mode == "padded":
+            assert self.index is not None
+            padded = torch.cat([x, x.new_full((1,), fill)])[self.index]
+            return padded.amax(1) if how == "max" else padded.sum(1)
+        assert self.lengths is not None
+        return torch.segment_reduce(x, how, lengths=self.lengths, initial=fill)
+
+
+@dataclass
+class _Row:
+    """What the host needs to decode one buffered row."""
+
+    step: int
+    keep: bool
+    forced: bool
+    vectors: bool
+    diagnostics: tuple[str, ...]
+    metrics: tuple[str, ...]
+    gradients: tuple[str, ...]
+    extra: int
+    candidate: bool
+    skipped: bool
+    seconds: float
+    size: int
+
+
+@dataclass
+class FlushedRow:
+    """One step's facts on the host, as read back by :meth:`Recorder.flush`."""
+
+    step: int
+    keep: bool
+    forced: bool
+    skipped: bool
+    seconds: float
+    objective: float
+    group_violation: list[float]
+    dense_max: float
+    group_multiplier_norm: list[float]
+    group_proposal: list[float] | None
+    per_sample: dict[str, list[float]]
+    diagnostics: dict[str, float]
+    metrics: dict[str, float]
+    gradients: dict[str, float]
+    extra: list[float]
+    dual_ok: bool
+    violation: list[float] | None = None
+    multipliers: list[float] | None = None
+    per_sample_equality: dict[str, bool] = field(default_factory=dict)
+
+
+class Recorder:
+    """Buffers one row per step on the device and reads them back at :meth:`flush`.
 
     Args:
-        step: Step index.
-        layout: The constraint layout.
-        objective: The step's objective value (scalar).
-        stacked: The step's standard-form constraints.
-        multipliers: The multipliers after the step.
-        diagnostics: Stage reports by name: ``"penalty"`` (formulation) and
-            ``"clusters/<parameter>"`` (prox).
-        metrics: The problem's metrics.
-        skipped: Whether a stage skipped its update because of a non-finite value.
+        layout: The constraint layout (group sizes, names, dtype, device).
     """
-    v = stacked.violation
-    n = v.numel()
-    scalars: list[Tensor] = [objective.detach().reshape(1).to(v.dtype)]
-    names: list[str] = []
-    for name, value in diagnostics.items():
-        names.append(name)
-        scalars.append(value.detach().reshape(1).to(v.dtype))
-    for name, metric in metrics.items():
-        names.append("metric/" + name)
-        scalars.append(_metric_scalar(name, metric, v))
-    per_sample_parts: list[Tensor] = []
-    for name, iv in stacked.per_sample.items():
-        g = iv.violation.abs() if iv.equality else iv.violation
-        observed = multipliers.per_sample[name][iv.indices].to(v.dtype)
-        if g.numel():
-            per_sample_parts.append(
-                torch.stack(
-                    [
-                        g.max(),  # NaN if any entry is NaN
-                        (g <= 0).to(v.dtype).mean(),
-                        observed.mean(),
-                        observed.max(),
-                    ]
-                )
+
+    def __init__(self, layout: ConstraintLayout) -> None:
+        self.layout = layout
+        self.dtype = layout.dtype
+        self._groups = _Groups(layout.sizes, layout.device)
+        self._any_equality = any(c.is_equality for c in layout.dense)
+        self._samples = [(c.name, int(c.size or 0), c.is_equality) for c in layout.per_sample]
+        self._rows: list[_Row] = []
+        self._tensors: list[Tensor] = []
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def add(
+        self,
+        step: int,
+        objective: Tensor,
+        stacked: StackedConstraints,
+        multipliers: Multipliers,
+        *,
+        proposal: Tensor | None = None,
+        proposals: Mapping[str, Tensor] | None = None,
+        dual_ok: Tensor | None = None,
+        diagnostics: Mapping[str, Tensor] | None = None,
+        metrics: Mapping[str, Tensor | float] | None = None,
+        gradients: tuple[tuple[str, ...], Tensor] | None = None,
+        extra: Sequence[StackedConstraints] = (),
+        keep: bool = True,
+        forced: bool = False,
+        vectors: bool = False,
+        skipped: bool = False,
+        seconds: float = 0.0,
+    ) -> None:
+        """Buffer the row of one step (device operations only).
+
+        Args:
+            step: Step index.
+            objective: The step's objective (scalar).
+            stacked: The step's standard-form constraints.
+            multipliers: The multipliers after the step.
+            proposal: The proposed (unprojected) dense multipliers, if an update ran.
+            proposals: The proposed multipliers of each per-sample group's observed entries.
+            dual_ok: 0-dim bool: the multiplier proposals were finite.
+            diagnostics: Stage reports (``"penalty"``, ``"clusters/<parameter>"``).
+            metrics: The problem's metrics.
+            gradients: Parameter names and their gradients' max-norms.
+            extra: Further evaluations of the step that fed an update (the constraints at
+                ``x_{t+1}`` in the ``"primal_dual"`` order, the look-ahead point of
+                extragradient); only their health is kept.
+            keep: Whether the step becomes a record (else only its health is checked).
+            forced: Recorded only because a ``fit`` ended there (see :class:`History`).
+            vectors: Whether to keep the full violation and multiplier vectors.
+            skipped: Whether the host skipped an update of the step.
+            seconds: Host wall time of the step.
+
+        Raises:
+            ShapeError: If a metric is not a real scalar.
+        """
+        dtype, device = self.dtype, self.layout.device
+        diagnostics = diagnostics or {}
+        metrics = metrics or {}
+        pieces: list[Tensor] = [objective.detach().reshape(1).to(dtype)]
+        v = stacked.violation
+        groups = self._groups
+        if self.layout.sizes:
+            positive = torch.where(stacked.equality, v.abs(), v) if self._any_equality else v
+            # NaN or +Inf where an entry is NaN or +Inf (a -Inf entry makes the multiplier
+            # proposal non-finite, and the error check then looks at the evaluation).
+            group_max = groups.reduce(positive, "max")
+            pieces.append(group_max)
+            if len(self.layout.sizes) > 1:
+                pieces.append(group_max.max().reshape(1))  # one number for the host's scan
+            pieces.append(groups.norm(multipliers.dense.to(dtype)))
+            if proposal is not None and len(self.layout.sizes) > 1:  # one group: dual_ok names it
+                pieces.append(groups.bad(proposal.to(dtype)))
+        for name, size, equality in self._samples:
+            pieces.append(self._sample_row(name, size, equality, stacked, multipliers, proposals))
+        pieces += [value.detach().reshape(1).to(dtype).to(device) for value in diagnostics.values()]
+        pieces += [_metric_scalar(name, value, v) for name, value in metrics.items()]
+        names: tuple[str, ...] = ()
+        if gradients is not None:
+            names = gradients[0]
+            pieces.append(gradients[1].to(dtype))
+        for other in extra:
+            health = (other.violation - other.violation).sum().reshape(1)
+            for iv in other.per_sample.values():
+                health = health + (iv.violation - iv.violation).sum()
+            pieces.append(health.to(dtype))
+        ok = dual_ok if dual_ok is not None else torch.ones((), dtype=torch.bool, device=device)
+        pieces.append(ok.reshape(1).to(dtype))
+        row = torch.cat(pieces)
+        size = row.numel()
+        self._tensors.append(row)
+        if vectors:
+            self._tensors += [v, multipliers.dense.to(dtype).clone()]
+            size += 2 * v.numel()
+        self._rows.append(
+            _Row(
+                step,
+                keep,
+                forced,
+                vectors,
+                tuple(diagnostics),
+                tuple(metrics),
+                names,
+                len(extra),
+                proposal is not None and len(self.layout.sizes) > 1,
+                skipped,
+                seconds,
+                size,
             )
+        )
+
+    def _sample_row(
+        self,
+        name: str,
+        size: int,
+        equality: bool,
+        stacked: StackedConstraints,
+        multipliers: Multipliers,
+        proposals: Mapping[str, Tensor] | None,
+    ) -> Tensor:
+        dtype = self.dtype
+        iv = stacked.per_sample[name]
+        if iv.violation.numel() == 0:
+            return torch.tensor(_EMPTY_SAMPLE, dtype=dtype, device=self.layout.device)
+        v = iv.violation
+        g = (v.abs() if equality else v) + (v - v)
+        observed = multipliers.per_sample[name][iv.indices].to(dtype)
+        if iv.first is None:
+            feasible, mean = (g <= 0).to(dtype).mean(), observed.mean()
         else:
-            per_sample_parts.append(torch.tensor([0.0, 1.0, 0.0, 0.0], dtype=v.dtype))
-    packed = torch.cat(
-        [s.to(v.device) for s in scalars]
-        + [v, multipliers.dense.to(v.dtype)]
-        + [p.to(v.device) for p in per_sample_parts]
-    ).cpu()
-    values = packed.tolist()
-    k = len(scalars)
-    head, violation = values[:k], values[k : k + n]
-    dense_multipliers = values[k + n : k + 2 * n]
-    tail = values[k + 2 * n :]
-    equality = layout.equality.cpu().tolist()
-    positive = [abs(x) if eq else x for x, eq in zip(violation, equality, strict=True)]
-    max_violation = _max_with_nan([0.0, *positive])
-    per_sample: dict[str, dict[str, float]] = {}
-    for j, name in enumerate(stacked.per_sample):
-        worst, feasible, mean_lam, max_lam = tail[4 * j : 4 * j + 4]
-        per_sample[name] = {
-            "max_violation": worst,
-            "feasible_fraction": feasible,
-            "mean_multiplier": mean_lam,
-            "max_multiplier": max_lam,
-        }
-        max_violation = _max_with_nan([max_violation, worst])
-    reported = dict(zip(names, head[1:], strict=True))
-    return StepRecord(
-        step=step,
-        objective=head[0],
-        max_violation=max_violation,
-        violation=violation,
-        multipliers=dense_multipliers,
-        per_sample=per_sample,
-        metrics={k[len("metric/") :]: x for k, x in reported.items() if k.startswith("metric/")},
-        clusters={
-            k[len("clusters/") :]: int(x) for k, x in reported.items() if k.startswith("clusters/")
-        },
-        penalty=reported.get("penalty"),
-        skipped=skipped,
-    )
+            weight = iv.first.to(dtype)
+            count = weight.sum()
+            feasible = ((g <= 0).to(dtype) * weight).sum() / count
+            mean = (observed * weight).sum() / count
+        given = iv.raw_indices if iv.raw_indices is not None else iv.indices
+        bad = ((given < 0) | (given >= size)).sum().to(dtype)
+        proposal = (proposals or {}).get(name)
+        proposal_health = (
+            (proposal - proposal).sum().to(dtype) if proposal is not None else g.new_zeros(())
+        )
+        return torch.stack(
+            [
+                g.max(),
+                feasible,
+                mean,
+                observed.max(),
+                (v - v).sum(),
+                proposal_health,
+                bad,
+                given.min().to(dtype),
+                given.max().to(dtype),
+            ]
+        )
+
+    def flush(self) -> list[FlushedRow]:
+        """Copy every buffered row to the host (one ``tolist()``: the only device
+        synchronisation) and decode them, oldest first."""
+        if not self._rows:
+            return []
+        flat = torch.cat(self._tensors) if len(self._tensors) > 1 else self._tensors[0]
+        values: list[float] = flat.tolist()
+        rows, self._rows, self._tensors = self._rows, [], []
+        out = []
+        at = 0
+        for row in rows:
+            out.append(self._decode(row, values[at : at + row.size]))
+            at += row.size
+        return out
+
+    def _decode(self, row: _Row, values: list[float]) -> FlushedRow:
+        groups = len(self.layout.sizes)
+        n = self.layout.num_dense
+        at = 1
+        group_violation = values[at : at + groups]
+        at += groups
+        dense_max = -math.inf
+        if groups:
+            dense_max = values[at] if groups > 1 else group_violation[0]
+            at += 1 if groups > 1 else 0
+        norms = values[at : at + groups]
+        at += groups
+        proposal = None
+        if row.candidate and groups:
+            proposal = values[at : at + groups]
+            at += groups
+        per_sample = {}
+        for name, _, _ in self._samples:
+            per_sample[name] = values[at : at + _PER_SAMPLE_WIDTH]
+            at += _PER_SAMPLE_WIDTH
+        diagnostics = dict(
+            zip(row.diagnostics, values[at : at + len(row.diagnostics)], strict=True)
+        )
+        at += len(row.diagnostics)
+        metrics = dict(zip(row.metrics, values[at : at + len(row.metrics)], strict=True))
+        at += len(row.metrics)
+        gradients = dict(zip(row.gradients, values[at : at + len(row.gradients)], strict=True))
+        at += len(row.gradients)
+        extra = values[at : at + row.extra]
+        at += row.extra
+        dual_ok = values[at] != 0.0
+        at += 1
+        violation = multipliers = None
+        if row.vectors:
+            violation, multipliers = values[at : at + n], values[at + n : at + 2 * n]
+        return FlushedRow(
+            row.step,
+            row.keep,
+            row.forced,
+            row.skipped or not dual_ok,
+            row.seconds,
+            values[0],
+            group_violation,
+            dense_max,
+            norms,
+            proposal,
+            per_sample,
+            diagnostics,
+            metrics,
+            gradients,
+            extra,
+            dual_ok,
+            violation,
+            multipliers,
+        )
+
+    # -- what the host makes of a row ---------------------------------------------------
+    def problem(
+        self,
+        row: FlushedRow,
+        *,
+        policy: str,
+        controller: str,
+        evaluations: Sequence[tuple[Tensor | None, StackedConstraints]] = (),
+    ) -> ConstrainError | None:
+        """The error a flushed row calls for, or ``None``.
+
+        Bad sample indices are always an error (:class:`ShapeError`). A NaN/Inf objective,
+        constraint, gradient or multiplier proposal is a :class:`NonFiniteError` with
+        ``policy="raise"``; with ``"skip"`` the host already skipped the step (objective,
+        constraints, gradients) and a dropped multiplier proposal is only logged.
+
+        Args:
+            row: The flushed row.
+            policy: ``"raise"`` or ``"skip"``.
+            controller: The controller's name (for the message).
+            evaluations: The step's evaluations if they are still at hand (the step being
+                flushed is the current one): the message then names the entries.
+        """
+        step = row.step
+        for name, stats in row.per_sample.items():
+            if stats[6] > 0:
+                size = next(s for n, s, _ in self._samples if n == name)
+                return ShapeError(index_message(name, size, stats[7], stats[8], step))
+        if policy == "raise":
+            bad_eval = not math.isfinite(row.objective) or _bad(row.dense_max)
+            bad_eval |= any(math.isnan(s[4]) for s in row.per_sample.values())
+            bad_eval |= any(map(math.isnan, row.extra))
+            if bad_eval or not row.dual_ok:  # the evaluation first, where it is at hand
+                for objective, stacked in evaluations:
+                    try:
+                        self.layout.check_finite(objective, stacked, step)
+                    except NonFiniteError as exc:
+                        return exc
+            if bad_eval:
+                return NonFiniteError(self._evaluation_message(row))
+            bad = [name for name, norm in row.gradients.items() if not math.isfinite(norm)]
+            if bad:
+                return NonFiniteError(
+                    f"the gradient of parameter(s) {bad} is not finite at step {step} "
+                    "although the objective and the constraints are finite (e.g. sqrt or log "
+                    "at 0, or an overflow in backward); guard the offending operation or "
+                    "lower the lr."
+                )
+        if not row.dual_ok:
+            message = (
+                f"the multipliers of constraint {self._proposal_group(row)!r} became "
+                f"non-finite at step {step} after the {controller!r} update; lower the "
+                "controller's lr (multiplicative rules overflow for large lr * violation)."
+            )
+            if policy == "raise":
+                return NonFiniteError(message)
+            logger.warning("%s Multiplier update skipped.", message)
+        return None
+
+    def _evaluation_message(self, row: FlushedRow) -> str:
+        """Which quantity of a row is non-finite, without the step's tensors."""
+        where = (
+            f"at step {row.step} (its entries were not kept: the step was checked after "
+            "later steps ran; check_every=1 names them)"
+        )
+        if not math.isfinite(row.objective):
+            return f"the objective is {row.objective} at step {row.step} ({NONFINITE_HINT})."
+        for name, value in zip(self.layout.names, row.group_violation, strict=True):
+            if _bad(value):
+                return f"constraint {name!r} is not finite {where}; {NONFINITE_HINT}."
+        for name, stats in row.per_sample.items():
+            if math.isnan(stats[4]):
+                return f"per-sample constraint {name!r} is not finite {where}; {NONFINITE_HINT}."
+        return (
+            f"the constraints re-evaluated after the primal step are not finite {where}; "
+            f"{NONFINITE_HINT}."
+        )
+
+    def _proposal_group(self, row: FlushedRow) -> str:
+        if row.group_proposal is not None:
+            for name, value in zip(self.layout.names, row.group_proposal, strict=True):
+                if value:
+                    return name
+        for name, stats in row.per_sample.items():
+            if math.isnan(stats[5]):
+                return name
+        return self.layout.names[0] if self.layout.names else "?"
+
+    def record(self, row: FlushedRow) -> StepRecord:
+        """The :class:`StepRecord` of a flushed row.
+
+        ``max_violation`` is ``max(max_i g_i, max_k |h_k|, 0)`` over the dense entries and
+        the observed per-sample entries; it is NaN when any of them is not finite (a
+        skipped step never reads as feasible).
+        """
+        worst = [0.0, row.dense_max]
+        per_sample: dict[str, dict[str, float]] = {}
+        for name, stats in row.per_sample.items():
+            per_sample[name] = {
+                "max_violation": stats[0],
+                "feasible_fraction": stats[1],
+                "mean_multiplier": stats[2],
+                "max_multiplier": stats[3],
+            }
+            worst.append(stats[0])
+        return StepRecord(
+            step=row.step,
+            objective=row.objective,
+            max_violation=_max_with_nan(worst),
+            violation=row.violation,
+            multipliers=row.multipliers,
+            group_violation=row.group_violation,
+            group_multiplier_norm=row.group_multiplier_norm,
+            per_sample=per_sample,
+            metrics=row.metrics,
+            clusters={
+                k[len("clusters/") :]: int(x)
+                for k, x in row.diagnostics.items()
+                if k.startswith("clusters/")
+            },
+            penalty=row.diagnostics.get("penalty"),
+            seconds=row.seconds,
+            skipped=row.skipped,
+        )
 
 
 def _metric_scalar(name: str, metric: object, like: Tensor) -> Tensor:
@@ -131,6 +526,11 @@ def _metric_scalar(name: str, metric: object, like: Tensor) -> Tensor:
         f"metric {name!r} must be a real scalar (a number or a one-element tensor); got "
         f"{describe(metric)}. Reduce it (e.g. .mean()) or return one metric per entry."
     )
+
+
+def _bad(value: float) -> bool:
+    """A group maximum that shows a NaN or +Inf entry (``-inf``: an empty group)."""
+    return not math.isfinite(value) and value != -math.inf
 
 
 def _max_with_nan(values: list[float]) -> float:

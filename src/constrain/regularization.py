@@ -105,7 +105,9 @@ class RegularizerStage:
         """Run every prox on its parameters, in place, with strength ``strength * lr``."""
         if not self._proxes:
             return
-        with torch.no_grad():
+        from .prox._checks import without_input_checks
+
+        with torch.no_grad(), without_input_checks():
             for target in self._proxes:
                 reg = target.regularizer
                 for name, p in target.params:

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -31,6 +31,8 @@ from ._io import atomic_write_text, strict_json_dumps
 from ._registry import Registry
 from ._run_folder import RunFolder, RunInterrupted, StopFlag, deferred_signals, is_writer
 from .config import RunConfig
+from .history import History
+from .loggers import Logger
 from .problem import ConstrainedProblem
 from .reference import Reference
 from .solver import Solver, make_optimizer
@@ -267,7 +269,7 @@ def summarize(
         "steps": solver.step_count,
         "objective": None if last is None else last.objective,
         "max_violation": None if last is None else last.max_violation,
-        "multipliers": [] if last is None else list(last.multipliers),
+        "multipliers": [] if last is None else _dense_multipliers(solver),
         "multiplier_names": history.labels,
         "seconds": seconds,
         "seconds_per_step": seconds / max(solver.step_count, 1),
@@ -286,6 +288,13 @@ def summarize(
         summary["reference"] = compare_with_reference(reference, solver)
     summary.update(spec.report(setup.full or setup, solver))
     return summary
+
+
+def _dense_multipliers(solver: Solver) -> list[float]:
+    """The dense multipliers now, in the order of the history's labels (the last record
+    holds its vectors only at ``vectors_every`` steps)."""
+    store = solver.multiplier_store
+    return [] if store is None else [float(x) for x in store.dense.detach().cpu().tolist()]
 
 
 def compare_with_reference(reference: Reference, solver: Solver) -> dict[str, Any]:
@@ -514,6 +523,7 @@ def run(
     progress: bool | None = None,
     figures: bool = True,
     overwrite: bool = False,
+    loggers: Sequence[Logger] = (),
 ) -> RunResult:
     """Run a registered problem as configured; write a report under ``out`` if given.
 
@@ -523,6 +533,8 @@ def run(
     ``out`` is checked and locked before the first step; a folder that holds a previous
     run is refused unless ``overwrite`` (which deletes that run's files, and only those).
     ``config.steps == 0`` reports the initial point (no history, initial multipliers).
+    The history streams to ``history.jsonl`` in ``out`` as the run goes; ``loggers``
+    (e.g. a :class:`constrain.TensorBoardLogger`) receive every record.
 
     Raises:
         ConfigError: For an ``out`` that is ``''``, a file, below a file, not writable,
@@ -537,6 +549,8 @@ def run(
         claim_folder(out, config, overwrite=overwrite) or contextlib.nullcontext() as folder,
     ):
         setup, solver = build_solver(spec, config)
+        stream_history(solver, folder)
+        solver.loggers += list(loggers)
         logger.info(
             "running %s: controller %s, formulation %s, order %s, %d steps",
             spec.name,
@@ -556,6 +570,20 @@ def run(
             figures=figures,
             stop=stop,
         )
+
+
+HISTORY_STREAM = "history.jsonl"
+"""The file of a run folder that the history streams to (JSON Lines)."""
+
+
+def stream_history(solver: Solver, folder: RunFolder | None) -> None:
+    """Stream ``solver``'s history to ``history.jsonl`` in the run folder (a file of the
+    run, recorded in ``run.json``; main process only)."""
+    if folder is None or not distributed.is_main_process():
+        return
+    path = folder.path / HISTORY_STREAM
+    solver.history = History(stream=path)
+    folder.record(path)
 
 
 def write_report(

@@ -19,6 +19,12 @@ accumulation, several optimizers)::
     solver.prox_step()                   # proximal steps of the regularizers
     solver.dual_step()                   # multiplier step; ends the step and records it
 
+Host synchronisation: the steps only launch device work; each step's record (scalars,
+vectors at a cadence, and the facts of the non-finite check) waits in a device buffer
+(:mod:`constrain.recording`) that is copied to the host once every ``check_every`` steps
+(default: every step, so one synchronisation per step), checked, and streamed to the
+history.
+
 In the default *simultaneous* order the multiplier step uses ``g(x_t)`` (evaluated by
 ``lagrangian``); in ``"dual_primal"`` it happens inside ``lagrangian`` (the primal loss
 then uses ``lam_{t+1}``: the order of the nuPI paper's experiments); in ``"primal_dual"``
@@ -30,9 +36,11 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, Protocol, TypeVar, overload
 
 import torch
@@ -44,15 +52,17 @@ from ._checkpoint_state import load_solver_state, solver_state
 from ._errors import ConfigError, NonFiniteError, describe
 from ._resume import DataCursor
 from .controllers import Controller, ControllerState
-from .duals import Duals, NonFinitePolicy
-from .formulations import Formulation
+from .duals import DualReport, Duals, NonFinitePolicy
+from .formulations import Formulation, PenalizedFormulation
 from .history import History, StepRecord
 from .layout import ConstraintLayout, StackedConstraints
+from .loggers import Logger
 from .multipliers import Multipliers
 from .primal import LocalReducer, OptimizerSpec, PrimalSide, SignalReducer, make_optimizer
 from .problem import ConstrainedProblem, ProblemState, check_names, check_trainable
-from .recording import record_step
+from .recording import Recorder
 from .regularization import RegularizerStage
+from .schedules import Schedule, ScheduleRunner
 
 __all__ = [
     "Order",
@@ -99,17 +109,48 @@ class _View(Generic[T]):
 
 
 @dataclass
-class _Pending:
-    """The evaluation of the step in progress (between ``lagrangian`` and ``dual_step``)."""
+class _Micro:
+    """One evaluation of the step in progress (one micro-batch with accumulation)."""
 
     batch: Any
     objective: Tensor
     stacked: StackedConstraints
     state: ProblemState
+
+
+@dataclass
+class _Pending:
+    """The step in progress (between ``lagrangian`` and ``dual_step``)."""
+
+    micro: list[_Micro]
     start: float
     skipped: bool = False
     dual_done: bool = False
     prox_done: bool = False
+    report: DualReport | None = None
+    extra: list[StackedConstraints] = field(default_factory=list)
+    gradients: tuple[tuple[str, ...], Tensor] | None = None
+    combined: StackedConstraints | None = None
+
+    def evaluation(self, layout: ConstraintLayout) -> StackedConstraints:
+        """The step's constraints: the mean over the micro-batches."""
+        if self.combined is None:
+            self.combined = layout.merge([m.stacked for m in self.micro])
+        return self.combined
+
+    def objective(self) -> Tensor:
+        values = [m.objective.detach() for m in self.micro]
+        return values[0] if len(values) == 1 else torch.stack(values).mean()
+
+    def metrics(self) -> dict[str, Tensor | float]:
+        if len(self.micro) == 1:
+            return dict(self.micro[0].state.metrics)
+        names = set.intersection(*(set(m.state.metrics) for m in self.micro))
+        out: dict[str, Tensor | float] = {}
+        for name in (n for n in self.micro[0].state.metrics if n in names):
+            values = [torch.as_tensor(m.state.metrics[name]).detach() for m in self.micro]
+            out[name] = torch.stack([v.reshape(()).double() for v in values]).mean()
+        return out
 
 
 class Solver:
@@ -128,15 +169,35 @@ class Solver:
             ``"quadratic_penalty"``, a mapping or a :class:`Formulation` instance.
         order: ``"simultaneous"``, ``"dual_primal"`` or ``"primal_dual"``.
         on_nonfinite: ``"raise"`` (default) stops with :class:`NonFiniteError` naming the
-            constraint and the step; ``"skip"`` skips the step and records it.
+            constraint and the step when the step is checked (see ``check_every``; the
+            multipliers keep their last finite values); ``"skip"`` skips such steps, which
+            needs host decisions inside the step (``check_every=1``).
         record_every: Record every k-th step in the history (the last step of :meth:`fit`
             is always recorded).
+        vectors_every: Keep the full violation and multiplier vectors every k-th step
+            (default: ``ceil(n / 128)`` for ``n`` dense constraint entries, so that vectors
+            cost at most about 256 numbers per step on average); per-group scalars are
+            recorded at every step.
+        check_every: Copy the steps' records to the host, check them for NaN/Inf and write
+            them to the history every k-th step (and at the end of :meth:`fit`). The steps
+            in between never synchronise with the device; the default 1 synchronises once
+            per step.
+        history: The :class:`History` to record into, e.g. ``History(stream=path)`` to
+            stream it to a JSON Lines file (default: an in-memory history).
+        loggers: Objects with ``log(record, history)`` and ``flush()`` (e.g.
+            :class:`constrain.TensorBoardLogger`) that receive every record.
+        dual_lr_schedule: The controller's step size ``lr`` per step: a callable of the
+            step or a torch LR scheduler over a :class:`constrain.ScheduledValue`.
+        penalty_schedule: The penalty coefficient of a penalty formulation per step
+            (same kinds); replaces the formulation's own growth schedule.
         reducer: Cross-process reduction (default: :class:`DistributedReducer` when
             ``torch.distributed`` runs several ranks).
 
     Raises:
         ConfigError: For an unknown order/controller/formulation, optimizers that own no
-            parameter of the model, or a controller that cannot handle the problem.
+            parameter of the model, a controller that cannot handle the problem, a bad
+            interval, ``on_nonfinite="skip"`` with ``check_every > 1``, or a schedule of
+            the wrong kind.
     """
 
     def __init__(
@@ -150,12 +211,30 @@ class Solver:
         order: Order = "simultaneous",
         on_nonfinite: NonFinitePolicy = "raise",
         record_every: int = 1,
+        vectors_every: int | None = None,
+        check_every: int = 1,
+        history: History | None = None,
+        loggers: Sequence[Logger] = (),
+        dual_lr_schedule: Schedule | None = None,
+        penalty_schedule: Schedule | None = None,
         reducer: SignalReducer | None = None,
     ) -> None:
         _check_arguments(problem, model, order, on_nonfinite, record_every)
+        _check_interval("vectors_every", vectors_every, allow_none=True)
+        _check_interval("check_every", check_every)
+        if on_nonfinite == "skip" and check_every != 1:
+            raise ConfigError(
+                f"on_nonfinite='skip' decides on the host inside each step and needs "
+                f"check_every=1; got check_every={check_every}. Use on_nonfinite='raise' "
+                "for steps without host synchronisation."
+            )
+        if history is not None and not isinstance(history, History):
+            raise ConfigError(f"history must be a constrain.History; got {describe(history)}.")
         self.problem, self.model, self.order = problem, model, order
         self.on_nonfinite: NonFinitePolicy = on_nonfinite
         self.record_every = record_every
+        self.vectors_every = vectors_every
+        self.check_every = check_every
         self.duals = Duals(
             _controllers.build(controller),
             _formulations.build(formulation),
@@ -165,12 +244,15 @@ class Solver:
         self.regularizers = RegularizerStage(
             problem.regularizers, model, self.primal.group_of, self.primal.optimizers
         )
+        self.schedules = _schedules(self.duals.formulation, dual_lr_schedule, penalty_schedule)
+        self.loggers: list[Logger] = list(loggers)
         self.step_count = 0
-        self.history = History()
+        self._history = history if history is not None else History()
         self.cursor = DataCursor()
         self.extra_state: dict[str, Stateful] = {}
         self._always_record = -1
         self._pending: _Pending | None = None
+        self._recorder: Recorder | None = None
         self._trainable_checked = False
 
     # -- public state (read-only views of the stages) -------------------------------------
@@ -195,6 +277,18 @@ class Solver:
     def multipliers(self) -> dict[str, Tensor]:
         """Current multipliers by constraint name (copies)."""
         return self.duals.named()
+
+    @property
+    def history(self) -> History:
+        """The run's records (reading it first flushes the steps not yet copied to the
+        host: one synchronisation)."""
+        if self._recorder is not None and len(self._recorder):
+            self.flush()
+        return self._history
+
+    @history.setter
+    def history(self, history: History) -> None:
+        self._history = history
 
     def register_state(self, name: str, obj: Stateful) -> None:
         """Save and restore ``obj`` (an LR scheduler, a GradScaler, ...) with the solver.
@@ -233,49 +327,88 @@ class Solver:
         """The whole solver state, as copies, made only of tensors and plain containers
         (``torch.load(..., weights_only=True)`` reads it). The format is described in
         :mod:`constrain._checkpoint_state` (model, optimizer(s), multipliers, controller,
-        per-sample and formulation state, history, registered objects, RNG states, data
-        position, step count, and what the state belongs to)."""
+        per-sample and formulation state, the history's stream position, schedules,
+        registered objects, RNG states, data position, step count, and what the state
+        belongs to). Flushes the buffered steps first."""
+        self.flush()
         return solver_state(self)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict`, so that the run continues bit-for-bit.
 
         The solver must be built like the saved one (same problem class, controller,
-        formulation and optimizer types, a model with the same parameters). Multipliers are
-        checked against the layout now if it is known (:meth:`initialise`), else at the
-        first step. Version-1 states (constrain 0.1.0) load too.
+        formulation and optimizer types, a model with the same parameters, the same kinds
+        of schedules). Multipliers are checked against the layout now if it is known
+        (:meth:`initialise`), else at the first step. A history streaming to a file is
+        truncated back to the checkpoint's position and continued. Version-1 and -2 states
+        (which embed the history) load too.
 
         Raises:
             CheckpointError: Naming the part that does not match, what this solver expects
                 and what the state holds.
         """
+        self._recorder = None
         load_solver_state(self, state)
 
     # -- one step in pieces --------------------------------------------------------------
-    def lagrangian(self, batch: Any = None) -> Tensor:
+    def lagrangian(self, batch: Any = None, *, accumulate: bool = False) -> Tensor:
         """Start a step: evaluate objective and constraints once, return the primal loss.
 
         Then ``backward()``, the optimizer step(s), :meth:`prox_step`, :meth:`dual_step`.
         In the ``"dual_primal"`` order the multiplier step happens here, before the loss.
 
+        With ``accumulate=True`` while a step is in progress, ``batch`` is one more
+        micro-batch of that step (gradient accumulation): its primal loss is returned at
+        the same multipliers, and the multiplier step averages the constraint signal over
+        the micro-batches (the mean of the dense violations; the per-sample entries of all
+        micro-batches, a sample seen twice counting once with its mean). Scale the losses
+        by ``1 / k`` for the mean gradient, as usual.
+
         Raises:
-            ConfigError: If the previous step was not finished with :meth:`dual_step`.
-            NonFiniteError: For a NaN/Inf objective or constraint (``on_nonfinite="raise"``).
+            ConfigError: If the previous step was not finished with :meth:`dual_step`, or
+                ``accumulate=True`` comes after the optimizer or multiplier step, or in the
+                ``"dual_primal"`` order.
+            NonFiniteError: With ``on_nonfinite="raise"``, a NaN/Inf objective or
+                constraint is reported when the step is checked (:meth:`dual_step` with
+                ``check_every=1``).
         """
+        if accumulate and self._pending is not None:
+            return self._accumulate(batch, self._pending)
         self._expect("lagrangian", idle=True)
         start = time.perf_counter()
         objective, stacked, state = self._evaluate(batch)
         if not self._trainable_checked and torch.is_grad_enabled() and self.primal.group_of:
             check_trainable(self.problem, state)
             self._trainable_checked = True
-        pending = _Pending(batch, objective, stacked, state, start)
+        self._apply_penalty()
+        pending = _Pending([_Micro(batch, objective, stacked, state)], start)
         self._pending = pending
-        if not self._finite(objective, stacked):
+        if not self._host_check(objective, stacked):
             pending.skipped = pending.dual_done = True
             return objective.new_zeros((), requires_grad=objective.requires_grad)
         if self.order == "dual_primal":
-            pending.skipped |= not self.duals.step(stacked, self.step_count)
+            self._dual_update(pending, stacked)
             pending.dual_done = True
+        return self._loss(objective, stacked)
+
+    def _accumulate(self, batch: Any, pending: _Pending) -> Tensor:
+        if self.order == "dual_primal" or pending.prox_done or pending.dual_done:
+            why = (
+                "the 'dual_primal' order updates the multipliers before the first loss"
+                if self.order == "dual_primal"
+                else "the step's prox or multiplier step already ran"
+            )
+            raise ConfigError(
+                f"lagrangian(accumulate=True) in step {self.step_count}: {why}. Accumulate "
+                "micro-batches between lagrangian() and the optimizer step, in the "
+                "'simultaneous' or 'primal_dual' order."
+            )
+        objective, stacked, state = self._evaluate(batch)
+        pending.micro.append(_Micro(batch, objective, stacked, state))
+        pending.combined = None
+        if not self._host_check(objective, stacked):
+            pending.skipped = pending.dual_done = True
+            return objective.new_zeros((), requires_grad=objective.requires_grad)
         return self._loss(objective, stacked)
 
     def prox_step(self) -> None:
@@ -295,24 +428,30 @@ class Solver:
 
     def dual_step(self) -> StepRecord | None:
         """The multiplier step; finishes the step and returns its record (``None`` when the
-        step is not recorded).
+        step is not recorded, or not yet copied to the host: see ``check_every``).
 
         Raises:
             ConfigError: If called before :meth:`lagrangian`.
-            NonFiniteError: If a multiplier becomes NaN/Inf and ``on_nonfinite="raise"``.
+            NonFiniteError: With ``on_nonfinite="raise"``, if this step (or, with
+                ``check_every > 1``, a step since the last check) had a NaN/Inf objective,
+                constraint, gradient or multiplier proposal; names the first one.
+            ShapeError: If per-sample indices left their range.
         """
         pending = self._expect("dual_step")
         if not pending.prox_done:
             self.regularizers.apply()
         if not pending.dual_done:
-            stacked = pending.stacked
+            assert self.layout is not None
+            stacked = pending.evaluation(self.layout)
             if self.order == "primal_dual":
                 with torch.no_grad():
-                    _, stacked, _ = self._evaluate(pending.batch)
-            if self._finite(None, stacked):
-                pending.skipped |= not self.duals.step(stacked, self.step_count)
-            else:
-                pending.skipped = True
+                    again = [self._evaluate(m.batch)[1] for m in pending.micro]
+                stacked = self.layout.merge(again)
+                pending.extra.append(stacked)
+                if not self._host_check(None, stacked):
+                    pending.skipped = True
+            if not pending.skipped:
+                self._dual_update(pending, stacked)
         self._pending = None
         return self._finish(pending)
 
@@ -320,11 +459,13 @@ class Solver:
     def step(self, batch: Any = None) -> StepRecord | None:
         """Run one step on ``batch``: :meth:`lagrangian`, backward, the optimizer step(s)
         (closure optimizers such as LBFGS get a closure), :meth:`prox_step`,
-        :meth:`dual_step`. Returns the step's record (``None`` if not recorded).
+        :meth:`dual_step`. Returns the step's record (``None`` if not recorded or not yet
+        copied to the host).
 
         Raises:
-            NonFiniteError: If the objective or a constraint is NaN/Inf and
-                ``on_nonfinite="raise"``; the message names the constraint and the step.
+            NonFiniteError: If the objective, a constraint, a gradient or a multiplier
+                proposal is NaN/Inf and ``on_nonfinite="raise"``; the message names the
+                constraint (or parameter) and the step.
         """
         if self.duals.controller.extrapolates:
             return _extragradient_step(self, batch)
@@ -336,6 +477,16 @@ class Solver:
             self._optimizer_step(lambda: self._closure_loss(pending))
         self.prox_step()
         return self.dual_step()
+
+    def flush(self) -> list[StepRecord]:
+        """Copy the buffered steps to the host (one synchronisation), check them for
+        NaN/Inf, record them in the history and hand them to the loggers; returns the new
+        records. Runs by itself every ``check_every`` steps and at the end of :meth:`fit`.
+
+        Raises:
+            NonFiniteError: As :meth:`dual_step`.
+        """
+        return self._flush(None)
 
     def _loss(self, objective: Tensor, stacked: StackedConstraints) -> Tensor:
         return self.regularizers.penalty(self.duals.primal_loss(objective, stacked))
@@ -358,26 +509,68 @@ class Solver:
             check_names(self.problem, state)
             layout = ConstraintLayout(self.problem, state)
             self.duals.initialise(layout)
-            if not self.history.labels:
-                self.history.labels = layout.labels()
+            if not self._history.labels:
+                self._history.labels = layout.labels()
+            if not self._history.groups:
+                self._history.groups = list(layout.names)
         assert self.layout is not None
         return state.objective, self.layout.stack(state, self.step_count), state
 
-    def _finite(self, objective: Tensor | None, stacked: StackedConstraints) -> bool:
-        """Apply the non-finite policy to an evaluation: True if all is finite."""
+    def _host_check(self, objective: Tensor | None, stacked: StackedConstraints) -> bool:
+        """``on_nonfinite="skip"``: check an evaluation on the host (one synchronisation)
+        and return False (with a warning) if the step must be skipped. Otherwise nothing
+        is checked here: the step's record carries the facts to the next flush."""
+        if self.on_nonfinite != "skip":
+            return True
         assert self.layout is not None
         try:
             self.layout.check_finite(objective, stacked, self.step_count)
         except NonFiniteError:
-            if self.on_nonfinite == "raise":
-                raise
             logger.warning("step %d skipped: non-finite objective or constraint", self.step_count)
             return False
         return True
 
+    def _dual_update(self, pending: _Pending, stacked: StackedConstraints) -> None:
+        with self._scheduled_controller():
+            pending.report = self.duals.step(stacked, self.step_count)
+
+    @contextmanager
+    def _scheduled_controller(self) -> Iterator[None]:
+        """The controller with this step's scheduled ``lr`` inside the block."""
+        schedule = self.schedules.get("dual_lr")
+        if schedule is None:
+            yield
+            return
+        original = self.duals.controller
+        lr = schedule.value(self.step_count)
+        self.duals.controller = original.model_copy(update={"lr": lr})
+        try:
+            yield
+        finally:
+            self.duals.controller = original
+
+    def _apply_penalty(self) -> None:
+        """Set this step's scheduled penalty in the formulation state."""
+        schedule = self.schedules.get("penalty")
+        if schedule is None:
+            return
+        state = self.duals.formulation_state
+        value = schedule.value(self.step_count)
+        self.duals.formulation_state = {
+            **state,
+            "penalty": torch.full_like(state["penalty"], value),
+        }
+
     def _backward(self, loss: Tensor) -> None:
-        if not self.primal.backward(loss, self.step_count) and self._pending is not None:
-            self._pending.skipped = True
+        self.primal.backward(loss)
+        pending = self._pending
+        if pending is None:
+            return
+        if self.on_nonfinite == "skip":
+            if not self.primal.check_gradients(self.step_count):
+                pending.skipped = True
+        else:
+            pending.gradients = self.primal.gradient_norms()
 
     def _optimizer_step(self, closure: Callable[[], Tensor] | None) -> None:
         if self._pending is None or not self._pending.skipped:
@@ -386,7 +579,7 @@ class Solver:
     def _closure_loss(self, pending: _Pending) -> Tensor:
         """Re-evaluate the primal loss at the current point (for closure optimizers)."""
         with torch.enable_grad():
-            objective, stacked, _ = self._evaluate(pending.batch)
+            objective, stacked, _ = self._evaluate(pending.micro[0].batch)
             loss = self._loss(objective, stacked)
             self._backward(loss)
         return loss.detach()
@@ -395,34 +588,87 @@ class Solver:
         """The step in progress (or, with ``idle``, check that none is)."""
         if (self._pending is None) != idle:
             state = "while a step is in progress" if idle else "before lagrangian()"
+            extra = (
+                " (pass accumulate=True to add a micro-batch to the step in progress)"
+                if idle and what == "lagrangian"
+                else ""
+            )
             raise ConfigError(
                 f"{what}() was called {state} in step {self.step_count}: a step runs "
                 "lagrangian() -> backward() and optimizer.step() -> prox_step() -> "
-                "dual_step()."
+                f"dual_step(){extra}."
             )
         return self._pending  # type: ignore[return-value]
 
     def _finish(self, pending: _Pending) -> StepRecord | None:
+        """Buffer the step's row; flush every ``check_every`` steps and at the end of a
+        ``fit``; then count the step and advance the schedules."""
         step = self.step_count
-        self.step_count += 1
-        if step % self.record_every != 0 and step != self._always_record:
-            return None
-        assert self.layout is not None and self.duals.multipliers is not None
+        layout, lam = self.layout, self.duals.multipliers
+        assert layout is not None and lam is not None
+        if self._recorder is None or self._recorder.layout is not layout:
+            self._recorder = Recorder(layout)
+        at_end = step == self._always_record
+        keep = step % self.record_every == 0 or at_end
+        vectors_every = self.vectors_every or max(1, math.ceil(layout.num_dense / 128))
+        report = pending.report
         diagnostics = dict(self.duals.diagnostics())
-        diagnostics.update({f"clusters/{k}": v for k, v in self.regularizers.diagnostics().items()})
-        record = record_step(
+        if keep:
+            clusters = self.regularizers.diagnostics()
+            diagnostics.update({f"clusters/{k}": v for k, v in clusters.items()})
+        self._recorder.add(
             step,
-            self.layout,
-            pending.objective,
-            pending.stacked,
-            self.duals.multipliers,
-            diagnostics,
-            pending.state.metrics,
+            pending.objective(),
+            pending.evaluation(layout),
+            lam,
+            proposal=None if report is None else report.dense,
+            proposals=None if report is None else report.per_sample,
+            dual_ok=None if report is None else report.ok,
+            diagnostics=diagnostics,
+            metrics=pending.metrics(),
+            gradients=pending.gradients,
+            extra=pending.extra,
+            keep=keep,
+            forced=at_end and step % self.record_every != 0,
+            vectors=keep and step % vectors_every == 0,
             skipped=pending.skipped,
+            seconds=time.perf_counter() - pending.start,
         )
-        record.seconds = time.perf_counter() - pending.start
-        self.history.append(record)
+        record = None
+        if at_end or (step + 1) % self.check_every == 0:
+            for flushed in self._flush(pending):
+                if flushed.step == step:
+                    record = flushed
+        self.step_count += 1
+        for schedule in self.schedules.values():
+            schedule.advance()
         return record
+
+    def _flush(self, current: _Pending | None) -> list[StepRecord]:
+        if self._recorder is None:
+            return []
+        rows = self._recorder.flush()
+        records: list[StepRecord] = []
+        for row in rows:
+            evaluations: list[tuple[Tensor | None, StackedConstraints]] = []
+            if current is not None and row.step == self.step_count:
+                evaluations = [(m.objective, m.stacked) for m in current.micro]
+                evaluations += [(None, extra) for extra in current.extra]
+            problem = self._recorder.problem(
+                row,
+                policy=self.on_nonfinite,
+                controller=self.duals.controller.name,
+                evaluations=evaluations,
+            )
+            if problem is not None:
+                raise problem
+            if row.keep:
+                record = self._recorder.record(row)
+                self._history.append(record, forced=row.forced)
+                for sink in self.loggers:
+                    sink.log(record, self._history)
+                records.append(record)
+        return records
 
     # -- loops --------------------------------------------------------------------------
     def fit(
@@ -442,7 +688,8 @@ class Solver:
             steps: Number of steps to run (from the current step count).
             batch: The fixed batch for full-batch problems (ignored when ``data`` is given).
             progress: Show a progress bar (default: only on an interactive terminal).
-            callback: Called after every step with the solver and the step's record.
+            callback: Called after every step with the solver and the step's record
+                (``None`` on steps not recorded or not yet flushed).
 
         Raises:
             ConfigError: If ``steps`` is not a non-negative integer.
@@ -451,13 +698,18 @@ class Solver:
             raise ConfigError(f"steps must be a non-negative integer; got {steps!r}.")
         batches = self._batches(data) if data is not None else itertools.repeat(batch)
         self._always_record = self.step_count + steps - 1
-        with _Progress(steps, progress) as bar:
-            for _ in range(steps):
-                record = self.step(next(batches))
-                if callback is not None:
-                    callback(self, record)
-                bar.update(self.step_count, record)
-        return self.history
+        try:
+            with _Progress(steps, progress) as bar:
+                for _ in range(steps):
+                    record = self.step(next(batches))
+                    if callback is not None:
+                        callback(self, record)
+                    bar.update(self.step_count, record)
+        finally:
+            self._history.flush()
+            for sink in self.loggers:
+                sink.flush()
+        return self._history
 
     def _batches(self, data: Iterable[Any]) -> Iterator[Any]:
         """Endless batches of ``data`` through the resumable data cursor."""
@@ -471,19 +723,22 @@ def _extragradient_step(solver: Solver, batch: Any) -> StepRecord | None:
     start = time.perf_counter()
     solver._expect("step", idle=True)
     objective, stacked, state = solver._evaluate(batch)
-    pending = _Pending(batch, objective, stacked, state, start, dual_done=True)
+    solver._apply_penalty()
+    pending = _Pending([_Micro(batch, objective, stacked, state)], start, dual_done=True)
     pending.prox_done = True
     solver._pending = pending
-    if not solver._finite(objective, stacked):
+    if not solver._host_check(objective, stacked):
         pending.skipped = True
         return solver.dual_step()
     snapshot = [p.detach().clone() for p in solver.model.parameters()]
-    lookahead = solver.duals.lookahead(stacked)
+    with solver._scheduled_controller():
+        lookahead = solver.duals.lookahead(stacked)
     solver._backward(solver._loss(objective, stacked))
     solver._primal_and_prox()
     with solver.duals.swapped(lookahead):
         objective_half, stacked_half, _ = solver._evaluate(batch)
-        finite = solver._finite(objective_half, stacked_half)
+        pending.extra.append(stacked_half)
+        finite = solver._host_check(objective_half, stacked_half)
         if finite:
             solver._backward(solver._loss(objective_half, stacked_half))
     with torch.no_grad():
@@ -491,10 +746,44 @@ def _extragradient_step(solver: Solver, batch: Any) -> StepRecord | None:
             p.copy_(saved)
     if finite and not pending.skipped:
         solver._primal_and_prox()
-        pending.skipped = not solver.duals.step(stacked_half, solver.step_count)
+        solver._dual_update(pending, stacked_half)
     else:
         pending.skipped = True
     return solver.dual_step()
+
+
+def _schedules(
+    formulation: Formulation, dual_lr: Schedule | None, penalty: Schedule | None
+) -> dict[str, ScheduleRunner]:
+    """The solver's schedules by name (``"dual_lr"``, ``"penalty"``).
+
+    Raises:
+        ConfigError: For a penalty schedule without a penalty formulation, or together with
+            the formulation's own growth schedule.
+    """
+    out: dict[str, ScheduleRunner] = {}
+    if dual_lr is not None:
+        out["dual_lr"] = ScheduleRunner("dual_lr_schedule", dual_lr, positive=False)
+    if penalty is not None:
+        if not isinstance(formulation, PenalizedFormulation):
+            raise ConfigError(
+                f"penalty_schedule needs a formulation with a penalty ('augmented_lagrangian' "
+                f"or 'quadratic_penalty'); got {formulation.name!r}."
+            )
+        if formulation.schedule.growth != 1.0:
+            raise ConfigError(
+                "penalty_schedule replaces the formulation's own schedule; give one of them "
+                f"(the formulation grows its penalty by {formulation.schedule.growth})."
+            )
+        out["penalty"] = ScheduleRunner("penalty_schedule", penalty, positive=False)
+    return out
+
+
+def _check_interval(name: str, value: object, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer; got {value!r}.")
 
 
 def _check_arguments(

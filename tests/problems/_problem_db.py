@@ -96,6 +96,12 @@ PROBLEM_DB: dict[str, ProblemInfo] = {
     "weight-sharing-digits": ProblemInfo(
         invalid=(({"strength": -1.0}, "strength"),),
     ),
+    "weight-sharing-torus": ProblemInfo(
+        invalid=(({"rho": 1.5}, "rho"),),
+    ),
+    "proxsparse-digits": ProblemInfo(
+        invalid=(({"strength": -1.0}, "strength"),),
+    ),
 }
 
 COMMON_INVALID: tuple[tuple[Mapping[str, Any], str], ...] = (

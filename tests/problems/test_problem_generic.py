@@ -71,7 +71,8 @@ def test_bad_hyperparameters_are_refused_naming_the_field(
 
 def _snapshot(solver: Any) -> dict[str, Any]:
     state = solver.state_dict()
-    records = [{k: v for k, v in r.items() if k != "seconds"} for r in state["history"]["records"]]
+    history = solver.history.to_dict()["records"]
+    records = [{k: v for k, v in r.items() if k != "seconds"} for r in history]
     keys = ("model", "optimizer", "multipliers", "controller_state", "indexed_state")
     return {**{k: state[k] for k in keys}, "step_count": state["step_count"], "history": records}
 

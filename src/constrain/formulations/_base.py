@@ -142,17 +142,19 @@ class PenaltySchedule(BaseModel):
         if self.growth == 1.0:
             return state
         step = state["step"] + 1
-        if int(step) % self.every != 0:
-            return {**state, "step": step}
+        # Decided on the device (no host synchronisation): off the ``every`` grid only the
+        # step count moves.
+        due = step % self.every == 0
         v = stacked.violation
         size = torch.where(stacked.equality, v, v.clamp_min(0)).norm()
         for iv in stacked.per_sample.values():
             size = size + (iv.violation if iv.equality else iv.violation.clamp_min(0)).norm()
-        grow = size > self.shrink * state["last_violation"]
+        grow = due & (size > self.shrink * state["last_violation"])
         penalty = torch.where(
             grow, (state["penalty"] * self.growth).clamp_max(self.max_penalty), state["penalty"]
         )
-        return {"penalty": penalty, "last_violation": size, "step": step}
+        last = torch.where(due, size, state["last_violation"])
+        return {"penalty": penalty, "last_violation": last, "step": step}
 
 
 class PenalizedFormulation(Formulation):

@@ -10,10 +10,23 @@ is left untouched.
   ``divide_conquer``, ``auto``); :func:`weight_sharing_` works in place.
 * ``"weight_sharing_l1"`` -- weight sharing, then soft-thresholding.
 * ``"l1"`` -- soft-thresholding; ``"group_l1"`` -- group soft-thresholding.
+* ``"proxsparse"`` -- :func:`proxsparse`, the exact prox of the ProxSparse 2:4 regularizer
+  ``sum_{i<j<k} |w_i w_j w_k|`` over blocks of 4 consecutive weights (Liu et al., ICML
+  2025); :func:`two_four_mask` is one-shot magnitude 2:4 pruning.
+* ``"wgsef"`` -- :func:`wgsef`, the prox of the weighted group sparse envelope function
+  (Refael, Arbel & Huleihel) or of its k-level gap ``S - Q`` (``mode="gap"``).
 """
 
+from ._envelope import group_norms, wgsef, wgsef_gap, wgsef_value
 from ._isotonic import IsotonicInfo
 from ._registry import PROX, ProxFn, get, names, register
+from ._semistructured import (
+    is_two_four,
+    proxsparse,
+    proxsparse_penalty,
+    two_four_fraction,
+    two_four_mask,
+)
 from ._sparsity import group_l1, l1, soft_threshold, weight_sharing_l1
 from ._weight_sharing import (
     METHODS,
@@ -35,14 +48,23 @@ __all__ = [
     "count_clusters",
     "get",
     "group_l1",
+    "group_norms",
+    "is_two_four",
     "isotonic_regression",
     "l1",
     "names",
+    "proxsparse",
+    "proxsparse_penalty",
     "register",
     "resolve_method",
     "soft_threshold",
+    "two_four_fraction",
+    "two_four_mask",
     "weight_sharing",
     "weight_sharing_",
     "weight_sharing_l1",
     "weight_sharing_penalty",
+    "wgsef",
+    "wgsef_gap",
+    "wgsef_value",
 ]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from collections.abc import Iterator
 from numbers import Real
 
 import torch
@@ -10,9 +13,35 @@ from torch import Tensor
 
 from .._errors import ConfigError, NonFiniteError, ShapeError, describe
 
-__all__ = ["FLOAT_DTYPES", "as_flat", "check_strength", "raise_non_finite"]
+__all__ = [
+    "FLOAT_DTYPES",
+    "as_flat",
+    "check_strength",
+    "input_checks_enabled",
+    "raise_non_finite",
+    "without_input_checks",
+]
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
+
+_INPUT_CHECKS = contextvars.ContextVar("constrain_prox_input_checks", default=True)
+
+
+@contextlib.contextmanager
+def without_input_checks() -> Iterator[None]:
+    """Skip the proxes' NaN/Inf check of their input inside the block (it synchronises
+    with the device). The solver runs its proximal steps so: a non-finite parameter comes
+    from a non-finite gradient or evaluation, which the step's record reports."""
+    token = _INPUT_CHECKS.set(False)
+    try:
+        yield
+    finally:
+        _INPUT_CHECKS.reset(token)
+
+
+def input_checks_enabled() -> bool:
+    """False inside :func:`without_input_checks`."""
+    return _INPUT_CHECKS.get()
 
 
 def check_strength(value: object, name: str = "strength", owner: str = "prox") -> float:

@@ -11,7 +11,8 @@
 * :mod:`~constrain.studies.sparsity`: hard-concrete L0 gates, :class:`L0Linear`, expected
   and achieved density, magnitude density.
 * :mod:`~constrain.studies.per_sample`: per-sample loss constraints with indexed
-  multipliers (:class:`FeasibleLearning`).
+  multipliers (:class:`FeasibleLearning`), optionally relaxed by per-sample slacks of
+  minimal norm (:class:`SampleSlack`).
 * :mod:`~constrain.studies.balancing`: per-group accuracy-gap constraints between a dense
   and a sparse model ("Balancing Act").
 
@@ -35,7 +36,7 @@ from .fairness import (
 )
 from .group_dro import GroupDROProblem
 from .groups import Groups, group_counts, group_means, membership_from_labels
-from .per_sample import FeasibleLearning, per_sample_losses
+from .per_sample import FeasibleLearning, SampleSlack, per_sample_losses
 from .rates import (
     RateConstraint,
     RateProblem,
@@ -78,6 +79,7 @@ __all__ = [
     "L0Linear",
     "RateConstraint",
     "RateProblem",
+    "SampleSlack",
     "accuracy_gap",
     "achieved_density",
     "correctness",

@@ -1,0 +1,187 @@
+"""Steps without host synchronisation: with ``check_every=k`` the steps between checks call
+none of the tensor methods that wait for the device (``item``, ``bool``, ``float``,
+``int``, ``tolist``, ``cpu``, ``numpy``, ``nonzero``, ``unique``); the default makes at
+most one such call per step; non-finite values are still named exactly (constraint and
+step) when the check comes later."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+from torch.overrides import TorchFunctionMode
+
+from constrain import (
+    ConfigError,
+    ConstrainedProblem,
+    Constraint,
+    ConstraintValue,
+    NonFiniteError,
+    ProblemState,
+    Regularizer,
+    ShapeError,
+    Solver,
+    Variables,
+)
+
+DTYPE = torch.float64
+N = 8
+
+SYNCHRONISING = {
+    Tensor.item,
+    Tensor.__bool__,
+    Tensor.__float__,
+    Tensor.__int__,
+    Tensor.__index__,
+    Tensor.tolist,
+    Tensor.cpu,
+    Tensor.numpy,
+    Tensor.nonzero,
+    torch.nonzero,
+    Tensor.unique,
+    torch.unique,
+}
+
+
+class CountSyncs(TorchFunctionMode):
+    """Counts the calls of tensor methods that synchronise with the device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[str] = Counter()
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func in SYNCHRONISING:
+            self.calls[getattr(func, "__name__", str(func))] += 1
+        return func(*args, **(kwargs or {}))
+
+
+class Mixed(ConstrainedProblem):
+    """Dense groups (an inequality, an equality), a per-sample group whose batches repeat
+    a sample, a metric; a smooth and a prox regularizer."""
+
+    bad_step: int = -1
+    calls: int = 0
+
+    def evaluate(self, model: Any, batch: Any) -> ProblemState:
+        x = model.x
+        scale = float("nan") if self.calls == self.bad_step else 1.0
+        self.calls += 1
+        idx = torch.tensor([1, 3, 3, 6])
+        return ProblemState(
+            (x - 1).pow(2).sum(),
+            {
+                "cap": (x[:4] - 0.5) * scale,
+                "sum": x.sum().reshape(1),
+                "margin": ConstraintValue(0.2 - x[idx], indices=idx),
+            },
+            metrics={"mean": x.detach().mean()},
+        )
+
+
+def _problem(bad_step: int = -1, cls: type[Mixed] = Mixed) -> Mixed:
+    return cls(
+        bad_step=bad_step,
+        constraints=[
+            Constraint("cap", "<=", size=4),
+            Constraint("sum", "==", rhs=2.0),
+            Constraint("margin", "<=", size=N, per_sample=True),
+        ],
+        regularizers=[Regularizer(prox="l1", strength=0.01)],
+    )
+
+
+def _solver(problem: ConstrainedProblem, **options: Any) -> Solver:
+    model = Variables(x=torch.zeros(N, dtype=DTYPE))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    return Solver(
+        problem,
+        model,
+        optimizer,
+        controller={"name": "nupi", "lr": 0.3, "kp": 0.5},
+        formulation={"name": "augmented_lagrangian", "penalty": 0.5, "schedule": {"growth": 1.5, "every": 2}},
+        **options,
+    )
+
+
+def _count(solver: Solver, steps: int) -> list[int]:
+    """Synchronising calls of each of ``steps`` steps (after two warm-up steps that build
+    the layout)."""
+    solver.step()
+    solver.step()
+    counts = []
+    for _ in range(steps):
+        with CountSyncs() as mode:
+            solver.step()
+        counts.append(sum(mode.calls.values()))
+    return counts
+
+
+@pytest.mark.parametrize("order", ["simultaneous", "dual_primal", "primal_dual"])
+def test_no_synchronisation_between_checks(order: str) -> None:
+    """check_every=4: 0 synchronising calls on the three steps between checks, one (the
+    record copy) at the check."""
+    counts = _count(_solver(_problem(), check_every=4, order=order), 8)
+    # Steps 2..9: the checks come after steps 3 and 7.
+    assert counts == [0, 1, 0, 0, 0, 1, 0, 0]
+
+
+def test_at_most_one_synchronisation_per_step_by_default() -> None:
+    solver = _solver(_problem())
+    assert _count(solver, 6) == [1] * 6
+    own = _solver(_problem())
+    own.step()
+    with CountSyncs() as mode:
+        loss = own.lagrangian()
+        loss.backward()
+        own.optimizer.step()
+        own.optimizer.zero_grad()
+        own.prox_step()
+        own.dual_step()
+    assert sum(mode.calls.values()) == 1, mode.calls
+
+
+def test_a_late_check_names_the_constraint_and_the_step() -> None:
+    """A NaN constraint at step 5 with check_every=4: the check after step 7 names
+    'cap' and step 5; the history keeps the steps before it."""
+    solver = _solver(_problem(bad_step=5), check_every=4)
+    with pytest.raises(NonFiniteError, match=r"constraint 'cap' is not finite at step 5"):
+        solver.fit(steps=10)
+    assert solver.history.steps().tolist() == [0, 1, 2, 3, 4]
+    assert all(torch.isfinite(t).all() for t in solver.multipliers.values())
+
+
+def test_a_check_at_the_step_names_the_entries() -> None:
+    solver = _solver(_problem(bad_step=2))
+    with pytest.raises(NonFiniteError, match=r"constraint 'cap' is not finite at step 2 \(entries \[0, 1, 2, 3\]"):
+        solver.fit(steps=4)
+    assert solver.step_count == 2
+
+
+def test_bad_indices_are_reported_at_the_check() -> None:
+    class Bad(Mixed):
+        def evaluate(self, model: Any, batch: Any) -> ProblemState:
+            state = super().evaluate(model, batch)
+            state.constraints["margin"] = ConstraintValue(model.x[:2], indices=torch.tensor([2, N + 3]))
+            return state
+
+    solver = _solver(_problem(cls=Bad), check_every=3)
+    with pytest.raises(ShapeError, match=rf"indices must lie in \[0, {N}\); got \[2, {N + 3}\] at step 0"):
+        solver.fit(steps=5)
+
+
+def test_skip_needs_a_check_at_every_step() -> None:
+    with pytest.raises(ConfigError, match=r"on_nonfinite='skip'.*check_every=1"):
+        _solver(_problem(), on_nonfinite="skip", check_every=2)
+
+
+def test_records_arrive_at_the_checks() -> None:
+    solver = _solver(_problem(), check_every=3)
+    returned = [solver.step() for _ in range(6)]
+    assert [r is not None for r in returned] == [False, False, True, False, False, True]
+    assert solver.history.steps().tolist() == list(range(6))
+    solver.step()
+    assert len(solver.history) == 7  # reading the history flushes
