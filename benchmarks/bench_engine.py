@@ -51,7 +51,9 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
     return A, b
 
 
-def _functions(groups: int, A: torch.Tensor, b: torch.Tensor) -> list[Callable[[Any, Any], torch.Tensor]]:
+def _functions(
+    groups: int, A: torch.Tensor, b: torch.Tensor
+) -> list[Callable[[Any, Any], torch.Tensor]]:
     per = ROWS // groups
 
     def make(k: int) -> Callable[[Any, Any], torch.Tensor]:
@@ -81,11 +83,16 @@ def overhead(groups: int, rounds: int, steps: int, cooper: bool) -> dict[str, An
     fns = _functions(groups, A, b)
     problem = ConstrainedProblem(
         objective=_objective,
-        constraints=[Constraint(f"g{k}", "<=", fn=f, size=ROWS // groups) for k, f in enumerate(fns)],
+        constraints=[
+            Constraint(f"g{k}", "<=", fn=f, size=ROWS // groups) for k, f in enumerate(fns)
+        ],
     )
     model = Variables(x=torch.zeros(DIM))
     solver = Solver(
-        problem, model, torch.optim.SGD(model.parameters(), lr=LR), controller={"name": "gda", "lr": DUAL_LR}
+        problem,
+        model,
+        torch.optim.SGD(model.parameters(), lr=LR),
+        controller={"name": "gda", "lr": DUAL_LR},
     )
 
     hand_model = Variables(x=torch.zeros(DIM))
@@ -228,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"header": header, "overhead": rows}
     if not args.skip_memory:
         results["memory"] = (
-            memory_and_checkpoints(10_000, 1_000) if args.quick else memory_and_checkpoints(100_000, 1_000)
+            memory_and_checkpoints(10_000, 1_000)
+            if args.quick
+            else memory_and_checkpoints(100_000, 1_000)
         )
     if args.json:
         json.dump(results, sys.stdout, indent=2)

@@ -2,6 +2,9 @@
 
 Each benchmark reports ratios against a baseline measured in the same run:
 
+* the training engine's targets (``bench_engine.py``): ``Solver.step`` with default
+  settings against a hand-written loop and against Cooper at 1, 10 and 100 groups, resident
+  memory over 1e5 steps with 10,000 constraints, checkpoint size at step 1e3 and 1e5;
 * solver overhead: ``Solver.step`` against a hand-written PyTorch loop (same maths);
 * weight-sharing prox: each method against ``torch.sort`` of the same vector;
 * per-sample constraints: per-step cost with 1,000,000 samples against 1,000;
@@ -26,7 +29,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from constrain import bench
 
-    print("== solver overhead ==")
+    print("== training engine targets ==")
+    import bench_engine
+
+    bench_engine.main(["--quick"] if args.quick else [])
+
+    print("\n== solver overhead ==")
     bench.bench_solver(quick=args.quick)
 
     print("\n== weight-sharing prox ==")

@@ -65,7 +65,9 @@ def _solver(**options: Any) -> Solver:
     torch.manual_seed(0)
     model = Variables(x=torch.zeros(N, dtype=DTYPE))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.5)
-    return Solver(_problem(), model, optimizer, controller={"name": "nupi", "lr": 0.2, "kp": 0.5}, **options)
+    return Solver(
+        _problem(), model, optimizer, controller={"name": "nupi", "lr": 0.2, "kp": 0.5}, **options
+    )
 
 
 def test_scalars_every_step_vectors_at_a_cadence() -> None:
@@ -160,7 +162,9 @@ def test_resume_refuses_a_stream_shorter_than_the_checkpoint(tmp_path: Path) -> 
     state = solver.state_dict()
     path.write_text(path.read_text()[:50])
     other = _solver(history=History(stream=path))
-    with pytest.raises(CheckpointError, match=r"history stream .* holds 50 bytes but the checkpoint"):
+    with pytest.raises(
+        CheckpointError, match=r"history stream .* holds 50 bytes but the checkpoint"
+    ):
         other.load_state_dict(state)
 
 

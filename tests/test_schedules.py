@@ -73,7 +73,10 @@ def test_penalty_schedule_sets_the_penalty_of_each_step() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"penalty_schedule": lambda t: 1.0}, "penalty_schedule needs a formulation with a penalty"),
+        (
+            {"penalty_schedule": lambda t: 1.0},
+            "penalty_schedule needs a formulation with a penalty",
+        ),
         (
             {
                 "formulation": {"name": "quadratic_penalty", "schedule": {"growth": 2.0}},
@@ -96,7 +99,9 @@ def test_scheduler_of_another_optimizer_and_bad_values_are_refused() -> None:
     with pytest.raises(ConfigError, match=r"built on a constrain\.ScheduledValue"):
         _frozen(dual_lr_schedule=torch.optim.lr_scheduler.StepLR(sgd, 2))
     solver = _frozen(dual_lr_schedule=lambda t: math.nan)
-    with pytest.raises(ConfigError, match=r"dual_lr_schedule gave nan at step 0; expected a finite number >= 0"):
+    with pytest.raises(
+        ConfigError, match=r"dual_lr_schedule gave nan at step 0; expected a finite number >= 0"
+    ):
         solver.step()
     with pytest.raises(ConfigError, match="ScheduledValue needs a finite number"):
         ScheduledValue(math.inf)
@@ -162,5 +167,7 @@ def test_a_checkpoint_without_the_scheduler_is_refused(tmp_path: Path) -> None:
     plain = _frozen()
     plain.fit(steps=2)
     scheduled = _frozen(dual_lr_schedule=torch.optim.lr_scheduler.StepLR(ScheduledValue(0.1), 2))
-    with pytest.raises(CheckpointError, match="dual_lr_schedule: this run schedules with a torch scheduler"):
+    with pytest.raises(
+        CheckpointError, match="dual_lr_schedule: this run schedules with a torch scheduler"
+    ):
         scheduled.load_state_dict(plain.state_dict())

@@ -102,7 +102,11 @@ def _solver(problem: ConstrainedProblem, **options: Any) -> Solver:
         model,
         optimizer,
         controller={"name": "nupi", "lr": 0.3, "kp": 0.5},
-        formulation={"name": "augmented_lagrangian", "penalty": 0.5, "schedule": {"growth": 1.5, "every": 2}},
+        formulation={
+            "name": "augmented_lagrangian",
+            "penalty": 0.5,
+            "schedule": {"growth": 1.5, "every": 2},
+        },
         **options,
     )
 
@@ -156,7 +160,9 @@ def test_a_late_check_names_the_constraint_and_the_step() -> None:
 
 def test_a_check_at_the_step_names_the_entries() -> None:
     solver = _solver(_problem(bad_step=2))
-    with pytest.raises(NonFiniteError, match=r"constraint 'cap' is not finite at step 2 \(entries \[0, 1, 2, 3\]"):
+    with pytest.raises(
+        NonFiniteError, match=r"constraint 'cap' is not finite at step 2 \(entries \[0, 1, 2, 3\]"
+    ):
         solver.fit(steps=4)
     assert solver.step_count == 2
 
@@ -165,11 +171,15 @@ def test_bad_indices_are_reported_at_the_check() -> None:
     class Bad(Mixed):
         def evaluate(self, model: Any, batch: Any) -> ProblemState:
             state = super().evaluate(model, batch)
-            state.constraints["margin"] = ConstraintValue(model.x[:2], indices=torch.tensor([2, N + 3]))
+            state.constraints["margin"] = ConstraintValue(
+                model.x[:2], indices=torch.tensor([2, N + 3])
+            )
             return state
 
     solver = _solver(_problem(cls=Bad), check_every=3)
-    with pytest.raises(ShapeError, match=rf"indices must lie in \[0, {N}\); got \[2, {N + 3}\] at step 0"):
+    with pytest.raises(
+        ShapeError, match=rf"indices must lie in \[0, {N}\); got \[2, {N + 3}\] at step 0"
+    ):
         solver.fit(steps=5)
 
 

@@ -102,12 +102,11 @@ class PrimalSide:
         if not grads:
             return None
         tensors = [g for _, g in grads]
-        norms = torch._foreach_norm(tensors, math.inf)
+        norms = list(torch._foreach_norm(tensors, math.inf))
         dtype, device = norms[0].dtype, norms[0].device
         if any(x.dtype != dtype or x.device != device for x in norms):
-            dtype = torch.float64
-            norms = tuple(x.to(device, dtype) for x in norms)
-        return tuple(n for n, _ in grads), torch.stack(list(norms))
+            norms = [x.to(device, torch.float64) for x in norms]
+        return tuple(n for n, _ in grads), torch.stack(norms)
 
     def check_gradients(self, step: int) -> bool:
         """Host check (``on_nonfinite="skip"``): False, with the gradients dropped and a

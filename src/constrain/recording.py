@@ -85,12 +85,12 @@ class _Groups:
     def norm(self, x: Tensor) -> Tensor:
         """Per-group 2-norm."""
         if self.mode == "one":
-            one: Tensor = torch.linalg.vector_norm(x).reshape(1)
-            return one
-        if self.mode == "equal":
-            each: Tensor = torch.linalg.vector_norm(x.reshape(len(self.sizes), -1), dim=1)
-            return each
-        return self.reduce(x * x, "sum").sqrt()
+            out: Tensor = torch.linalg.vector_norm(x).reshape(1)
+        elif self.mode == "equal":
+            out = torch.linalg.vector_norm(x.reshape(len(self.sizes), -1), dim=1)
+        else:
+            out = self.reduce(x * x, "sum").sqrt()
+        return out
 
     def reduce(self, x: Tensor, how: str) -> Tensor:
         """Per-group ``"max"`` (NaN-propagating; ``-inf`` for an empty group) or ``"sum"``."""
