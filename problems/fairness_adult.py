@@ -277,7 +277,7 @@ class FairnessAdult(ProblemSpec):
         history = solver.history
         if len(history) == 0:
             return []
-        steps = history.steps()
+        steps = history.vector_steps()  # the steps whose vectors were recorded
         assert solver.layout is not None
         upper, lower = (
             solver.layout.slice_of("parity_upper"),

@@ -187,7 +187,38 @@ def _set_solver(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
     return change
 
 
+def _old_state(payload: dict[str, Any]) -> None:
+    """The payload as a version-2 solver state (records embedded instead of the stream
+    position), so that its records can be crafted."""
+    solver = payload["solver"]
+    solver["version"] = 2
+    del solver["history_position"], solver["schedules"]
+    record = {
+        "step": 0,
+        "objective": 1.0,
+        "max_violation": 0.0,
+        "violation": [],
+        "multipliers": [],
+        "per_sample": {},
+        "metrics": {},
+        "clusters": {},
+        "penalty": None,
+        "seconds": 0.0,
+        "skipped": False,
+    }
+    solver["history"] = {"labels": [], "records": [dict(record), {**record, "step": 1}]}
+
+
+def _old_history(value: Any) -> Callable[[dict[str, Any]], None]:
+    def change(payload: dict[str, Any]) -> None:
+        _old_state(payload)
+        payload["solver"]["history"] = value
+
+    return change
+
+
 def _extra_record_key(payload: dict[str, Any]) -> None:
+    _old_state(payload)
     payload["solver"]["history"]["records"][0]["extra"] = 1.0
 
 
@@ -199,6 +230,7 @@ def _lr(value: float) -> Callable[[dict[str, Any]], None]:
 
 
 def _swap_records(payload: dict[str, Any]) -> None:
+    _old_state(payload)
     records = payload["solver"]["history"]["records"]
     records[0], records[1] = records[1], records[0]
 
@@ -898,7 +930,7 @@ ROWS: list[Row] = [
         "crafted-history-string",
         CHECKPOINTS,
         "history='x' (AttributeError)",
-        lambda t: load_checkpoint(_crafted(t, "history.pt", _set_solver("history", "x"))),
+        lambda t: load_checkpoint(_crafted(t, "history.pt", _old_history("x"))),
         CheckpointError,
         ("history.pt", "'history'", "expected a mapping", "got 'x' (str)"),
     ),

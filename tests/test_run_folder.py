@@ -126,7 +126,13 @@ def test_a_folder_with_a_previous_run_needs_overwrite_or_resume(
     assert manifest["run_id"] != first_id and manifest["status"] == "finished"
     assert json.loads((out / "summary.json").read_text())["controller"] == "gda"
     assert (out / "notes.txt").read_text() == "my notes"
-    assert set(manifest["files"]) == {"summary.json", "config.yaml", "history.csv", "history.json"}
+    assert set(manifest["files"]) == {
+        "summary.json",
+        "config.yaml",
+        "history.csv",
+        "history.json",
+        "history.jsonl",
+    }
     assert second.summary["steps"] == 3
 
 

@@ -18,7 +18,15 @@ from _problem_db import PROBLEM_DB, parametrize
 from _problem_db import info as row_of
 from torch import Tensor
 
-from constrain import ConfigError, RunConfig, blocks, controllers, get_problem, problem_names
+from constrain import (
+    ConfigError,
+    History,
+    RunConfig,
+    blocks,
+    controllers,
+    get_problem,
+    problem_names,
+)
 from constrain.checkpoint import load_checkpoint, save_checkpoint
 from constrain.runner import build_solver
 
@@ -96,12 +104,15 @@ def test_a_run_resumes_exactly_from_a_checkpoint(problem_to_build: str, tmp_path
     """Three steps, a checkpoint, three more in a fresh solver: bit for bit the six-step run."""
     spec, cfg = get_problem(problem_to_build), config(problem_to_build)
     setup, reference = build_solver(spec, cfg)
+    reference.history = History(stream=tmp_path / "reference.jsonl")
     reference.fit(setup.data, 6, batch=setup.batch, progress=False)
     setup, first = build_solver(spec, cfg)
+    first.history = History(stream=tmp_path / "run.jsonl")  # a checkpoint keeps its position
     first.fit(setup.data, 3, batch=setup.batch, progress=False)
     path = save_checkpoint(tmp_path / "run.pt", first)
     torch.manual_seed(12345)  # the process state must not matter
     setup, resumed = build_solver(spec, cfg)
+    resumed.history = History(stream=tmp_path / "run.jsonl")
     resumed.load_state_dict(load_checkpoint(path)["solver"])
     resumed.fit(setup.data, 3, batch=setup.batch, progress=False)
     _assert_identical(_snapshot(reference), _snapshot(resumed))
