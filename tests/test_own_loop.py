@@ -313,11 +313,11 @@ def test_autocast_bf16_with_a_grad_scaler() -> None:
         objective=lambda m, b: (m.x * torch.ones(1, 1)).sum().sub(3).pow(2),
         constraints=[Constraint("cap", "<=", rhs=1.0, fn=lambda m, b: (m.x * torch.ones(1, 1)).sum())],
     )
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    solver = Solver(problem, model, optimizer, controller={"name": "nupi", "lr": 0.05, "kp": 1.0})
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    solver = Solver(problem, model, optimizer, controller={"name": "nupi", "lr": 0.1, "kp": 1.0})
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
     solver.register_state("scaler", scaler)
-    for _ in range(3000):
+    for _ in range(800):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = solver.lagrangian()
         scaler.scale(loss).backward()

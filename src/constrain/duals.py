@@ -147,10 +147,9 @@ class Duals:
         """
         assert self.multipliers is not None and self.layout is not None
         formulation, controller = self.formulation, self.controller
-        report = DualReport(torch.ones((), dtype=torch.bool, device=self.layout.device))
         if not formulation.uses_multipliers:
             self.formulation_state = formulation.after_dual_step(stacked, self.formulation_state)
-            return report
+            return DualReport(torch.ones((), dtype=torch.bool, device=self.layout.device))
         lam = self.multipliers
         signal = formulation.dual_signal(stacked, self.formulation_state)
         dense, controller_state = controller.update(lam.dense, signal, self.controller_state)
@@ -162,7 +161,7 @@ class Duals:
         ok = _all_finite(dense)
         self.controller_state = _keep_unless(ok, controller_state, self.controller_state)
         lam.dense = torch.where(ok, formulation.project(dense, self.layout.equality), lam.dense)
-        report.dense, report.ok = dense, ok
+        report = DualReport(ok, dense)
         for name, iv in stacked.per_sample.items():
             sig = formulation.indexed_signal(iv.violation, self.formulation_state)
             store, state = lam.per_sample[name], self.indexed_state[name]
