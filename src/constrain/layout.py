@@ -172,8 +172,7 @@ class ConstraintLayout:
         self.rhs = rhs.to(self.device)
         # Decided from the declarations, not from the device tensors (no synchronisation).
         self._identity_form = all(c.sign == 1 for c in self.dense) and all(
-            all(float(x) == 0.0 for x in (v if isinstance(v, tuple) else (v,)))
-            for v in values
+            all(float(x) == 0.0 for x in (v if isinstance(v, tuple) else (v,))) for v in values
         )
         self._shift = -self.sign * self.rhs
         self._rhs_values = values
