@@ -127,7 +127,7 @@ def test_version_three_states_hold_a_position_not_records(
     assert "history" not in state and set(state["history_position"]) == {"records", "bytes"}
     with pytest.raises(CheckpointError, match="unexpected entry 'history'"):
         check_solver_state({**state, "history": old_state["history"]})
-    with pytest.raises(CheckpointError, match="'history_position': the entry is missing"):
+    with pytest.raises(CheckpointError, match="lacks the entry 'history_position'"):
         check_solver_state({k: v for k, v in state.items() if k != "history_position"})
 
 
