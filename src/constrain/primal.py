@@ -94,32 +94,28 @@ class PrimalSide:
             else:
                 optimizer.step()
 
-    def gradient_norms(self) -> tuple[tuple[str, ...], Tensor] | None:
+    def gradient_norms(self) -> tuple[tuple[str, ...], list[Tensor]] | None:
         """The names of the parameters with a gradient and the max-norm ``max |g|`` of
-        each (one tensor on the device, NaN/Inf exactly where a gradient is not finite;
+        each (0-d tensors on the device, NaN/Inf exactly where a gradient is not finite;
         no host synchronisation), or ``None`` if no parameter has a gradient."""
         grads = [(n, p.grad) for n, p in self._named if p.grad is not None]
         if not grads:
             return None
-        tensors = [g for _, g in grads]
-        norms = list(torch._foreach_norm(tensors, math.inf))
-        dtype, device = norms[0].dtype, norms[0].device
-        if any(x.dtype != dtype or x.device != device for x in norms):
-            norms = [x.to(device, torch.float64) for x in norms]
-        return tuple(n for n, _ in grads), torch.stack(norms)
+        norms = torch._foreach_norm([g for _, g in grads], math.inf)
+        device = norms[0].device
+        return tuple(n for n, _ in grads), [x.to(device) for x in norms]
 
     def check_gradients(self, step: int) -> bool:
         """Host check (``on_nonfinite="skip"``): False, with the gradients dropped and a
         warning, if a gradient is NaN/Inf; raise :class:`NonFiniteError` naming the
         parameters with ``on_nonfinite="raise"``."""
         found = self.gradient_norms()
-        if found is None or bool(torch.isfinite(found[1]).all()):
+        if found is None:
             return True
-        bad = [
-            n
-            for n, norm in zip(found[0], found[1].tolist(), strict=True)
-            if not math.isfinite(norm)
-        ]
+        values = torch.stack([x.double() for x in found[1]]).tolist()  # one synchronisation
+        bad = [n for n, norm in zip(found[0], values, strict=True) if not math.isfinite(norm)]
+        if not bad:
+            return True
         message = (
             f"the gradient of parameter(s) {bad} is not finite at step {step} "
             "although the objective and the constraints are finite (e.g. sqrt or log at 0, "

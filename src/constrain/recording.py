@@ -184,7 +184,7 @@ class Recorder:
         dual_ok: Tensor | None = None,
         diagnostics: Mapping[str, Tensor] | None = None,
         metrics: Mapping[str, Tensor | float] | None = None,
-        gradients: tuple[tuple[str, ...], Tensor] | None = None,
+        gradients: tuple[tuple[str, ...], Sequence[Tensor]] | None = None,
         extra: Sequence[StackedConstraints] = (),
         keep: bool = True,
         forced: bool = False,
@@ -220,36 +220,43 @@ class Recorder:
         dtype, device = self.dtype, self.layout.device
         diagnostics = diagnostics or {}
         metrics = metrics or {}
-        pieces: list[Tensor] = [objective.detach().reshape(1).to(dtype)]
+        # The row: the 0-d facts stacked in one operation, then the per-group and
+        # per-sample vectors (see _decode for the order).
+        scalars: list[Tensor] = [objective.detach().reshape(()).to(dtype)]
+        parts: list[Tensor] = []
         v = stacked.violation
-        groups = self._groups
-        if self.layout.sizes:
+        count = len(self.layout.sizes)
+        many = count > 1
+        if count:
             positive = torch.where(stacked.equality, v.abs(), v) if self._any_equality else v
             # NaN or +Inf where an entry is NaN or +Inf (a -Inf entry makes the multiplier
             # proposal non-finite, and the error check then looks at the evaluation).
-            group_max = groups.reduce(positive, "max")
-            pieces.append(group_max)
-            if len(self.layout.sizes) > 1:
-                pieces.append(group_max.max().reshape(1))  # one number for the host's scan
-            pieces.append(groups.norm(multipliers.dense.to(dtype)))
-            if proposal is not None and len(self.layout.sizes) > 1:  # one group: dual_ok names it
-                pieces.append(groups.bad(proposal.to(dtype)))
-        for name, size, equality in self._samples:
-            pieces.append(self._sample_row(name, size, equality, stacked, multipliers, proposals))
-        pieces += [value.detach().reshape(1).to(dtype).to(device) for value in diagnostics.values()]
-        pieces += [_metric_scalar(name, value, v) for name, value in metrics.items()]
+            lam = multipliers.dense.to(dtype)
+            if many:
+                group_max = self._groups.reduce(positive, "max")
+                scalars.append(group_max.max())  # one number for the host's scan
+                parts += [group_max, self._groups.norm(lam)]
+                if proposal is not None:
+                    parts.append(self._groups.bad(proposal.to(dtype)))
+            else:
+                scalars += [positive.max(), torch.linalg.vector_norm(lam)]
+        scalars += [value.detach().reshape(()).to(dtype) for value in diagnostics.values()]
+        scalars += [_metric_scalar(name, value, v).reshape(()) for name, value in metrics.items()]
         names: tuple[str, ...] = ()
         if gradients is not None:
             names = gradients[0]
-            pieces.append(gradients[1].to(dtype))
+            scalars += [norm.to(dtype) for norm in gradients[1]]
         for other in extra:
-            health = (other.violation - other.violation).sum().reshape(1)
+            health = (other.violation - other.violation).sum()
             for iv in other.per_sample.values():
                 health = health + (iv.violation - iv.violation).sum()
-            pieces.append(health.to(dtype))
+            scalars.append(health.to(dtype))
         ok = dual_ok if dual_ok is not None else torch.ones((), dtype=torch.bool, device=device)
-        pieces.append(ok.reshape(1).to(dtype))
-        row = torch.cat(pieces)
+        scalars.append(ok.to(dtype))
+        for name, size, equality in self._samples:
+            parts.append(self._sample_row(name, size, equality, stacked, multipliers, proposals))
+        head = torch.stack(scalars)
+        row = torch.cat([head, *parts]) if parts else head
         size = row.numel()
         self._tensors.append(row)
         if vectors:
@@ -265,7 +272,7 @@ class Recorder:
                 tuple(metrics),
                 names,
                 len(extra),
-                proposal is not None and len(self.layout.sizes) > 1,
+                proposal is not None and many,
                 skipped,
                 seconds,
                 size,
@@ -333,23 +340,16 @@ class Recorder:
     def _decode(self, row: _Row, values: list[float]) -> FlushedRow:
         groups = len(self.layout.sizes)
         n = self.layout.num_dense
+        objective = values[0]
         at = 1
-        group_violation = values[at : at + groups]
-        at += groups
-        dense_max = -math.inf
-        if groups:
-            dense_max = values[at] if groups > 1 else group_violation[0]
-            at += 1 if groups > 1 else 0
-        norms = values[at : at + groups]
-        at += groups
-        proposal = None
-        if row.candidate and groups:
-            proposal = values[at : at + groups]
-            at += groups
-        per_sample = {}
-        for name, _, _ in self._samples:
-            per_sample[name] = values[at : at + _PER_SAMPLE_WIDTH]
-            at += _PER_SAMPLE_WIDTH
+        dense_max, group_violation, norms = -math.inf, [], []
+        if groups == 1:
+            dense_max, norm = values[1], values[2]
+            group_violation, norms = [dense_max], [norm]
+            at = 3
+        elif groups > 1:
+            dense_max = values[1]
+            at = 2
         diagnostics = dict(
             zip(row.diagnostics, values[at : at + len(row.diagnostics)], strict=True)
         )
@@ -362,6 +362,18 @@ class Recorder:
         at += row.extra
         dual_ok = values[at] != 0.0
         at += 1
+        proposal = None
+        if groups > 1:
+            group_violation = values[at : at + groups]
+            norms = values[at + groups : at + 2 * groups]
+            at += 2 * groups
+            if row.candidate:
+                proposal = values[at : at + groups]
+                at += groups
+        per_sample = {}
+        for name, _, _ in self._samples:
+            per_sample[name] = values[at : at + _PER_SAMPLE_WIDTH]
+            at += _PER_SAMPLE_WIDTH
         violation = multipliers = None
         if row.vectors:
             violation, multipliers = values[at : at + n], values[at + n : at + 2 * n]
@@ -371,7 +383,7 @@ class Recorder:
             row.forced,
             row.skipped or not dual_ok,
             row.seconds,
-            values[0],
+            objective,
             group_violation,
             dense_max,
             norms,

@@ -129,7 +129,7 @@ class _Pending:
     prox_done: bool = False
     report: DualReport | None = None
     extra: list[StackedConstraints] = field(default_factory=list)
-    gradients: tuple[tuple[str, ...], Tensor] | None = None
+    gradients: tuple[tuple[str, ...], list[Tensor]] | None = None
     combined: StackedConstraints | None = None
 
     def evaluation(self, layout: ConstraintLayout) -> StackedConstraints:
