@@ -187,15 +187,15 @@ class FeasibleLearningStudy(ProblemSpec):
         extra: dict[str, Any] = {}
         if params.slack_penalty is not None:
             slack = solver.model.slack.detach().double()
+            deviation = (lam - params.slack_penalty * slack).abs()
             extra["slack_penalty"] = params.slack_penalty
             extra["slack_stats"] = {
                 "mean": float(slack.mean()),
                 "max": float(slack.max()),
                 "positive_fraction": float((slack > 1e-3).double().mean()),
-                # At a solution u_i = lam_i / alpha.
-                "max_abs_lam_minus_alpha_u": float(
-                    (lam - params.slack_penalty * slack).abs().max()
-                ),
+                # At a solution u_i = lam_i / alpha; the deviation shows how far from it.
+                "mean_abs_lam_minus_alpha_u": float(deviation.mean()),
+                "max_abs_lam_minus_alpha_u": float(deviation.max()),
             }
         return {
             "epsilon": params.epsilon,

@@ -25,8 +25,8 @@ iterations.
 On the bilinear game ``L = x^T A y`` with ``eta_x = eta_y = eta`` the step is exactly
 ``x+ = (I + eta^2 A A^T)^{-1} (x - eta A y)`` and ``y+ = (I + eta^2 A^T A)^{-1} (y + eta A^T x)``.
 
-See docs/algorithms.md, 'Competitive gradient descent' (and the docs page
-``papers/competitive-gradient-descent.md``).
+See docs/papers/competitive-gradient-descent.md for the derivation, the treatment of
+inequality multipliers and measured costs.
 """
 
 from __future__ import annotations

@@ -102,9 +102,7 @@ def group_norms(
     the first, e.g. one group per output channel of a conv weight).
     """
     x, dims, w = _groups(x, dim, weights, "group_norms")
-    norms: Tensor = torch.linalg.vector_norm(
-        x.detach().to(torch.float64), dim=dims, keepdim=True
-    )
+    norms: Tensor = torch.linalg.vector_norm(x.detach().to(torch.float64), dim=dims, keepdim=True)
     out: Tensor = (w.sqrt() * norms).reshape(-1)
     return out
 
