@@ -175,3 +175,15 @@ def test_errors() -> None:
         wgsef(x, 0.1, 1, weights=[1.0, 2.0, 0.0, 1.0])
     with pytest.raises(ShapeError, match="0-d"):
         wgsef(torch.tensor(1.0), 0.1, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode", ["envelope", "gap"])
+def test_registered_prox_contract(dtype: torch.dtype, mode: str) -> None:
+    """Same shape, dtype and device; the input untouched; strength 0 is the identity."""
+    x = torch.randn(6, 4, dtype=dtype)
+    before = x.clone()
+    out = get("wgsef")(x, 0.3, k=2, mode=mode)
+    assert out.shape == x.shape and out.dtype == dtype and out.device == x.device
+    assert torch.equal(x, before) and out.data_ptr() != x.data_ptr()
+    torch.testing.assert_close(wgsef(x, 0.0, 2, mode=mode), x)
