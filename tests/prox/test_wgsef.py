@@ -14,6 +14,9 @@ from constrain import ConfigError, ShapeError
 from constrain.prox import get, group_norms, wgsef, wgsef_gap, wgsef_value
 
 cp = pytest.importorskip("cvxpy")
+# Clarabel flags the degenerate perspective terms of zeroed groups as "inaccurate" at these
+# tolerances; the tests bound the error explicitly instead.
+pytestmark = pytest.mark.filterwarnings("ignore:Solution may be inaccurate")
 DTYPE = torch.float64
 TIGHT = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10, "max_iter": 500}
 
