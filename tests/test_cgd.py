@@ -261,7 +261,7 @@ def test_nonnegative_masks_per_tensor() -> None:
 def test_iris_svm_reaches_cvxpy_multipliers() -> None:
     """The nuPI paper's hard-margin SVM (70 margin constraints): projected CGD with eta = 1
     reaches the exact multipliers, where GDA stays ~1 away after 5000 steps
-    (docs/algorithms.md, 'The hard-margin SVM of the nuPI paper')."""
+    (docs/algorithms.md, 'The iris hard-margin SVM')."""
     pytest.importorskip("cvxpy")
     from constrain import get_problem
 

@@ -23,7 +23,7 @@ LAYERS: dict[str, int] = {
     "layout": 2, "blocks": 2, "history": 2,
     "formulations": 3, "controllers": 3, "prox": 3, "regularization": 3, "recording": 3,
     "studies": 3, "schedules": 3, "loggers": 3,
-    "duals": 4, "primal": 4, "distributed": 4,
+    "duals": 4, "primal": 4, "distributed": 4, "_cgd": 4,
     "_checkpoint_state": 5,
     "solver": 6,
     "config": 7, "runner": 7, "checkpoint": 7, "plots": 7, "bench": 7, "exact": 7, "validation": 7,

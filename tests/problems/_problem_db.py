@@ -88,7 +88,7 @@ PROBLEM_DB: dict[str, ProblemInfo] = {
     ),
     "feasible-learning": ProblemInfo(
         problem={"num_samples": 2000, "num_test": 500},
-        invalid=(({"epsilon": -0.1}, "epsilon"),),
+        invalid=(({"epsilon": -0.1}, "epsilon"), ({"slack_penalty": 0.0}, "slack_penalty")),
     ),
     "sparsity-digits": ProblemInfo(
         invalid=(({"density": 1.5}, "density"),),
@@ -97,10 +97,12 @@ PROBLEM_DB: dict[str, ProblemInfo] = {
         invalid=(({"strength": -1.0}, "strength"),),
     ),
     "weight-sharing-torus": ProblemInfo(
-        invalid=(({"rho": 1.5}, "rho"),),
+        problem={"seeds": 1, "test_shifts": False},
+        invalid=(({"rho": 1.0}, "rho"), ({"alpha1": 0}, "alpha1")),
     ),
     "proxsparse-digits": ProblemInfo(
-        invalid=(({"strength": -1.0}, "strength"),),
+        problem={"seeds": 1, "pretrain_steps": 20},
+        invalid=(({"hidden": 30}, "hidden"), ({"strength": -1.0}, "strength")),
     ),
 }
 

@@ -42,11 +42,14 @@ class ProxInfo:
             whose message contains ``text``.
         penalty: ``penalty(x, strength, options)``: the function ``phi`` whose prox the
             operator computes, written independently of the library (float64).
+        convex: The penalty is convex, so the prox is non-expansive (non-convex ones, such
+            as the 2:4 regularizer, are tested for global optimality in their own files).
     """
 
     options: Mapping[str, Any] = field(default_factory=dict)
     invalid: tuple[tuple[Mapping[str, Any], type[Exception], str], ...] = ()
     penalty: Callable[[Array, float, Mapping[str, Any]], float] | None = None
+    convex: bool = True
 
 
 def _l1(x: Array, strength: float, options: Mapping[str, Any]) -> float:
@@ -72,6 +75,21 @@ def _weight_sharing_l1(x: Array, strength: float, options: Mapping[str, Any]) ->
     return _weight_sharing(x, strength, options) + l1
 
 
+def _wgsef(x: Array, strength: float, options: Mapping[str, Any]) -> float:
+    """strength * S_k(x) with one group per first index, unit weights: half the squared
+    k-support norm of the group norms (Argyriou, Foygel & Srebro, 2012)."""
+    k = int(options["k"])
+    a = np.sort(np.sqrt((x.reshape(x.shape[0], -1) ** 2).sum(axis=1)))[::-1]
+    if np.count_nonzero(a) <= k:
+        return strength * 0.5 * float((a**2).sum())
+    for r in range(k):  # the top k - r - 1 entries stay, the rest share r + 1 units
+        rest = float(a[k - r - 1 :].sum())
+        above = k - r - 2 < 0 or a[k - r - 2] > rest / (r + 1)
+        if above and rest / (r + 1) >= a[k - r - 1]:
+            return strength * 0.5 * float((a[: k - r - 1] ** 2).sum() + rest**2 / (r + 1))
+    raise AssertionError("no consistent r")
+
+
 PROX_DB: dict[str, ProxInfo] = {
     "l1": ProxInfo(penalty=_l1),
     "group_l1": ProxInfo(
@@ -94,6 +112,16 @@ PROX_DB: dict[str, ProxInfo] = {
             ({"l1_strength": float("nan")}, ConfigError, "l1_strength"),
         ),
         penalty=_weight_sharing_l1,
+    ),
+    "proxsparse": ProxInfo(convex=False),
+    "wgsef": ProxInfo(
+        options={"k": 2},
+        invalid=(
+            ({"k": -1}, ConfigError, "k (the number of groups kept)"),
+            ({"k": 2, "mode": "hard"}, ConfigError, "mode must be"),
+            ({"k": 2, "weights": [1.0, 2.0]}, ShapeError, "one weight per group"),
+        ),
+        penalty=_wgsef,
     ),
 }
 
