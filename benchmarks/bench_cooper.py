@@ -14,11 +14,12 @@ Cases (float64, CPU, both libraries started from the same point with zero multip
   ``SimultaneousOptimizer`` with ``torch.optim.SGD(maximize=True)`` on the multipliers):
   the per-group overhead case.
 
-For each case the script reports the median wall time of one step in each library and
-their ratio (constrain / Cooper; below 1 means constrain is faster), for constrain
-recording its history at every step and every 100 steps, and the largest absolute
-difference between the two trajectories (multipliers and primal variables after every
-step).
+For each case the script reports the median wall time of one step in each library
+(:mod:`torch.utils.benchmark`, ``blocked_autorange`` on a fresh instance of each) and their
+ratio (constrain / Cooper; below 1 means constrain is faster), for constrain recording its
+history at every step and every 100 steps, and the largest absolute difference between the
+two trajectories (multipliers and primal variables after every step, from separate,
+untimed runs of ``--steps`` steps).
 
 Usage: ``python benchmarks/bench_cooper.py [--steps N] [--json]``.
 """
@@ -27,15 +28,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils import benchmark
 
 import constrain
 from constrain import ConstrainedProblem, ConstraintValue, ProblemState, Variables
@@ -43,17 +43,34 @@ from constrain import ConstrainedProblem, ConstraintValue, ProblemState, Variabl
 DTYPE = torch.float64
 
 
+Step = Callable[[], None]
+Observe = Callable[[], tuple[Tensor, Tensor]]
+
+
 @dataclass
 class Trajectory:
-    """Per-step wall times and, after every step, multipliers and primal variables."""
+    """Multipliers and primal variables after every step."""
 
-    seconds: list[float]
     multipliers: list[Tensor]
     primal: list[Tensor]
 
-    @property
-    def median_ms(self) -> float:
-        return 1e3 * statistics.median(self.seconds[10:] or self.seconds)
+
+def trajectory(case: tuple[Step, Observe], steps: int) -> Trajectory:
+    """Take ``steps`` steps, recording the multipliers and primal variables after each."""
+    step, observe = case
+    out = Trajectory([], [])
+    for _ in range(steps):
+        step()
+        multipliers, primal = observe()
+        out.multipliers.append(multipliers)
+        out.primal.append(primal)
+    return out
+
+
+def median_ms(case: tuple[Step, Observe], min_run_time: float) -> float:
+    """Median milliseconds per step (torch.utils.benchmark, after its warm-up)."""
+    timer = benchmark.Timer(stmt="step()", globals={"step": case[0]}, num_threads=1)
+    return 1e3 * timer.blocked_autorange(min_run_time=min_run_time).median
 
 
 # -- the two cases, in constrain ------------------------------------------------------------------
@@ -103,7 +120,8 @@ def groups_problem() -> ConstrainedProblem:
     return Groups(constraints=[constrain.Constraint(f"g{k}", "<=", size=1) for k in range(GROUPS)])
 
 
-def run_constrain(case: str, steps: int, record_every: int) -> Trajectory:
+def constrain_case(case: str, record_every: int) -> tuple[Step, Observe]:
+    """One step of the case in constrain, and what to record after it."""
     if case == "iris-nupi":
         batch: Any = iris_data()
         model = Variables(w=torch.zeros(4, dtype=DTYPE), b=torch.zeros((), dtype=DTYPE))
@@ -128,20 +146,22 @@ def run_constrain(case: str, steps: int, record_every: int) -> Trajectory:
             record_every=record_every,
             controller={"name": "gda", "lr": 0.1},
         )
-    out = Trajectory([], [], [])
-    for _ in range(steps):
-        start = time.perf_counter()
+
+    def step() -> None:
         solver.step(batch)
-        out.seconds.append(time.perf_counter() - start)
+
+    def observe() -> tuple[Tensor, Tensor]:
         store = solver.multiplier_store
         assert store is not None
-        out.multipliers.append(store.dense.detach().clone())
-        out.primal.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
-    return out
+        primal = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        return store.dense.detach().clone(), primal
+
+    return step, observe
 
 
 # -- the same cases in Cooper --------------------------------------------------------------------
-def run_cooper(case: str, steps: int) -> Trajectory:
+def cooper_case(case: str) -> tuple[Step, Observe]:
+    """One step of the case in Cooper, and what to record after it."""
     import cooper
 
     inequality = cooper.ConstraintType.INEQUALITY
@@ -210,35 +230,38 @@ def run_cooper(case: str, steps: int) -> Trajectory:
             primal_optimizers=torch.optim.SGD(params, lr=0.1),
             dual_optimizers=torch.optim.SGD(cmp.dual_parameters(), lr=0.1, maximize=True),
         )
-    out = Trajectory([], [], [])
-    for _ in range(steps):
-        start = time.perf_counter()
+
+    def step() -> None:
         optimizer.roll()
-        out.seconds.append(time.perf_counter() - start)
-        out.multipliers.append(
-            torch.cat([m.weight.detach().reshape(-1) for m in cmp.multipliers()])
-        )
-        out.primal.append(torch.cat([p.detach().reshape(-1) for p in params]))
-    return out
+
+    def observe() -> tuple[Tensor, Tensor]:
+        multipliers = torch.cat([m.weight.detach().reshape(-1) for m in cmp.multipliers()])
+        return multipliers, torch.cat([p.detach().reshape(-1) for p in params])
+
+    return step, observe
 
 
 def max_difference(a: list[Tensor], b: list[Tensor]) -> float:
     return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
 
 
-def compare(case: str, steps: int, printer: Callable[[str], None] | None) -> dict[str, Any]:
+def compare(
+    case: str, steps: int, min_run_time: float, printer: Callable[[str], None] | None
+) -> dict[str, Any]:
     """Run one case in both libraries; return times, ratios and trajectory differences."""
-    ours = run_constrain(case, steps, record_every=1)
-    ours_sparse = run_constrain(case, steps, record_every=100)
-    theirs = run_cooper(case, steps)
+    ours = trajectory(constrain_case(case, record_every=1), steps)
+    theirs = trajectory(cooper_case(case), steps)
+    cooper_ms = median_ms(cooper_case(case), min_run_time)
+    constrain_ms = median_ms(constrain_case(case, record_every=1), min_run_time)
+    sparse_ms = median_ms(constrain_case(case, record_every=100), min_run_time)
     result = {
         "case": case,
         "steps": steps,
-        "cooper_ms_per_step": theirs.median_ms,
-        "constrain_ms_per_step": ours.median_ms,
-        "constrain_record_every_100_ms_per_step": ours_sparse.median_ms,
-        "ratio": ours.median_ms / theirs.median_ms,
-        "ratio_record_every_100": ours_sparse.median_ms / theirs.median_ms,
+        "cooper_ms_per_step": cooper_ms,
+        "constrain_ms_per_step": constrain_ms,
+        "constrain_record_every_100_ms_per_step": sparse_ms,
+        "ratio": constrain_ms / cooper_ms,
+        "ratio_record_every_100": sparse_ms / cooper_ms,
         "max_multiplier_difference": max_difference(ours.multipliers, theirs.multipliers),
         "max_primal_difference": max_difference(ours.primal, theirs.primal),
         "final_multiplier_scale": float(ours.multipliers[-1].abs().max()),
@@ -257,7 +280,16 @@ def compare(case: str, steps: int, printer: Callable[[str], None] | None) -> dic
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=2000, help="steps per run (default 2000)")
+    parser.add_argument(
+        "--steps", type=int, default=2000, help="steps of the compared trajectories (default 2000)"
+    )
+    parser.add_argument(
+        "--min-run-time",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="least measured time per timing (torch.utils.benchmark; default 1)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     try:
@@ -273,7 +305,12 @@ def main(argv: list[str] | None = None) -> int:
     printer = None if args.json else print
     if printer is not None:
         printer(header)
-    results = [compare(case, args.steps, printer) for case in ("iris-nupi", "groups-gda")]
+    if printer is not None:
+        printer(f"# estimated duration: about {int(2 * (3 * args.min_run_time + 2) + 1)} s")
+    results = [
+        compare(case, args.steps, args.min_run_time, printer)
+        for case in ("iris-nupi", "groups-gda")
+    ]
     if args.json:
         json.dump({"header": header, "results": results}, sys.stdout, indent=2)
         sys.stdout.write("\n")

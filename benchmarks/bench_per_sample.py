@@ -7,8 +7,10 @@ sample indices differ (distinct, spread over ``[0, N)``). A step must cost O(bat
 the median time per :meth:`constrain.Solver.step` should not depend on ``N``.
 
 The sizes are measured in interleaved rounds (``N1, N2, N1, N2, ...``) so that load on a
-shared machine affects all of them alike; the reported number per size is the median over
-all timed steps after a warm-up.
+shared machine affects all of them alike. Each round times ``--steps`` steps of each size
+with :class:`torch.utils.benchmark.Timer` (``timeit``, which warms up first); the reported
+number per size is the median over the rounds of the time per step, and the ratio is the
+ratio of those medians.
 
 Usage::
 
@@ -26,12 +28,12 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils import benchmark
 
 from constrain import Solver
 from constrain.studies import FeasibleLearning
@@ -46,14 +48,15 @@ def make_solver(num_samples: int, num_features: int, controller: str, seed: int)
     return Solver(problem, model, optimizer, controller={"name": controller, "lr": 0.1})
 
 
-def time_steps(solver: Solver, batch: tuple[torch.Tensor, ...], steps: int) -> list[float]:
-    """Wall-clock seconds of each of ``steps`` calls of ``solver.step(batch)``."""
-    out = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        solver.step(batch)
-        out.append(time.perf_counter() - start)
-    return out
+def time_steps(solver: Solver, batch: tuple[torch.Tensor, ...], steps: int) -> float:
+    """Mean seconds per call over ``steps`` calls of ``solver.step(batch)``
+    (:class:`torch.utils.benchmark.Timer`)."""
+    timer = benchmark.Timer(
+        stmt="solver.step(batch)",
+        globals={"solver": solver, "batch": batch},
+        num_threads=torch.get_num_threads(),
+    )
+    return float(timer.timeit(steps).mean)
 
 
 def run(
@@ -82,13 +85,14 @@ def run(
     times: dict[int, list[float]] = {n: [] for n in sizes}
     for _ in range(rounds):
         for n in sizes:
-            times[n] += time_steps(solvers[n], batches[n], steps_per_round)
+            times[n].append(time_steps(solvers[n], batches[n], steps_per_round))
     medians = {n: statistics.median(t) for n, t in times.items()}
     smallest, largest = min(sizes), max(sizes)
     return {
         "batch_size": batch_size,
         "controller": controller,
         "steps_timed_per_size": rounds * steps_per_round,
+        "rounds": rounds,
         "median_ms_per_step": {str(n): 1e3 * m for n, m in medians.items()},
         "ratio": medians[largest] / medians[smallest],
         "ratio_of": [largest, smallest],
@@ -123,7 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         for n, ms in result["median_ms_per_step"].items():
             print(
-                f"N = {int(n):>10,d}: {ms:.3f} ms/step (median of {result['steps_timed_per_size']})"
+                f"N = {int(n):>10,d}: {ms:.3f} ms/step (median over {result['rounds']} rounds of "
+                f"{result['steps_timed_per_size'] // result['rounds']} steps)"
             )
         largest, smallest = result["ratio_of"]
         print(

@@ -24,10 +24,22 @@ sys.path.insert(0, str(HERE))
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes and few repeats")
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes and short measurements (about a minute)"
+    )
     args = parser.parse_args(argv)
 
     from constrain import bench
+    from constrain.prox import _bench as prox_bench
+
+    prox_sizes = [10**4, 10**5] if args.quick else [10**5, 10**6, 10**7]
+    estimate = bench.estimate_seconds("solver", quick=args.quick) + prox_bench.estimate_seconds(
+        prox_sizes, min_run_time=0.1 if args.quick else 1.0
+    )
+    print(
+        f"# estimated duration: about {estimate / 60:.1f} min plus the per-sample and Cooper "
+        "benchmarks" + ("" if args.quick else "; --quick runs small sizes only")
+    )
 
     print("== training engine targets ==")
     import bench_engine
@@ -41,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     import bench_prox
 
     sizes = "1e4,1e5" if args.quick else "1e5,1e6,1e7"
-    bench_prox.main(["--sizes", sizes, "--repeats", "3" if args.quick else "5", "--threads", "1"])
+    bench_prox.main(
+        ["--sizes", sizes, "--min-run-time", "0.1" if args.quick else "1", "--threads", "1"]
+    )
 
     print("\n== per-sample constraints (1e6 vs 1e3 samples, batch 256) ==")
     import bench_per_sample
@@ -51,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n== against Cooper ==")
     import bench_cooper
 
-    bench_cooper.main(["--steps", "300" if args.quick else "2000"])
+    bench_cooper.main(
+        ["--steps", "300" if args.quick else "2000", "--min-run-time", "0.1" if args.quick else "1"]
+    )
     return 0
 
 

@@ -18,9 +18,12 @@ with exact counting rates for the multipliers and sigmoid proxies for the model.
 report gives test accuracy and the test-set ``max_parity_gap = max_g |rate_g - rate|``
 next to those of the same model trained without constraints with the same budget, and
 checks them against the stated targets: test gap ``<= test_tolerance`` and accuracy
-within ``accuracy_margin`` of the unconstrained model. ``late_max_violation`` is the largest
-training violation over the last quarter of the steps (it exposes oscillating multipliers,
-whose final iterate may look feasible by chance).
+within ``accuracy_margin`` of the unconstrained model. ``group_metrics`` gives, for the
+training and the test set, every group's size, positive rate, parity gap, accuracy, TPR
+and FPR with 95% bootstrap intervals (:func:`constrain.studies.group_metrics`); a run's
+report folder holds them as ``fairness_groups.md``. The run summary's ``late_*`` keys
+(the last 10% of the steps) expose oscillating multipliers, whose final iterate may look
+feasible by chance.
 """
 
 from __future__ import annotations
@@ -35,11 +38,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from constrain import ConstrainedProblem, ProblemSpec, RunConfig, Setup, Solver
+from constrain._io import atomic_write_text
 from constrain.studies import (
     Criterion,
     FairClassification,
     Groups,
     correctness,
+    format_group_metrics,
+    group_metrics,
     max_parity_gap,
     positive_rates,
 )
@@ -149,6 +155,7 @@ ADULT_CONTROLLER_DEFAULTS: dict[str, dict[str, Any]] = {
 
 class FairnessAdult(ProblemSpec):
     name = "fairness-adult"
+    params = AdultParams
     description = (
         "Demographic parity over sex x race groups on UCI Adult (logistic regression or MLP); "
         "test accuracy and parity gap against the unconstrained model."
@@ -220,6 +227,14 @@ class FairnessAdult(ProblemSpec):
         return cached(key, compute)
 
     def report(self, setup: Setup, solver: Solver) -> dict[str, Any]:
+        # The figures reuse the report of the same state (its bootstrap takes seconds).
+        key = (id(solver), solver.step_count)
+        cached_report = setup.extras.get("report")
+        if cached_report is None or cached_report[0] != key:
+            setup.extras["report"] = (key, self._report(setup, solver))
+        return dict(setup.extras["report"][1])
+
+    def _report(self, setup: Setup, solver: Solver) -> dict[str, Any]:
         params: AdultParams = setup.extras["params"]
         groups: Groups = setup.extras["groups"]
         train = self._metrics(solver.model, setup.extras["train"])
@@ -228,8 +243,6 @@ class FairnessAdult(ProblemSpec):
         drop = base["test"]["accuracy"] - test["accuracy"]
         sizes_train = setup.extras["train"][2].sum(dim=0).tolist()
         sizes_test = setup.extras["test"][2].sum(dim=0).tolist()
-        late = solver.history.max_violation()
-        late = late[len(late) - max(1, len(late) // 4) :]
         return {
             "model": params.model,
             "test_accuracy": test["accuracy"],
@@ -241,7 +254,6 @@ class FairnessAdult(ProblemSpec):
             "unconstrained_max_parity_gap": base["test"]["max_parity_gap"],
             "unconstrained_train_accuracy": base["train"]["accuracy"],
             "accuracy_drop": drop,
-            "late_max_violation": float(late.max()) if late.size else 0.0,
             "train_parity_tolerance": params.tolerance,
             "parity_tolerance": params.test_tolerance,
             "accuracy_margin": params.accuracy_margin,
@@ -264,13 +276,24 @@ class FairnessAdult(ProblemSpec):
                     strict=True,
                 )
             ],
+            "group_metrics": {
+                "train": self._group_metrics(solver.model, setup.extras["train"], groups),
+                "test": self._group_metrics(solver.model, setup.extras["test"], groups),
+            },
         }
+
+    @staticmethod
+    def _group_metrics(
+        model: nn.Module, split: tuple[Tensor, Tensor, Tensor], groups: Groups
+    ) -> dict[str, Any]:
+        x, y, m = split
+        with evaluating(model):
+            predicted = (model(x)[:, 0] > 0).double()
+        return group_metrics(predicted, y, m, groups.names, n_boot=1000, seed=0)
 
     # -- figures ------------------------------------------------------------------------
     def figures(self, setup: Setup, solver: Solver, out: Path) -> list[Path]:
-        import matplotlib.pyplot as plt
-
-        from constrain.plots import save_figure
+        from constrain.plots import legend_outside, mark_late_window, new_figure, save_figure
 
         params: AdultParams = setup.extras["params"]
         groups: Groups = setup.extras["groups"]
@@ -285,64 +308,216 @@ class FairnessAdult(ProblemSpec):
         )
         lam_upper, lam_lower = history.multipliers()[:, upper], history.multipliers()[:, lower]
         labels = _entry_labels(groups.names, lam_upper.shape[1])
-        colors = plt.get_cmap("tab10")
+        from matplotlib import colormaps
+
+        colors = [colormaps["tab10"](k % 10) for k in range(len(labels))]
+        report = self.report(setup, solver)
+        name = f"fairness-adult ({params.model}, {solver.controller.name})"
         written: list[Path] = []
 
-        fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharey=False)
+        fig = new_figure(13, 5.2)
+        axes = fig.subplots(1, 2, sharey=True)
+        for ax in axes:
+            mark_late_window(ax, steps)
         for k, label in enumerate(labels):
-            axes[0].plot(steps, lam_upper[:, k], color=colors(k % 10), lw=1.3, label=label)
-            axes[1].plot(steps, lam_lower[:, k], color=colors(k % 10), lw=1.3, label=label)
-        axes[0].set(title="upper side: rate_g - rate <= tol", xlabel="step", ylabel="multiplier")
-        axes[1].set(title="lower side: rate - rate_g <= tol", xlabel="step", ylabel="multiplier")
-        axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        fig.suptitle(f"fairness-adult ({params.model}, {solver.controller.name}): multipliers")
-        fig.tight_layout()
+            axes[0].plot(steps, lam_upper[:, k], color=colors[k], lw=1.2, label=label)
+            axes[1].plot(steps, lam_lower[:, k], color=colors[k], lw=1.2, label=label)
+        axes[0].set(
+            title=f"upper side: rate_g - rate <= {params.tolerance:g}",
+            xlabel="step",
+            ylabel="multiplier lambda (loss per unit of rate gap)",
+        )
+        axes[1].set(title=f"lower side: rate - rate_g <= {params.tolerance:g}", xlabel="step")
+        fig.suptitle(f"{name}: multipliers of the parity constraints, per group")
+        legend_outside(fig, axes)
         written.append(save_figure(fig, out / "fairness_multipliers.png"))
 
-        fig, ax = plt.subplots(figsize=(9, 4.5))
+        fig = new_figure(11, 5.2)
+        ax = fig.subplots()
+        mark_late_window(ax, steps)
         gaps = history.violation()[:, upper] + params.tolerance
+        ax.axhspan(
+            -params.tolerance,
+            params.tolerance,
+            color="#d6f0d6",
+            zorder=0,
+            label=f"allowed: |gap| <= {params.tolerance:g} (training tolerance)",
+        )
         for k, label in enumerate(labels):
-            ax.plot(steps, gaps[:, k], color=colors(k % 10), lw=1.3, label=label)
-        ax.axhspan(-params.tolerance, params.tolerance, color="0.85", label="tolerance band")
+            ax.plot(steps, gaps[:, k], color=colors[k], lw=1.0, label=label)
         ax.axhline(0.0, color="k", lw=0.6)
-        ax.set(title="training parity gaps rate_g - rate (exact)", xlabel="step", ylabel="gap")
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        fig.tight_layout()
+        ax.set(
+            title=f"{name}: training parity gaps (exact counts)",
+            xlabel="step",
+            ylabel="parity gap rate_g - rate (fraction of the group)",
+        )
+        legend_outside(ax)
         written.append(save_figure(fig, out / "fairness_train_gaps.png"))
 
-        report = self.report(setup, solver)
-        rows = report["groups"]
+        written.append(self._test_rates_figure(report, solver.controller.name, out))
+        written.append(
+            self._outcome_figure(
+                [{"label": solver.controller.name, "runs": [report]}],
+                out / "fairness_outcome.png",
+                title=f"{name}: the study's outcome on the test set",
+            )
+        )
+        tables = report["group_metrics"]
+        text = "\n\n".join(
+            format_group_metrics(tables[split], f"## {split} set", markdown=True)
+            for split in ("train", "test")
+        )
+        path = out / "fairness_groups.md"
+        atomic_write_text(path, f"# {name}: per-group metrics\n\n{text}\n")
+        written.append(path)
+        return written
+
+    def compare_figures(self, entries: list[dict[str, Any]], out: Path) -> list[Path]:
+        if not entries or not all("max_parity_gap" in r for e in entries for r in e["runs"]):
+            return []
+        return [
+            self._outcome_figure(
+                entries,
+                out / "fairness_outcome.png",
+                title="fairness-adult: test accuracy against test parity gap",
+            )
+        ]
+
+    @staticmethod
+    def _test_rates_figure(report: dict[str, Any], controller: str, out: Path) -> Path:
+        from constrain.plots import legend_outside, new_figure, save_figure
+
+        test = report["group_metrics"]["test"]
+        rows = test["groups"]
+        base_rates = [r["unconstrained_test_positive_rate"] for r in report["groups"]]
         x = np.arange(len(rows))
-        fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(rows) + 3), 4.8))
-        base_rates = [r["unconstrained_test_positive_rate"] for r in rows]
-        rates = [r["test_positive_rate"] for r in rows]
-        ax.bar(x - 0.2, base_rates, width=0.4, color="0.6", label="unconstrained")
-        ax.bar(x + 0.2, rates, width=0.4, color="tab:blue", label=solver.controller.name)
-        overall = report["test_positive_rate"]
+        fig = new_figure(max(7.0, 1.4 * len(rows) + 3), 5.2)
+        ax = fig.subplots()
+        rates = np.array([r["positive_rate"] for r in rows])
+        low = np.array(
+            [r.get("positive_rate_ci", [None, None])[0] or r["positive_rate"] for r in rows]
+        )
+        high = np.array(
+            [r.get("positive_rate_ci", [None, None])[1] or r["positive_rate"] for r in rows]
+        )
+        ax.bar(x - 0.2, base_rates, width=0.4, color="0.65", label="unconstrained model")
+        ax.bar(
+            x + 0.2,
+            rates,
+            width=0.4,
+            color="tab:blue",
+            yerr=np.stack([rates - low, high - rates]),
+            capsize=3,
+            label=f"constrained ({controller}), {test['confidence']:.0%} bootstrap interval",
+        )
+        overall, tol = test["positive_rate"], report["parity_tolerance"]
         ax.axhspan(
-            overall - params.test_tolerance,
-            overall + params.test_tolerance,
+            overall - tol,
+            overall + tol,
             color="tab:blue",
             alpha=0.15,
             zorder=0,
-            label=f"overall rate +/- {params.test_tolerance}",
+            label=f"target: overall rate {overall:.3f} +/- {tol:g}",
         )
         ax.axhline(overall, color="tab:blue", lw=1.0)
-        ax.set_xticks(x, [r["name"].replace(" & ", "\n") for r in rows], fontsize=8)
+        ax.set_xticks(x, [f"{r['name'].replace(' & ', chr(10))}\n(n={r['size']})" for r in rows])
+        ax.tick_params(axis="x", labelsize=8)
         ax.set(
-            ylabel="test positive rate",
+            ylabel="test positive rate P(yhat = 1 | group)",
             title=(
                 f"test set: accuracy {report['test_accuracy']:.4f} (unconstrained "
-                f"{report['unconstrained_test_accuracy']:.4f}), max gap "
+                f"{report['unconstrained_test_accuracy']:.4f}); max gap "
                 f"{report['max_parity_gap']:.4f} (unconstrained "
                 f"{report['unconstrained_max_parity_gap']:.4f})"
             ),
         )
         ax.title.set_fontsize(9)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        written.append(save_figure(fig, out / "fairness_test_rates.png"))
-        return written
+        legend_outside(ax)
+        return save_figure(fig, out / "fairness_test_rates.png")
+
+    @staticmethod
+    def _outcome_figure(entries: list[dict[str, Any]], path: Path, *, title: str) -> Path:
+        """Test accuracy against test max parity gap: one marker per entry (mean and
+        standard deviation over seeds, seeds as dots), the unconstrained model, the
+        tolerance and the accuracy margin."""
+        from constrain.plots import legend_outside, new_figure, save_figure
+
+        first = entries[0]["runs"][0]
+        tol, margin = first["parity_tolerance"], first["accuracy_margin"]
+        base_acc = float(
+            np.mean([r["unconstrained_test_accuracy"] for e in entries for r in e["runs"]])
+        )
+        base_gap = float(
+            np.mean([r["unconstrained_max_parity_gap"] for e in entries for r in e["runs"]])
+        )
+        fig = new_figure(8.5, 5.2)
+        ax = fig.subplots()
+        ax.axvspan(0, tol, color="#d6f0d6", zorder=0, label=f"test target: gap <= {tol:g}")
+        ax.axhline(
+            base_acc - margin,
+            color="0.4",
+            ls=":",
+            lw=1.0,
+            label=f"accuracy floor: unconstrained - {margin:g}",
+        )
+        ax.scatter(
+            [base_gap],
+            [base_acc],
+            marker="X",
+            s=90,
+            color="k",
+            zorder=3,
+            label=f"unconstrained: acc {base_acc:.4f}, gap {base_gap:.4f}",
+        )
+        from matplotlib import colormaps
+
+        colors = [colormaps["tab10"](k % 10) for k in range(len(entries))]
+        for entry, color in zip(entries, colors, strict=True):
+            gaps = np.array([r["max_parity_gap"] for r in entry["runs"]])
+            accs = np.array([r["test_accuracy"] for r in entry["runs"]])
+            if gaps.size > 1:
+                ax.scatter(gaps, accs, s=12, color=color, alpha=0.5, zorder=3)
+                ax.errorbar(
+                    gaps.mean(),
+                    accs.mean(),
+                    xerr=gaps.std(ddof=1),
+                    yerr=accs.std(ddof=1),
+                    fmt="o",
+                    ms=8,
+                    color=color,
+                    capsize=3,
+                    zorder=4,
+                    label=f"{entry['label']}: acc {accs.mean():.4f}, gap {gaps.mean():.4f} "
+                    f"(mean +/- std of {gaps.size} seeds)",
+                )
+            else:
+                interval = entry["runs"][0].get("group_metrics", {}).get("test", {})
+                gap_ci = interval.get("max_abs_parity_gap_ci")
+                acc_ci = interval.get("accuracy_ci")
+                xerr = None if gap_ci is None else [[gaps[0] - gap_ci[0]], [gap_ci[1] - gaps[0]]]
+                yerr = None if acc_ci is None else [[accs[0] - acc_ci[0]], [acc_ci[1] - accs[0]]]
+                ax.errorbar(
+                    gaps,
+                    accs,
+                    xerr=xerr,
+                    yerr=yerr,
+                    fmt="o",
+                    ms=8,
+                    color=color,
+                    capsize=3,
+                    zorder=4,
+                    label=f"{entry['label']}: acc {accs[0]:.4f}, gap {gaps[0]:.4f}"
+                    + (" (95% bootstrap interval)" if gap_ci is not None else ""),
+                )
+        ax.set(
+            title=title,
+            xlabel="test max parity gap max_g |rate_g - rate| (fraction; lower is fairer)",
+            ylabel="test accuracy (fraction correct)",
+        )
+        ax.set_xlim(left=0)
+        ax.title.set_fontsize(10)
+        legend_outside(ax)
+        return save_figure(fig, path)
 
 
 def _entry_labels(group_names: tuple[str, ...], n: int) -> list[str]:

@@ -198,6 +198,7 @@ def _summary(values: dict[str, np.ndarray], split: str, smallest: int) -> dict[s
 
 class FairnessAdultRates(ProblemSpec):
     name = "fairness-adult-rates"
+    params = AdultRatesParams
     description = (
         "Equalized odds (TPR and FPR parity) over sex x race on UCI Adult with a tolerance "
         "schedule, an FPR bound on the smallest group and the randomized (shrinking) solution."
@@ -346,9 +347,7 @@ class FairnessAdultRates(ProblemSpec):
 
     # -- figures ------------------------------------------------------------------------
     def figures(self, setup: Setup, solver: Solver, out: Path) -> list[Path]:
-        import matplotlib.pyplot as plt
-
-        from constrain.plots import save_figure
+        from constrain.plots import legend_outside, new_figure, save_figure
 
         report = self.report(setup, solver)
         groups: Groups = setup.extras["groups"]
@@ -361,7 +360,12 @@ class FairnessAdultRates(ProblemSpec):
         ]
         x = np.arange(groups.num_groups)
         width = 0.8 / len(solutions)
-        fig, axes = plt.subplots(1, 2, figsize=(max(9.0, 2.6 * groups.num_groups + 3), 4.6))
+        fig = new_figure(max(10.0, 2.8 * groups.num_groups + 4), 5.0)
+        axes = fig.subplots(1, 2)
+        meaning = {
+            "tpr": "TPR: P(yhat = 1 | y = 1, group)",
+            "fpr": "FPR: P(yhat = 1 | y = 0, group)",
+        }
         for ax, key in zip(axes, ("tpr", "fpr"), strict=True):
             for k, (label, values, color) in enumerate(solutions):
                 ax.bar(
@@ -369,16 +373,25 @@ class FairnessAdultRates(ProblemSpec):
                     values[f"test_group_{key}"],
                     width,
                     color=color,
-                    label=f"{label} (gap {values[f'test_{key}_gap']:.3f})",
+                    label=f"{label} (max {key.upper()} gap {values[f'test_{key}_gap']:.3f})"
+                    if key == "tpr"
+                    else None,
                 )
             ax.set_xticks(x, [n.replace(" & ", "\n") for n in groups.names], fontsize=8)
-            ax.set(ylabel=f"test {key.upper()}", title=f"test {key.upper()} by group")
-            ax.legend(fontsize=7)
+            ax.set(ylabel=f"test {meaning[key]}", title=f"test {key.upper()} by group")
+        axes[1].axhline(
+            params.fpr_bound,
+            color="tab:red",
+            ls="--",
+            lw=1.0,
+            label=f"FPR bound {params.fpr_bound:g} on {report['smallest_group']}",
+        )
         fig.suptitle(
-            f"fairness-adult-rates: equalized odds within {params.tolerance} (test set)",
+            f"fairness-adult-rates: equalized odds, |TPR_g - TPR| and |FPR_g - FPR| <= "
+            f"{params.tolerance:g} on training (test set shown); gaps in the legend",
             fontsize=10,
         )
-        fig.tight_layout()
+        legend_outside(fig, axes)
         return [save_figure(fig, out / "fairness_rates_test.png")]
 
 

@@ -96,6 +96,7 @@ def _losses(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
 
 class FeasibleLearningStudy(ProblemSpec):
     name = "feasible-learning"
+    params = FeasibleParams
     description = (
         "Per-sample loss constraints (Feasible Learning) with indexed multipliers on 20,000 "
         "synthetic samples; loss tail against ERM."
@@ -215,19 +216,18 @@ class FeasibleLearningStudy(ProblemSpec):
         }
 
     def figures(self, setup: Setup, solver: Solver, out: Path) -> list[Path]:
-        import matplotlib.pyplot as plt
-
-        from constrain.plots import save_figure
+        from constrain.plots import legend_outside, mark_late_window, new_figure, save_figure
 
         params: FeasibleParams = setup.extras["params"]
         ours = self._profiles(solver.model, setup)
         erm = self._erm(setup)
         written: list[Path] = []
 
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+        fig = new_figure(13, 5.0)
+        axes = fig.subplots(1, 2, sharey=True)
         for ax, split in zip(axes, ("train", "test"), strict=True):
             for label, losses, color in (
-                ("ERM", erm[f"{split}_losses"], "0.4"),
+                ("ERM (no constraints)", erm[f"{split}_losses"], "0.4"),
                 (
                     f"Feasible Learning ({solver.controller.name})",
                     ours[f"{split}_losses"],
@@ -244,18 +244,17 @@ class FeasibleLearningStudy(ProblemSpec):
                 color="tab:red",
                 ls="--",
                 lw=1.0,
-                label=f"epsilon = {params.epsilon:g}",
+                label=f"bound epsilon = {params.epsilon:g} (feasible: left of it)",
             )
             ax.set(
                 title=f"{split} set ({len(ours[f'{split}_losses'])} samples)",
-                xlabel="per-sample loss l (losses below 1e-5 drawn at 1e-5)",
-                ylabel="fraction of samples with loss > l",
+                xlabel="per-sample loss l (cross-entropy, nats; below 1e-5 drawn at 1e-5)",
             )
             ax.set_xlim(left=1e-5)
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=8, loc="lower left")
+        axes[0].set_ylabel("fraction of samples with loss > l")
         fig.suptitle("feasible-learning: tail of the per-sample loss distribution")
-        fig.tight_layout()
+        legend_outside(fig, axes)
         written.append(save_figure(fig, out / "feasible_loss_tail.png"))
 
         history = solver.history
@@ -267,36 +266,40 @@ class FeasibleLearningStudy(ProblemSpec):
             [r.per_sample.get("sample_loss", {}).get("mean_multiplier", np.nan) for r in history]
         )
         lam = solver.multipliers["sample_loss"].double().numpy()
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        fig = new_figure(13, 5.0)
+        axes = fig.subplots(1, 2)
         window = max(1, len(steps) // 100)
         kernel = np.ones(window) / window
+        mark_late_window(axes[0], steps)
         axes[0].plot(steps, feasible, color="tab:blue", lw=0.4, alpha=0.3)
         axes[0].plot(
             steps[window - 1 :],
             np.convolve(feasible, kernel, mode="valid"),
             color="tab:blue",
             lw=1.5,
-            label="feasible fraction of the batch",
+            label=f"feasible fraction of the batch (moving average over {window} steps)",
         )
-        axes[0].set(xlabel="step", ylabel="fraction with l_i <= epsilon", ylim=(0, 1.02))
+        axes[0].set(
+            xlabel="step",
+            ylabel="fraction of the batch with l_i <= epsilon",
+            ylim=(0, 1.02),
+            title="training",
+        )
         twin = axes[0].twinx()
         twin.plot(
             steps[window - 1 :],
             np.convolve(mean_lam, kernel, mode="valid"),
             color="tab:orange",
             lw=1.5,
-            label="mean multiplier of the batch",
+            label=f"mean multiplier of the batch (moving average over {window} steps)",
         )
-        twin.set_ylabel("mean multiplier")
-        handles = axes[0].get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-        axes[0].legend(handles=handles, fontsize=8, loc="lower right")
-        axes[0].set_title(f"training (moving average over {window} steps)")
+        twin.set_ylabel("mean multiplier lambda_i (loss units)", color="tab:orange")
         axes[1].hist(lam[lam > 0], bins=60, color="tab:orange", log=True)
         axes[1].set(
-            title=f"final multipliers ({(lam > 0).mean():.1%} non-zero)",
-            xlabel="lambda_i",
-            ylabel="samples",
+            title=f"final multipliers ({(lam > 0).mean():.1%} of the samples non-zero)",
+            xlabel="multiplier lambda_i (> 0 only)",
+            ylabel="samples (log)",
         )
-        fig.tight_layout()
+        legend_outside(fig, [axes[0], twin])
         written.append(save_figure(fig, out / "feasible_multipliers.png"))
         return written

@@ -44,6 +44,11 @@ class HardMarginSVM(blocks.BlockProblem):
 
     The batch is the mapping ``{"X": X, "y": y}`` (``X``: ``num_points x num_features``,
     ``y`` in {-1, +1}); the model holds ``w`` and ``b``.
+
+    Attributes:
+        margin: Functional margin every training point must reach.
+        num_points: Training points (set from the data).
+        num_features: Features (set from the data).
     """
 
     margin: float = 1.0
@@ -62,6 +67,9 @@ class HardMarginSVM(blocks.BlockProblem):
 
 class IrisSVM(ProblemSpec):
     name = "iris-svm"
+    params = HardMarginSVM
+    derived_params = ("num_points", "num_features")
+    validates = True
     description = "Hard-margin SVM on iris (70 margin constraints); exact multipliers from CVXPY."
     defaults: ClassVar[dict[str, Any]] = {
         "controller": {"name": "nupi", "lr": 1.0, "ki": 0.1, "kp": 1.0, "nu": 0.0},

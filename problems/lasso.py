@@ -44,6 +44,13 @@ class Lasso(blocks.BlockProblem):
     """``min 1/2 mean((X w - y)^2)  s.t.  ||w||_1 <= bound`` (batch ``{"X": X, "y": y}``).
 
     The data come from :func:`regression_data` and ``bound = bound_fraction * ||w_ols||_1``.
+
+    Attributes:
+        num_samples: Rows of the synthetic regression data.
+        num_features: Columns (length of ``w``).
+        noise: Standard deviation of the label noise.
+        bound_fraction: The l1 bound as a fraction of ``||w_ols||_1``.
+        seed: Seed of the synthetic data.
     """
 
     num_samples: int = Field(default=100, ge=2)
@@ -72,6 +79,8 @@ class Lasso(blocks.BlockProblem):
 
 class LassoSpec(ProblemSpec):
     name = "lasso"
+    params = Lasso
+    validates = True
     description = "Least squares s.t. ||w||_1 <= t (10 features, synthetic); CVXPY reference."
     defaults: ClassVar[dict[str, Any]] = {
         "problem": {

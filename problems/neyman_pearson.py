@@ -51,7 +51,15 @@ def load_breast_cancer_split(
 
 class NeymanPearsonLogistic(blocks.BlockProblem):
     """Benign-loss minimization under a malignant-loss bound (batch: ``{"X_malignant":
-    ..., "X_benign": ...}``)."""
+    ..., "X_benign": ...}``).
+
+    Attributes:
+        bound: Largest mean logistic loss on the malignant points.
+        ridge: Weight of the ridge term ``ridge/2 ||w||^2`` in the objective.
+        num_features: Number of features used (the first ones of the data set).
+        num_malignant: Malignant training points (set from the data).
+        num_benign: Benign training points (set from the data).
+    """
 
     bound: float = Field(default=0.1, gt=0, allow_inf_nan=False)
     ridge: float = Field(default=0.01, ge=0, allow_inf_nan=False)
@@ -84,6 +92,9 @@ class NeymanPearsonLogistic(blocks.BlockProblem):
 
 class NeymanPearson(ProblemSpec):
     name = "neyman-pearson"
+    params = NeymanPearsonLogistic
+    derived_params = ("num_malignant", "num_benign")
+    validates = True
     description = (
         "Logistic regression: benign loss s.t. malignant loss <= bound (breast cancer); "
         "CVXPY reference."

@@ -37,7 +37,14 @@ def qp_data(n: int, m_ineq: int, m_eq: int, seed: int) -> dict[str, np.ndarray]:
 
 class QuadraticProgram(blocks.BlockProblem):
     """``min 1/2 x'Px + q'x  s.t.  Gx <= h,  Ax == b`` (random data from ``seed``),
-    declared from blocks."""
+    declared from blocks.
+
+    Attributes:
+        num_variables: Length of ``x``.
+        num_inequalities: Rows of ``G``.
+        num_equalities: Rows of ``A``.
+        seed: Seed of the random data.
+    """
 
     num_variables: int = Field(default=12, ge=2)
     num_inequalities: int = Field(default=6, ge=1)
@@ -60,6 +67,8 @@ class QuadraticProgram(blocks.BlockProblem):
 
 class RandomQP(ProblemSpec):
     name = "random-qp"
+    params = QuadraticProgram
+    validates = True
     description = (
         "Random strongly convex QP, 12 variables, 6 inequalities, 5 equalities; CVXPY reference."
     )

@@ -31,7 +31,12 @@ def project_simplex(c: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 class SimplexProblem(blocks.BlockProblem):
-    """``min 1/2 ||x - c||^2`` over the probability simplex, declared from blocks."""
+    """``min 1/2 ||x - c||^2`` over the probability simplex, declared from blocks.
+
+    Attributes:
+        dimension: Length ``d`` of ``x``.
+        seed: Seed of the point ``c`` (standard normal entries).
+    """
 
     dimension: int = Field(default=10, ge=2)
     seed: int = 0
@@ -52,6 +57,8 @@ class SimplexProblem(blocks.BlockProblem):
 
 class SimplexProjection(ProblemSpec):
     name = "simplex"
+    params = SimplexProblem
+    validates = True
     description = (
         "Projection onto the probability simplex (1 equality, d bounds); closed-form reference."
     )

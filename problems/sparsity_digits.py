@@ -144,6 +144,7 @@ def _sparse_summary(model: nn.Module, test: tuple[Tensor, Tensor], target: float
 
 class SparsityDigits(ProblemSpec):
     name = "sparsity-digits"
+    params = DigitsSparsityParams
     description = (
         "L0 (hard-concrete) gated MLP on digits under a density constraint; achieved "
         "density and test accuracy per target."
@@ -257,15 +258,17 @@ class SparsityDigits(ProblemSpec):
         return {
             **main,
             "dense_test_accuracy": self._dense(setup)["test_accuracy"],
+            "test_samples": int(setup.extras["test"][1].numel()),
             "per_layer": params.per_layer,
             "sweep": sweep,
         }
 
     # -- figures ------------------------------------------------------------------------
     def figures(self, setup: Setup, solver: Solver, out: Path) -> list[Path]:
-        import matplotlib.pyplot as plt
+        from matplotlib import colormaps
+        from matplotlib.ticker import MaxNLocator
 
-        from constrain.plots import save_figure
+        from constrain.plots import legend_outside, mark_late_window, new_figure, save_figure
 
         params: DigitsSparsityParams = setup.extras["params"]
         history = solver.history
@@ -273,77 +276,204 @@ class SparsityDigits(ProblemSpec):
             return []
         report = self.report(setup, solver)
         written: list[Path] = []
-        colors = plt.get_cmap("tab10")
+        colors = [colormaps["tab10"](k) for k in range(10)]
 
-        fig, ax = plt.subplots(figsize=(8, 4.5))
+        fig = new_figure(10, 4.8)
+        ax = fig.subplots()
+        mark_late_window(ax, history.steps())
         runs = [(params.density, history.steps(), history.metric("density"))]
         for t in params.sweep:
             dens = np.asarray(self._sweep_run(setup, t)["history_density"])
             runs.append((t, np.arange(len(dens)), dens))
         for k, (target, steps, dens) in enumerate(runs):
-            ax.plot(steps, dens, color=colors(k), lw=1.3, label=f"achieved, target {target:g}")
-            ax.axhline(target, color=colors(k), lw=1.0, ls="--")
+            ax.plot(steps, dens, color=colors[k % 10], lw=1.3, label=f"achieved, target {target:g}")
+            ax.axhline(
+                target, color=colors[k % 10], lw=1.0, ls="--", label=f"target {target:g} (bound)"
+            )
         ax.plot(
             history.steps(),
             history.metric("expected_density"),
-            color=colors(0),
+            color=colors[0],
             lw=1.0,
             ls=":",
-            label=f"expected, target {params.density:g}",
+            label=f"expected (constrained quantity), target {params.density:g}",
         )
         ax.set(
-            title="sparsity-digits: density of the gated weights (dashed: targets)",
+            title="sparsity-digits: density of the gated weights (feasible: on or below its target)",
             xlabel="step",
-            ylabel="density",
+            ylabel="density (fraction of gated weights kept)",
             ylim=(0, 1),
         )
-        ax.legend(fontsize=8)
-        fig.tight_layout()
+        legend_outside(ax)
         written.append(save_figure(fig, out / "sparsity_density.png"))
 
-        fig, ax = plt.subplots(figsize=(6.5, 4.5))
-        points = [report] + report["sweep"]
-        for k, p in enumerate(points):
-            ax.scatter(
-                p["density"],
-                p["test_accuracy"],
-                color=colors(k),
-                s=50,
-                label=f"target {p['target_density']:g}: density {p['density']:.3f}, "
-                f"acc {p['test_accuracy']:.3f}",
+        entries = [
+            {"label": f"{solver.controller.name}, target {p['target_density']:g}", "runs": [p]}
+            for p in [report, *report["sweep"]]
+        ]
+        written.append(
+            _tradeoff_figure(
+                entries,
+                report,
+                out / "sparsity_tradeoff.png",
+                title="sparsity-digits: test accuracy against achieved density",
             )
-        ax.axhline(
-            report["dense_test_accuracy"],
-            color="0.3",
-            ls="--",
-            label=f"dense MLP: acc {report['dense_test_accuracy']:.3f}",
         )
-        ax.set(
-            title="test accuracy against achieved density",
-            xlabel="achieved density",
-            ylabel="test accuracy",
-            xlim=(0, 1),
-        )
-        ax.legend(fontsize=8, loc="lower right")
-        fig.tight_layout()
-        written.append(save_figure(fig, out / "sparsity_tradeoff.png"))
 
         first = next(m for m in solver.model.modules() if isinstance(m, L0Linear))
         with evaluating(solver.model):
             active = (first.effective_weight() != 0).float()  # (hidden, 64)
-        fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+        fig = new_figure(10.5, 4)
+        axes = fig.subplots(1, 2)
         image = axes[0].imshow(active.sum(0).reshape(8, 8).numpy(), cmap="viridis")
-        fig.colorbar(image, ax=axes[0], fraction=0.046)
-        axes[0].set_title("kept connections per input pixel", fontsize=10)
+        fig.colorbar(image, ax=axes[0], fraction=0.046, label="kept connections")
+        axes[0].set_title("kept connections per input pixel (8x8 image)", fontsize=10)
         axes[0].set_xticks([])
         axes[0].set_yticks([])
         per_unit = active.sum(1).numpy()
         axes[1].hist(per_unit, bins=np.arange(per_unit.max() + 2) - 0.5, color="tab:blue")
-        axes[1].set(title="kept inputs per hidden unit", xlabel="inputs", ylabel="units")
+        axes[1].set(
+            title="kept inputs per hidden unit",
+            xlabel="kept inputs (of 64)",
+            ylabel="hidden units",
+        )
+        axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes[1].yaxis.set_major_locator(MaxNLocator(integer=True))
         fig.suptitle(
             f"first layer at target {params.density:g} "
             f"(layer density {report['layer_density'][0]:.3f})"
         )
-        fig.tight_layout()
         written.append(save_figure(fig, out / "sparsity_first_layer.png"))
         return written
+
+    def compare_figures(self, entries: list[dict[str, Any]], out: Path) -> list[Path]:
+        runs = [r for e in entries for r in e["runs"]]
+        if not runs or not all("density" in r and "test_accuracy" in r for r in runs):
+            return []
+        return [
+            _tradeoff_figure(
+                entries,
+                runs[0],
+                out / "sparsity_tradeoff.png",
+                title="sparsity-digits: test accuracy against achieved density",
+                sweeps=True,
+            )
+        ]
+
+
+def _wilson(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson 95% interval of a proportion ``accuracy`` over ``n`` samples."""
+    if n <= 0:
+        return accuracy, accuracy
+    centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(centre - half), float(centre + half)
+
+
+def _tradeoff_figure(
+    entries: list[dict[str, Any]],
+    reference: dict[str, Any],
+    path: Path,
+    *,
+    title: str,
+    sweeps: bool = False,
+) -> Path:
+    """Test accuracy against achieved density: per entry the seeds (dots) and their mean
+    +/- standard deviation, or, for one seed, the 95% binomial interval of the test accuracy
+    (the sampling noise of a finite test set); the dense model and the targets."""
+    from matplotlib import colormaps
+
+    from constrain.plots import legend_outside, new_figure, save_figure
+
+    n_test = int(reference.get("test_samples", 0))
+    colors = [colormaps["tab10"](k % 10) for k in range(len(entries))]
+    fig = new_figure(9, 5.2)
+    ax = fig.subplots()
+    dense = float(
+        np.mean(
+            [
+                r["dense_test_accuracy"]
+                for e in entries
+                for r in e["runs"]
+                if "dense_test_accuracy" in r
+            ]
+            or [reference["dense_test_accuracy"]]
+        )
+    )
+    low, high = _wilson(dense, n_test)
+    ax.axhspan(low, high, color="0.85", zorder=0, label="dense MLP: 95% interval")
+    ax.axhline(dense, color="0.3", ls="--", lw=1.0, label=f"dense MLP (no gates): acc {dense:.3f}")
+    targets = sorted({float(r["target_density"]) for e in entries for r in e["runs"]})
+    for k, target in enumerate(targets):
+        ax.axvline(
+            target,
+            color="0.5",
+            ls=":",
+            lw=1.0,
+            label="target densities (bounds)" if k == 0 else None,
+        )
+    for entry, color in zip(entries, colors, strict=True):
+        dens = np.array([r["density"] for r in entry["runs"]])
+        accs = np.array([r["test_accuracy"] for r in entry["runs"]])
+        if dens.size > 1:
+            ax.scatter(dens, accs, s=12, color=color, alpha=0.5, zorder=3)
+            ax.errorbar(
+                dens.mean(),
+                accs.mean(),
+                xerr=dens.std(ddof=1),
+                yerr=accs.std(ddof=1),
+                fmt="o",
+                ms=8,
+                color=color,
+                capsize=3,
+                zorder=4,
+                label=f"{entry['label']}: density {dens.mean():.3f}, acc {accs.mean():.3f} "
+                f"(mean +/- std of {dens.size} seeds)",
+            )
+        else:
+            lo, hi = _wilson(float(accs[0]), n_test)
+            ax.errorbar(
+                dens,
+                accs,
+                yerr=[[accs[0] - lo], [hi - accs[0]]],
+                fmt="o",
+                ms=8,
+                color=color,
+                capsize=3,
+                zorder=4,
+                label=f"{entry['label']}: density {dens[0]:.3f}, acc {accs[0]:.3f}",
+            )
+        for r in entry["runs"]:
+            for point in r.get("sweep", []) if sweeps else []:
+                ax.scatter(
+                    point["density"],
+                    point["test_accuracy"],
+                    marker="^",
+                    s=30,
+                    color=color,
+                    zorder=3,
+                )
+    if sweeps and any(r.get("sweep") for e in entries for r in e["runs"]):
+        ax.scatter([], [], marker="^", s=30, color="0.4", label="sweep targets of each run")
+    ax.set(
+        title=title,
+        xlabel="achieved density (fraction of gated weights kept)",
+        ylabel=f"test accuracy (fraction of {n_test} test images)",
+        xlim=(0, 1),
+    )
+    ax.text(
+        0.01,
+        0.02,
+        f"one test image = {1 / max(n_test, 1):.4f} accuracy; bars: "
+        + (
+            "95% binomial interval"
+            if all(len(e["runs"]) == 1 for e in entries)
+            else "std over seeds"
+        ),
+        transform=ax.transAxes,
+        fontsize=7,
+        color="0.3",
+    )
+    ax.title.set_fontsize(10)
+    legend_outside(ax)
+    return save_figure(fig, path)

@@ -119,6 +119,7 @@ def unpermuted_filters(weight: Tensor, permutation: Tensor) -> Tensor:
 
 class WeightSharingDigits(ProblemSpec):
     name = "weight-sharing-digits"
+    params = WeightSharingParams
     description = (
         "Weight-sharing prox on the first layer of an MLP on pixel-permuted digits, against "
         "the plain MLP and a small CNN; accuracies, weight clusters and filters."
@@ -217,9 +218,9 @@ class WeightSharingDigits(ProblemSpec):
         }
 
     def figures(self, setup: Setup, solver: Solver, out: Path) -> list[Path]:
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
 
-        from constrain.plots import save_figure
+        from constrain.plots import legend_outside, mark_late_window, new_figure, save_figure
 
         permutation: Tensor = setup.extras["permutation"]
         report = self.report(setup, solver)
@@ -230,7 +231,7 @@ class WeightSharingDigits(ProblemSpec):
 
         units = min(16, shared.shape[0])
         side = int(np.ceil(np.sqrt(units)))
-        fig = plt.figure(figsize=(12, 6.4))
+        fig = Figure(figsize=(12, 6.4), layout="constrained")
         panels = fig.subfigures(1, 2, wspace=0.05)
         for panel, filters, label in (
             (panels[0], shared, f"MLP + weight sharing: {report['clusters']} distinct weights"),
@@ -248,19 +249,22 @@ class WeightSharingDigits(ProblemSpec):
                 else:
                     ax.axis("off")
             panel.suptitle(label, fontsize=10)
-            panel.colorbar(image, ax=axes, shrink=0.7, label="weight")
+            panel.colorbar(image, ax=axes, shrink=0.7, label="weight (clipped at 98th pct of |w|)")
         fig.suptitle(
             f"first-layer filters of the first {units} hidden units, mapped back to the 8x8 "
-            "pixel grid (colours clipped at the 98th percentile of |w|)",
+            "pixel grid",
             fontsize=10,
-            y=1.02,
         )
         written.append(save_figure(fig, out / "weight_sharing_filters.png"))
 
         history = solver.history
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+        fig = new_figure(13, 4.6)
+        axes = fig.subplots(1, 2)
         counts = np.array([r.clusters.get("fc1.weight", np.nan) for r in history], dtype=float)
-        axes[0].semilogy(history.steps(), counts, color="tab:blue", lw=1.3)
+        mark_late_window(axes[0], history.steps())
+        axes[0].semilogy(
+            history.steps(), counts, color="tab:blue", lw=1.3, label="MLP + weight sharing"
+        )
         axes[0].axhline(
             report["first_layer_weights"],
             color="0.5",
@@ -268,12 +272,11 @@ class WeightSharingDigits(ProblemSpec):
             label=f"all {report['first_layer_weights']} weights distinct",
         )
         axes[0].set(
-            title="distinct first-layer weights (MLP + weight sharing)",
+            title="distinct first-layer weights",
             xlabel="step",
-            ylabel="clusters",
+            ylabel="distinct values (clusters, log)",
         )
-        axes[0].legend(fontsize=8)
-        names = ["MLP + WS", "MLP", "CNN (natural)", "CNN (permuted)"]
+        names = ["MLP +\nweight sharing", "MLP", "CNN\n(natural pixels)", "CNN"]
         accs = [
             report["test_accuracy"],
             report["mlp_test_accuracy"],
@@ -290,8 +293,10 @@ class WeightSharingDigits(ProblemSpec):
                 fontsize=9,
             )
         axes[1].set(
-            title="test accuracy (permuted pixels unless noted)", ylim=(min(accs) - 0.1, 1.0)
+            title="test accuracy (permuted pixels unless noted)",
+            ylabel="test accuracy (fraction correct)",
+            ylim=(min(accs) - 0.1, 1.0),
         )
-        fig.tight_layout()
+        legend_outside(axes[0])
         written.append(save_figure(fig, out / "weight_sharing_summary.png"))
         return written

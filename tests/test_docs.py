@@ -28,9 +28,16 @@ DOCS = ROOT / "docs"
 RUNNER = DOCS / "_hooks" / "run_examples.py"
 DIRECTIVE = re.compile(r"^:::\s+(?P<path>[\w.]+)\s*$", re.MULTILINE)
 
-# Pages whose examples take a few seconds at most run in the default suite; the others
-# (many training runs, subprocesses of the command line) are marked slow.
-FAST_PAGES = {"index.md", "how-it-works.md"}
+# Pages whose examples take a few seconds at most (interpreter start included) run in the
+# default suite; the others (many training runs, subprocesses of the command line; 7 to 40 s
+# each) are marked slow. Every page's shown code is checked statically in the default suite
+# (test_page_code_needs_no_hidden_block), so a page that cannot run verbatim fails fast.
+FAST_PAGES = {
+    "index.md",
+    "how-it-works.md",
+    "tutorials/proxy-constraints.md",
+    "tutorials/per-sample-constraints.md",
+}
 
 
 def _resolve(path: str) -> object:
@@ -103,11 +110,11 @@ def test_every_page_is_in_the_navigation() -> None:
 def _pages_with_examples() -> list[Path]:
     sys.path.insert(0, str(RUNNER.parent))
     try:
-        from run_examples import executed_blocks
+        from run_examples import python_blocks
     finally:
         sys.path.pop(0)
     return sorted(
-        p for p in DOCS.rglob("*.md") if "_hooks" not in p.parts and executed_blocks(p)
+        p for p in DOCS.rglob("*.md") if "_hooks" not in p.parts and python_blocks(p)
     )
 
 
@@ -131,7 +138,7 @@ def test_runner_reports_a_failing_block(tmp_path: Path) -> None:
     page = tmp_path / "broken.md"
     page.write_text(
         "# t\n\n```python exec=\"on\" session=\"s\"\nx = 1\n```\n\n"
-        "```python\nnot executed = syntax error\n```\n\n"
+        "```console\nnot executed = syntax error\n```\n\n"
         "```python exec=\"on\" session=\"s\"\nassert x == 2, 'x is 1'\n```\n",
         encoding="utf-8",
     )
@@ -141,6 +148,61 @@ def test_runner_reports_a_failing_block(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "1/2 blocks ran" in done.stdout
     assert "x is 1" in done.stderr
+
+
+def _runner() -> ModuleType:
+    sys.path.insert(0, str(RUNNER.parent))
+    try:
+        import run_examples
+    finally:
+        sys.path.pop(0)
+    return run_examples
+
+
+@pytest.mark.parametrize(
+    "page", _pages_with_examples(), ids=lambda p: str(p.relative_to(DOCS))
+)
+def test_page_code_needs_no_hidden_block(page: Path) -> None:
+    """Static and fast (every page, default run): the code a page shows never reads a name
+    that only a hidden block defines. test_page_examples_run checks the same by running."""
+    assert _runner().hidden_dependencies(page) == []
+
+
+def test_hidden_dependencies_are_found(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(
+        '```python exec="on" source="above" session="s"\nimport tempfile\n```\n'
+        '```python exec="on" session="s"\nwork = tempfile.mkdtemp()\nprint(work)\n```\n'
+        '```python exec="on" source="above" session="s"\nprint(work)\n```\n'
+        '```python exec="on" source="above" session="t"\nprint(work)\n```\n',
+        encoding="utf-8",
+    )
+    (problem,) = _runner().hidden_dependencies(page)
+    assert problem.startswith(f"{page}:8: 'work' is defined only in a hidden block")
+
+
+def test_runner_refuses_visible_code_that_needs_a_hidden_block(tmp_path: Path) -> None:
+    """A page must run verbatim: a name defined only in a hidden block (exec without source)
+    is not visible to the code the page shows; hidden blocks still see visible names and
+    each other's, and plain python blocks run too."""
+    page = tmp_path / "hidden.md"
+    page.write_text(
+        "# t\n\n"
+        '```python exec="on" source="above" session="s"\nshown = 1\n```\n\n'
+        '```python exec="on" session="s"\nsecret = shown + 1\n```\n\n'
+        '```python exec="on" session="s"\nassert secret == 2\n```\n\n'
+        '```python exec="on" source="above" session="s"\nprint(secret)\n```\n\n'
+        "```python\nraise ValueError('plain blocks run')\n```\n\n"
+        '```python\n--8<-- "examples/distributed_training.py"\n```\n',
+        encoding="utf-8",
+    )
+    done = subprocess.run(
+        [sys.executable, str(RUNNER), str(page)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 1
+    assert "3/5 blocks ran" in done.stdout
+    assert "'secret' is defined only in a hidden block" in done.stderr
+    assert "plain blocks run" in done.stderr
 
 
 @pytest.mark.slow

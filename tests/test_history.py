@@ -148,3 +148,50 @@ def test_atomic_write_failure_keeps_the_old_file(tmp_path: Path) -> None:
         atomic_write(path, broken)
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["keep.txt"]
+
+
+def _uniform(steps: int, every: int = 1) -> History:
+    history = History(["a", "b"])
+    for t in range(0, steps, every):
+        history.append(
+            StepRecord(
+                step=t,
+                objective=float(t),
+                max_violation=float(t % 3),
+                violation=[0.0, 0.0],
+                multipliers=[float(t), 1.0],
+            )
+        )
+    return history
+
+
+def test_late_window_is_the_last_tenth_of_the_steps() -> None:
+    history = _uniform(100)
+    mask = history.late_mask()
+    assert mask.sum() == 10 and mask[-10:].all()
+    late = history.late_summary()
+    assert late["late_window"] == {"fraction": 0.1, "first_step": 90, "last_step": 99, "records": 10}
+    window = np.arange(90, 100)
+    assert late["late_max_violation"] == float((window % 3).max())
+    assert late["late_mean_violation"] == pytest.approx(float((window % 3).mean()))
+    assert late["late_mean_objective"] == pytest.approx(float(window.mean()))
+    assert "late_max_multiplier_error" not in late
+
+
+def test_late_window_with_sparse_records_and_short_runs() -> None:
+    sparse = _uniform(100, every=7)  # steps 0, 7, ..., 98: the window 90..99 holds 91 and 98
+    assert sparse.steps()[sparse.late_mask()].tolist() == [91, 98]
+    short = _uniform(3)  # 10% of 3 steps rounds to 0: the window keeps the last step
+    assert short.late_mask().tolist() == [False, False, True]
+    assert History(["a"]).late_summary() == {}
+    with pytest.raises(ValueError, match="fraction"):
+        short.late_mask(0.0)
+
+
+def test_late_multiplier_error_against_a_reference() -> None:
+    history = _uniform(20)  # window: steps 18, 19
+    late = history.late_summary(reference_multipliers=[18.0, 0.0])
+    # ||(t - 18, 1)||: t = 18 -> 1, t = 19 -> sqrt(2)
+    assert late["late_max_multiplier_error"] == pytest.approx(np.sqrt(2))
+    assert late["late_mean_multiplier_error"] == pytest.approx((1 + np.sqrt(2)) / 2)
+    assert "late_max_multiplier_error" not in history.late_summary(reference_multipliers=[1.0])

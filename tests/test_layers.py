@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "constrain"
 # Lower numbers are lower layers; a module may import its own layer or lower ones.
 LAYERS: dict[str, int] = {
     "_errors": 0, "_io": 0, "_registry": 0, "_components": 0, "_validation": 0,
-    "reference": 0, "_resume": 0, "_state_schema": 0,
+    "reference": 0, "_resume": 0, "_state_schema": 0, "_timing": 0,
     "problem": 1, "variables": 1, "multipliers": 1,
     "layout": 2, "blocks": 2, "history": 2,
     "formulations": 3, "controllers": 3, "prox": 3, "regularization": 3, "recording": 3,
@@ -27,7 +27,7 @@ LAYERS: dict[str, int] = {
     "_checkpoint_state": 5,
     "solver": 6,
     "config": 7, "runner": 7, "checkpoint": 7, "plots": 7, "bench": 7, "exact": 7, "validation": 7,
-    "_run_folder": 7, "randomized": 7,
+    "_run_folder": 7, "randomized": 7, "comparison": 7, "_show": 7,
     "cli": 8,
     "__init__": 9,
 }  # fmt: skip

@@ -173,3 +173,23 @@ def test_base_spec_defaults() -> None:
         spec.build(RunConfig.parse({"problem": "minimal"}))
     assert spec.default_config().problem == {"name": "minimal"}
     assert spec.default_config().controller == {"name": "gda"}
+
+
+def test_summary_has_the_late_window() -> None:
+    summary = run(_config(steps=40), figures=False).summary
+    assert summary["late_window"]["first_step"] == 36 and summary["late_window"]["records"] == 4
+    assert summary["late_max_violation"] >= summary["late_mean_violation"] >= 0
+    assert summary["late_max_violation"] >= summary["max_violation"]
+    assert {"late_max_multiplier_error", "late_mean_multiplier_error"} <= set(summary)
+
+
+def test_quadratic_penalty_with_a_controller_warns_and_reports_no_multipliers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = _config(steps=5).model_copy(
+        update={"formulation": {"name": "quadratic_penalty"}, "controller": {"name": "nupi"}}
+    )
+    with caplog.at_level("WARNING", logger="constrain"):
+        summary = run(config, figures=False).summary
+    assert "has no multipliers: controller 'nupi' is not used" in caplog.text
+    assert summary["multipliers"] == [] and summary["controller_config"] is None

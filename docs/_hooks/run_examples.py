@@ -1,4 +1,4 @@
-"""Run the executed code blocks of documentation pages without building the site.
+"""Run the code blocks of documentation pages without building the site.
 
 The documentation build runs every ```` ```python exec="on" ```` block with markdown-exec;
 this script runs the same blocks the same way (blocks of one ``session`` share their
@@ -6,6 +6,17 @@ globals, other blocks get fresh ones; ``docs/_hooks`` is importable), so the tes
 can check the tutorials without MkDocs installed:
 
     python docs/_hooks/run_examples.py docs/tutorials/first-problem.md [...]
+
+It also checks that every page runs *verbatim*, as a reader would run the code the page
+shows:
+
+* a *visible* block (``exec="on"`` with a ``source`` option, so the page shows its code)
+  sees only what visible blocks of its session defined: a *hidden* block (``exec="on"``
+  without ``source``: only its output is shown, e.g. a figure or a command's output) may
+  read the session, but the names it defines are visible to later hidden blocks only, so
+  visible code that needs a hidden definition fails (the message says so);
+* a plain ```` ```python ```` block (shown, not executed by the build) runs on its own;
+  blocks that only include a file (``--8<-- "path"``) are left to that file's own tests.
 
 Exit status 0 if every block of every page ran, 1 otherwise (the failing block and its
 traceback are printed on standard error).
@@ -30,46 +41,130 @@ _OPTION = re.compile(r'(\w+)="([^"]*)"')
 
 @dataclass
 class Block:
-    """One executed code block of a page."""
+    """One Python code block of a page.
+
+    Attributes:
+        executed: The build runs it (``exec="on"``).
+        visible: The page shows its code (a plain block, or ``exec="on"`` with ``source``).
+    """
 
     page: Path
     line: int
     code: str
     session: str | None
+    executed: bool = True
+    visible: bool = True
 
 
-def executed_blocks(page: Path) -> list[Block]:
-    """The ``python exec="on"`` blocks of ``page`` in order (other blocks are skipped)."""
+_SNIPPET = re.compile(r"^\s*--8<--")
+
+
+def python_blocks(page: Path) -> list[Block]:
+    """Every Python block of ``page`` in order, except file includes (``--8<--``)."""
     text = page.read_text(encoding="utf-8")
     blocks = []
     for match in _FENCE.finditer(text):
         options = dict(_OPTION.findall(match["options"]))
-        if options.get("exec", "").lower() not in ("on", "1", "true", "yes"):
-            continue
+        executed = options.get("exec", "").lower() in ("on", "1", "true", "yes")
         indent = match["indent"]
         code = "\n".join(
             line[len(indent):] if line.startswith(indent) else line
             for line in match["code"].splitlines()
         )
+        if not executed and _SNIPPET.match(code):
+            continue
         blocks.append(
-            Block(page, text.count("\n", 0, match.start()) + 1, code, options.get("session"))
+            Block(
+                page,
+                text.count("\n", 0, match.start()) + 1,
+                code,
+                options.get("session"),
+                executed=executed,
+                visible=not executed or "source" in options,
+            )
         )
     return blocks
+
+
+def executed_blocks(page: Path) -> list[Block]:
+    """The ``python exec="on"`` blocks of ``page`` in order (what the build runs)."""
+    return [block for block in python_blocks(page) if block.executed]
+
+
+def _hidden_name(error: BaseException, hidden: dict[str, object]) -> str:
+    if isinstance(error, NameError) and error.name in hidden:
+        return (
+            f"\n{error.name!r} is defined only in a hidden block (exec without source) of "
+            "this page: a reader cannot run the page verbatim. Define it in visible code."
+        )
+    return ""
+
+
+def _names(code: str) -> tuple[set[str], set[str]]:
+    """Names a block stores anywhere (assignments, imports, definitions, parameters) and
+    names it reads (an over-approximation of what it needs from earlier blocks)."""
+    import ast
+
+    stored: set[str] = set()
+    loaded: set[str] = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Name):
+            (stored if isinstance(node.ctx, (ast.Store, ast.Del)) else loaded).add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            stored.add(node.name)
+        elif isinstance(node, ast.arg):
+            stored.add(node.arg)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            stored |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            stored.add(node.name)
+    return stored, loaded
+
+
+def hidden_dependencies(page: Path) -> list[str]:
+    """Without running anything: the names that visible code of ``page`` reads and that
+    only hidden blocks of its session define (each is a reason the page cannot be run
+    verbatim). Fast enough for every page in the default test run."""
+    visible: dict[str, set[str]] = {}
+    hidden: dict[str, set[str]] = {}
+    problems = []
+    for number, block in enumerate(python_blocks(page), start=1):
+        key = block.session if block.session is not None else f"block {number}"
+        shown, behind = visible.setdefault(key, set()), hidden.setdefault(key, set())
+        stored, loaded = _names(block.code)
+        if block.visible:
+            for name in sorted((loaded - stored - shown) & (behind - shown)):
+                problems.append(
+                    f"{page}:{block.line}: {name!r} is defined only in a hidden block (exec "
+                    "without source); define it in code the page shows"
+                )
+            shown |= stored
+        else:
+            behind |= stored
+    return problems
 
 
 def run_page(page: Path) -> list[str]:
     """Execute the blocks of ``page``; return one message per failing block."""
     sessions: dict[str, dict[str, object]] = {}
+    hidden: dict[str, dict[str, object]] = {}
     failures = []
-    for number, block in enumerate(executed_blocks(page), start=1):
-        if block.session is None:
-            namespace: dict[str, object] = {"__name__": f"docs_block_{number}"}
-        else:
-            namespace = sessions.setdefault(block.session, {"__name__": f"docs_{block.session}"})
+    for number, block in enumerate(python_blocks(page), start=1):
+        key = block.session if block.session is not None else f"block {number}"
+        visible = sessions.setdefault(key, {"__name__": f"docs_{key.replace(' ', '_')}"})
+        behind = hidden.setdefault(key, {})
+        namespace = visible if block.visible else {**visible, **behind}
         try:
             exec(compile(block.code, f"{page}:{block.line}", "exec"), namespace)
-        except BaseException:  # report every failure, then go on
-            failures.append(f"{page}:{block.line}: block failed\n{traceback.format_exc()}")
+        except BaseException as error:  # report every failure, then go on
+            failures.append(
+                f"{page}:{block.line}: block failed{_hidden_name(error, behind)}\n"
+                f"{traceback.format_exc()}"
+            )
+        if not block.visible:
+            behind.update(
+                {k: v for k, v in namespace.items() if k not in visible or visible[k] is not v}
+            )
     return failures
 
 
@@ -84,7 +179,7 @@ def main(argv: list[str]) -> int:
     failures = []
     for name in argv:
         page = Path(name)
-        count = len(executed_blocks(page))
+        count = len(python_blocks(page))
         page_failures = run_page(page)
         print(f"{page}: {count - len(page_failures)}/{count} blocks ran")
         failures += page_failures

@@ -21,17 +21,23 @@ __all__ = [
     "bools_for_numbers",
     "build_component",
     "build_model",
+    "field_owners",
     "format_validation_error",
     "refuse_bools_for_numbers",
 ]
 
 
-def format_validation_error(exc: ValidationError, owner: str) -> str:
+def format_validation_error(
+    exc: ValidationError, owner: str, registry: Registry[Any] | None = None
+) -> str:
     """Render a pydantic ``ValidationError`` as one message naming each bad field.
 
     Args:
         exc: The validation error.
         owner: What was being built, e.g. ``"controller 'nupi'"``.
+        registry: Where the component came from; an unknown field that other registered
+            components have is reported as belonging to them (``"ki: not a field of
+            controller 'gda'; ki belongs to controller(s) nupi, pid"``).
     """
     lines = []
     for err in exc.errors():
@@ -39,7 +45,14 @@ def format_validation_error(exc: ValidationError, owner: str) -> str:
         received = err.get("input")
         msg = err.get("msg", "invalid value")
         if err.get("type") == "extra_forbidden":
-            msg = "unknown field (check its spelling)"
+            owners = field_owners(registry, field) if registry is not None else []
+            if registry is not None and owners:
+                msg = (
+                    f"not a field of {owner}; {field} belongs to {registry.kind}(s) "
+                    f"{', '.join(owners)}"
+                )
+            else:
+                msg = "unknown field (check its spelling)"
         if field == "(root)":  # a model-level check: its message names the fields
             lines.append(f"  {msg}")
         else:
@@ -47,17 +60,30 @@ def format_validation_error(exc: ValidationError, owner: str) -> str:
     return f"invalid {owner}:\n" + "\n".join(lines)
 
 
-def build_model(cls: type[M], params: Mapping[str, Any], owner: str) -> M:
+def field_owners(registry: Registry[Any], field: str) -> list[str]:
+    """Names of the registered components (pydantic classes) that have the field ``field``."""
+    owners = []
+    for name, cls in registry.items():
+        fields = getattr(cls, "model_fields", None)
+        if isinstance(fields, Mapping) and field in fields:
+            owners.append(name)
+    return sorted(owners)
+
+
+def build_model(
+    cls: type[M], params: Mapping[str, Any], owner: str, registry: Registry[Any] | None = None
+) -> M:
     """Instantiate pydantic model ``cls`` from ``params``, raising :class:`ConfigError`.
 
     Raises:
-        ConfigError: Naming every offending field, what it expected and what it got.
+        ConfigError: Naming every offending field, what it expected and what it got (and,
+            for an unknown field that other components of ``registry`` have, which).
     """
     refuse_bools_for_numbers(cls, params, owner)
     try:
         return cls(**dict(params))
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, owner)) from None
+        raise ConfigError(format_validation_error(exc, owner, registry)) from None
 
 
 def _is_bool(value: object) -> bool:
@@ -166,7 +192,7 @@ def build_component(
         if not params:
             return spec
         owner = f"{kind} {getattr(spec, 'name', '')!r}"
-        return build_model(type(spec), {**spec.model_dump(), **params}, owner)
+        return build_model(type(spec), {**spec.model_dump(), **params}, owner, registry)
     if isinstance(spec, Mapping):
         values = dict(spec)
         if "name" not in values:
@@ -178,7 +204,7 @@ def build_component(
         return build_component(registry, base, name, {**values, **params})
     if isinstance(spec, str):
         cls = registry.get(spec)
-        return build_model(cls, params, f"{kind} {getattr(cls, 'name', spec)!r}")
+        return build_model(cls, params, f"{kind} {getattr(cls, 'name', spec)!r}", registry)
     raise ConfigError(
         f"{kind} must be a name, a mapping with a 'name' key or a {base.__name__} instance; "
         f"got {spec!r} ({type(spec).__name__})."

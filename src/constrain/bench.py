@@ -8,20 +8,22 @@ Suites:
 * ``prox``: the weight-sharing proximal operator against ``torch.sort`` of the same vector
   (see :mod:`constrain.prox._bench`).
 
-Run ``constrain bench`` (all suites), ``constrain bench solver`` or ``python
-benchmarks/run.py``.
+Times are medians per call from :mod:`torch.utils.benchmark` (warm-up and CUDA
+synchronisation included) and every ratio is the ratio of the two median times shown.
+Run ``constrain bench`` (all suites; an estimate of the duration is printed first),
+``constrain bench solver``, ``constrain bench --quick`` (small sizes, short measurements) or
+``python benchmarks/run.py``.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from ._timing import format_duration, median_seconds
 from .problem import ConstrainedProblem, Constraint
 from .solver import Solver
 
@@ -30,19 +32,10 @@ __all__ = ["bench_solver", "run_suites", "time_call"]
 Printer = Callable[[str], None] | None
 
 
-def time_call(
-    fn: Callable[[], Any], *, repeats: int = 5, number: int = 20, warmup: int = 3
-) -> float:
-    """Median seconds per call of ``fn`` over ``repeats`` batches of ``number`` calls."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        samples.append((time.perf_counter() - start) / number)
-    return statistics.median(samples)
+def time_call(fn: Callable[[], Any], *, min_run_time: float = 0.2) -> float:
+    """Median seconds per call of ``fn`` (:mod:`torch.utils.benchmark`, at least
+    ``min_run_time`` seconds measured after a warm-up)."""
+    return median_seconds(fn, min_run_time)
 
 
 def _grouped_problem(
@@ -70,7 +63,7 @@ def bench_solver(
     """Per-step time of the solver against a hand-written loop (same maths, same run)."""
     rows: list[dict[str, Any]] = []
     dim, per_group = 64, 4
-    number = 10 if quick else 50
+    seconds = 0.05 if quick else 0.5
     for k in groups:
         problem, _, _ = _grouped_problem(k, per_group, dim)
         model = nn.Linear(dim, 1, bias=False)
@@ -85,7 +78,7 @@ def bench_solver(
         def library_step(s: Solver = solver) -> None:
             s.step(None)
 
-        library = time_call(library_step, number=number)
+        library = time_call(library_step, min_run_time=seconds)
 
         ref_model = nn.Linear(dim, 1, bias=False)
         ref_opt = torch.optim.SGD(ref_model.parameters(), lr=1e-2)
@@ -106,7 +99,7 @@ def bench_solver(
             lam = (lam + 1e-2 * g.detach()).clamp_min(0)
             opt.step()
 
-        loop = time_call(baseline, number=number)
+        loop = time_call(baseline, min_run_time=seconds)
         row = {
             "suite": "solver",
             "groups": k,
@@ -129,15 +122,36 @@ def bench_solver(
     return rows
 
 
+def estimate_seconds(suite: str = "all", *, quick: bool = False) -> float:
+    """A rough duration of :func:`run_suites` on this machine, in seconds."""
+    total = 0.0
+    if suite in ("all", "solver"):
+        total += 3 * 2 * 2 * (0.05 if quick else 0.5)  # 3 sizes, 2 contenders, ~2x for warm-up
+    if suite in ("all", "prox"):
+        from .prox import _bench as prox_bench
+
+        total += prox_bench.suite_estimate(quick=quick)
+    return total
+
+
 def run_suites(
     suite: str = "all", *, quick: bool = False, printer: Printer = print
 ) -> dict[str, Any]:
-    """Run the named suite (``all``, ``solver`` or ``prox``); return the rows by suite."""
+    """Run the named suite (``all``, ``solver`` or ``prox``); return the rows by suite.
+
+    With a ``printer``, an estimate of the duration is printed before anything runs.
+    """
+    if printer is not None:
+        printer(
+            f"# constrain bench {suite}: estimated duration here about "
+            f"{format_duration(estimate_seconds(suite, quick=quick))}"
+            + ("" if quick else "; --quick runs small sizes only")
+        )
     results: dict[str, Any] = {}
     if suite in ("all", "solver"):
         results["solver"] = bench_solver(quick=quick, printer=printer)
     if suite in ("all", "prox"):
         from .prox import _bench as prox_bench
 
-        results["prox"] = prox_bench.run_suite(quick=quick, printer=printer)
+        results["prox"] = prox_bench.run_suite(quick=quick, printer=printer, estimate=False)
     return results

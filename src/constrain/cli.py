@@ -2,12 +2,13 @@
 
 Commands:
     constrain list [--json]
+    constrain show PROBLEM [--controller NAME] [--yaml] [--json]
     constrain run PROBLEM [--controller NAME] [--steps N] [--set KEY=VALUE ...]
                   [--config FILE] [--out DIR [--overwrite]] [--checkpoint-every K]
                   [--tensorboard DIR]
                   [--resume DIR] [--json]
-    constrain compare PROBLEM --controllers a,b,c [--steps N] [--set ...]
-                  [--out DIR [--overwrite]] [--json]
+    constrain compare PROBLEM --controllers "a,b(key=value,...),c" [--seeds N] [--steps N]
+                      [--set ...] [--out DIR [--overwrite]] [--json]
     constrain validate PROBLEM [--controller NAME] [--steps N] [--json]
     constrain bench [prox|solver] [--quick]
 
@@ -48,6 +49,24 @@ def _parser() -> argparse.ArgumentParser:
         "list", help="list problems, controllers, formulations and prox operators"
     )
     p_list.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p_show = sub.add_parser(
+        "show",
+        help="a problem's description, hyperparameters, default configuration and whether "
+        "validate applies",
+    )
+    p_show.add_argument(
+        "problem", metavar="PROBLEM", help="registered problem (see `constrain list`)"
+    )
+    p_show.add_argument(
+        "--controller", help="show the default configuration with this controller instead"
+    )
+    p_show.add_argument(
+        "--yaml",
+        action="store_true",
+        help="print only the default run configuration as YAML (save it, edit it, pass it to --config)",
+    )
+    p_show.add_argument("--json", action="store_true", help="print one JSON object")
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -107,10 +126,34 @@ def _parser() -> argparse.ArgumentParser:
         help="also write TensorBoard event files into DIR (pip install constrain[tensorboard])",
     )
 
-    p_cmp = sub.add_parser("compare", help="run one problem with several controllers; one figure")
+    p_cmp = sub.add_parser(
+        "compare",
+        help="run one problem with several settings (and seeds); table, figures and a saved report",
+    )
     common(p_cmp)
-    p_cmp.add_argument("--controllers", required=True, help="comma-separated controller names")
-    p_cmp.add_argument("--out", default="runs/compare", help="folder for the figure and summaries")
+    p_cmp.add_argument(
+        "--controllers",
+        required=True,
+        metavar="ENTRIES",
+        help="comma-separated entries, each a controller name with optional settings of its own, "
+        'e.g. "gda(lr=0.1),nupi(kp=1,ki=0.1,nu=0,lr=1)" (a dotted key such as optimizer.lr=0.01 '
+        "sets any config value of that entry); or a YAML/JSON file holding a list of entries "
+        "(names, controller mappings or partial run configurations)",
+    )
+    p_cmp.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run every entry with N seeds (--seed, --seed+1, ...); the table shows mean ± std, "
+        "the figures a min-max band (default: %(default)s)",
+    )
+    p_cmp.add_argument(
+        "--out",
+        default="runs/compare",
+        help="report folder: compare.md, compare.json, figures and one run folder per entry "
+        "(default: %(default)s)",
+    )
     p_cmp.add_argument(
         "--overwrite",
         action="store_true",
@@ -132,17 +175,22 @@ def _parser() -> argparse.ArgumentParser:
         "bench", help="speed benchmarks (ratios against baselines measured in the same run)"
     )
     p_bench.add_argument("suite", nargs="?", default="all", choices=["all", "prox", "solver"])
-    p_bench.add_argument("--quick", action="store_true", help="small sizes only")
+    p_bench.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes and short measurements (seconds instead of minutes; an estimate of "
+        "the duration is printed before any run)",
+    )
     p_bench.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
-def _config(args: argparse.Namespace, controller: str | None) -> Any:
-    """The run configuration: the problem's defaults, the ``--config`` file merged over
-    them, then ``--controller``, ``--steps``, ``--seed`` and ``--set``; validated once, as a
-    whole, and its components built once so that bad values fail before any work."""
-    from .config import RunConfig, apply_overrides, merge_config, read_config_file
-    from .runner import check_optimizer, get_problem
+def _base(args: argparse.Namespace, controller: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """The problem's spec and the base configuration data: the problem's defaults, the
+    ``--config`` file merged over them, then ``--controller``, ``--steps`` and ``--seed``
+    (not ``--set``)."""
+    from .config import merge_config, read_config_file
+    from .runner import get_problem
 
     spec = get_problem(args.problem)
     update: dict[str, Any] = {}
@@ -169,7 +217,10 @@ def _config(args: argparse.Namespace, controller: str | None) -> Any:
         data["steps"] = args.steps
     if args.seed is not None:
         data["seed"] = args.seed
-    data = apply_overrides(data, args.overrides)
+    return spec, data
+
+
+def _check_problem_name(args: argparse.Namespace, spec: Any, data: dict[str, Any]) -> None:
     problem = data.get("problem")
     named = problem.get("name") if isinstance(problem, dict) else problem
     if named != spec.name:
@@ -178,6 +229,18 @@ def _config(args: argparse.Namespace, controller: str | None) -> Any:
             f"({spec.name!r}); expected the same name. Run `constrain {args.command} {named}` "
             "to run that problem."
         )
+
+
+def _config(args: argparse.Namespace, controller: str | None) -> Any:
+    """The run configuration: the problem's defaults, the ``--config`` file merged over
+    them, then ``--controller``, ``--steps``, ``--seed`` and ``--set``; validated once, as a
+    whole, and its components built once so that bad values fail before any work."""
+    from .config import RunConfig, apply_overrides
+    from .runner import check_optimizer
+
+    spec, data = _base(args, controller)
+    data = apply_overrides(data, args.overrides)
+    _check_problem_name(args, spec, data)
     config = RunConfig.parse(data)
     # Build the components once now so that bad --set values fail before any work.
     from . import controllers, formulations
@@ -216,10 +279,21 @@ def _summary_table(summary: dict[str, Any]) -> str:
         ),
         ("time / step", f"{1e3 * summary['seconds_per_step']:.3f} ms"),
     ]
+    if "late_max_violation" in summary:
+        window = summary["late_window"]
+        rows.append(
+            (
+                "late max / mean viol.",
+                f"{summary['late_max_violation']:.3g} / {summary['late_mean_violation']:.3g} "
+                f"(steps {window['first_step']}-{window['last_step']}, the last 10%)",
+            )
+        )
     ref = summary.get("reference")
     if ref:
         rows.append(("reference objective", f"{ref['objective']:.6g}"))
         rows.append(("multiplier error", f"{ref['multiplier_error']:.3g}"))
+        if "late_max_multiplier_error" in summary:
+            rows.append(("late max mult. error", f"{summary['late_max_multiplier_error']:.3g}"))
         if "primal_error" in ref:
             rows.append(("primal error", f"{ref['primal_error']:.3g}"))
     for key, value in summary.items():
@@ -229,13 +303,27 @@ def _summary_table(summary: dict[str, Any]) -> str:
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
 
 
+def _print_group_tables(summary: dict[str, Any]) -> None:
+    """The per-group tables of studies that report ``group_metrics`` (fairness)."""
+    tables = summary.get("group_metrics")
+    if not isinstance(tables, dict):
+        return
+    from .studies import format_group_metrics
+
+    for split, table in tables.items():
+        print(f"\n{split} set, per group:")
+        print(format_group_metrics(table))
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from . import controllers, formulations, prox
     from .runner import get_problem, problem_names
 
-    problems = {name: get_problem(name).description for name in problem_names()}
+    specs = {name: get_problem(name) for name in problem_names()}
+    problems = {name: spec.description for name, spec in specs.items()}
     data = {
         "problems": problems,
+        "validate": [name for name, spec in specs.items() if spec.validates],
         "controllers": controllers.names(),
         "formulations": formulations.FORMULATIONS.names(),
         "prox": prox.names(),
@@ -243,11 +331,29 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(data)
         return 0
-    print("problems:")
+    print("problems (validate: whether `constrain validate` checks it exactly against CVXPY;")
+    print("`constrain show PROBLEM` lists its hyperparameters and default configuration):")
+    print(f"  {'name':<24} {'validate':<9} description")
     for name, text in problems.items():
-        print(f"  {name:<24} {text}")
+        print(f"  {name:<24} {'yes' if specs[name].validates else 'no':<9} {text}")
     for key in ("controllers", "formulations", "prox"):
         print(f"{key}: {', '.join(data[key])}")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from ._show import format_problem_info, problem_info
+    from .runner import get_problem
+
+    spec = get_problem(args.problem)
+    info = problem_info(spec, args.controller)
+    yaml_text = spec.default_config(args.controller).to_yaml()
+    if args.json:
+        _print_json(info)
+    elif args.yaml:
+        sys.stdout.write(yaml_text)
+    else:
+        print(format_problem_info(info, yaml_text))
     return 0
 
 
@@ -286,6 +392,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         _print_json(result.summary, flag="nonfinite")
     else:
         print(_summary_table(result.summary))
+        _print_group_tables(result.summary)
         if args.out is not None or args.resume is not None:
             print(f"report written to {result_folder(args)}")
     return 0
@@ -310,70 +417,66 @@ def result_folder(args: argparse.Namespace) -> str:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .plots import compare_figure
-    from .runner import run
-
-    names = [n.strip() for n in args.controllers.split(",") if n.strip()]
-    if not names:
-        raise ConfigError("--controllers needs at least one name, e.g. --controllers gda,nupi")
-    configs = [(_config(args, name)) for name in names]  # validate all before running any
     from ._run_folder import RunFolder
-
-    out = Path(args.out)
-    summaries, histories = [], {}
-    reference = None
-    with RunFolder.claim(
-        args.out, overwrite=args.overwrite, info={"problem": args.problem, "compare": names}
-    ) as folder:
-        for name, (_, config) in zip(names, configs, strict=True):
-            loggers = _tensorboard(args.tensorboard and str(Path(args.tensorboard) / name))
-            result = run(
-                config,
-                out=out / name,
-                progress=args.progress,
-                figures=False,
-                overwrite=args.overwrite,
-                loggers=loggers,
-            )
-            for sink in loggers:
-                sink.close()
-            summaries.append(result.summary)
-            histories[name] = result.solver.history
-            if "reference" in result.summary:
-                reference = result.summary["reference"]["multipliers"]
-        figure = compare_figure(
-            histories,
-            out / "compare.png",
-            reference=reference,
-            title=f"{args.problem}: {', '.join(names)}",
-        )
-        folder.record(figure)
-        folder.finish("finished")
-    if args.json:
-        _print_json(
-            {"problem": args.problem, "figure": str(figure), "runs": summaries}, "nonfinite"
-        )
-        return 0
-    extra = [k for k in _REPORT_KEYS if any(isinstance(run.get(k), float) for run in summaries)]
-    header = (
-        f"{'controller':<16}{'objective':>14}{'max viol.':>12}{'mult. error':>14}{'ms/step':>10}"
+    from .comparison import (
+        entry_configs,
+        format_table,
+        parse_entries,
+        run_comparison,
+        write_comparison,
     )
-    print(header + "".join(f"{_REPORT_KEYS[k]:>13}" for k in extra))
+    from .history import LATE_FRACTION
 
-    def cell(value: Any, spec: str) -> str:
-        return "-" if value is None else format(value, spec)
-
-    for s in summaries:
-        err = s.get("reference", {}).get("multiplier_error")
-        cells = "".join(
-            f"{s[k]:>13.4g}" if isinstance(s.get(k), float) else f"{'-':>13}" for k in extra
+    spec, base = _base(args)
+    entries = parse_entries(args.controllers)
+    configs = entry_configs(spec, base, entries, args.overrides)  # validate all before any run
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1; got {args.seeds}.")
+    out = Path(args.out)
+    logger.info(
+        "comparing %d entries x %d seed(s) on %s; report folder: %s",
+        len(configs),
+        args.seeds,
+        spec.name,
+        out,
+    )
+    labels = [entry.label for entry, _ in configs]
+    with RunFolder.claim(
+        args.out, overwrite=args.overwrite, info={"problem": spec.name, "compare": labels}
+    ) as folder:
+        comparison = run_comparison(
+            spec,
+            configs,
+            out,
+            seeds=args.seeds,
+            progress=args.progress,
+            overwrite=args.overwrite,
+            tensorboard=args.tensorboard,
         )
-        print(
-            f"{s['controller']:<16}{cell(s['objective'], '.6g'):>14}"
-            f"{cell(s['max_violation'], '.3g'):>12}"
-            f"{cell(err, '.3g'):>14}{1e3 * s['seconds_per_step']:>10.3f}" + cells
-        )
-    print(f"figure written to {figure}")
+        written = write_comparison(comparison, spec, out) if _is_main_process() else []
+        folder.record(*written)
+        folder.finish("finished")
+    if not _is_main_process():
+        return 0
+    if args.json:
+        data = comparison.to_dict()
+        data["figures"] = [str(out / f) for f in data["figures"]]
+        data["figure"] = data["figures"][0] if data["figures"] else None
+        data["report"] = str(out / "compare.md")
+        _print_json(data, "nonfinite")
+        return 0
+    print(format_table(comparison))
+    steps = comparison.to_dict()["steps"]
+    print(
+        f"late window: the last {LATE_FRACTION:.0%} of the {steps} steps"
+        + (f"; mean ± std over seeds {comparison.seeds}" if args.seeds > 1 else "")
+    )
+    figures = [p for p in written if p.suffix == ".png"]
+    if figures:
+        print(f"figure written to {figures[0]}")
+    print(
+        f"report written to {out}: compare.md, compare.json, " + ", ".join(p.name for p in figures)
+    )
     return 0
 
 
@@ -443,6 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     handlers = {
         "list": _cmd_list,
+        "show": _cmd_show,
         "run": _cmd_run,
         "compare": _cmd_compare,
         "validate": _cmd_validate,

@@ -39,7 +39,11 @@ import numpy as np
 from ._errors import CheckpointError
 from ._io import atomic_write, atomic_write_text
 
-__all__ = ["History", "StepRecord"]
+__all__ = ["LATE_FRACTION", "History", "StepRecord"]
+
+LATE_FRACTION = 0.1
+"""Share of the steps that forms the *late window* (the last 10% of the steps) of
+:meth:`History.late_summary`, the figures and the comparison tables."""
 
 STREAM_FORMAT = "constrain-history"
 STREAM_VERSION = 1
@@ -368,6 +372,81 @@ class History:
         if not rows:
             return np.zeros((0, len(columns)), dtype=np.float64)
         return np.array(rows, dtype=np.float64).reshape(len(rows), -1)
+
+    def late_mask(self, fraction: float = LATE_FRACTION) -> np.ndarray:
+        """Which records lie in the late window, the last ``fraction`` of the steps.
+
+        With ``T = last step + 1`` the window holds the records of steps
+        ``>= T - max(1, round(fraction * T))``; it always holds the last record.
+
+        Returns:
+            Boolean array of shape ``(len(self),)`` (empty for an empty history).
+
+        Raises:
+            ValueError: If ``fraction`` is not in ``(0, 1]``.
+        """
+        if not 0 < fraction <= 1:
+            raise ValueError(f"the late-window fraction must lie in (0, 1]; got {fraction!r}.")
+        steps = self.steps()
+        if steps.size == 0:
+            return np.zeros(0, dtype=bool)
+        total = int(steps[-1]) + 1
+        start = total - max(1, round(fraction * total))
+        mask = steps >= start
+        mask[-1] = True
+        return mask
+
+    def late_summary(
+        self,
+        fraction: float = LATE_FRACTION,
+        reference_multipliers: np.ndarray | list[float] | None = None,
+    ) -> dict[str, Any]:
+        """Statistics over the late window (the last ``fraction`` of the steps).
+
+        The last step alone misleads for oscillating multipliers: an iterate can be
+        feasible by chance while its neighbours are not. Keys:
+
+        * ``late_window``: ``{"fraction", "first_step", "last_step", "records"}``;
+        * ``late_max_violation`` / ``late_mean_violation``: max and mean over the window of
+          the per-step max violation ``max(max_i g_i, max_k |h_k|, 0)``;
+        * ``late_mean_objective``: mean objective over the window;
+        * with ``reference_multipliers`` (dense, in the history's column order):
+          ``late_max_multiplier_error`` / ``late_mean_multiplier_error``, the max and mean
+          of ``||lam_t - lam*||_2`` over the window.
+
+        Returns:
+            The dict above; ``{}`` for an empty history.
+
+        Raises:
+            ValueError: If ``fraction`` is not in ``(0, 1]``.
+        """
+        mask = self.late_mask(fraction)
+        if mask.size == 0:
+            return {}
+        steps = self.steps()[mask]
+        violation = self.max_violation()[mask]
+        out: dict[str, Any] = {
+            "late_window": {
+                "fraction": fraction,
+                "first_step": int(steps[0]),
+                "last_step": int(steps[-1]),
+                "records": int(mask.sum()),
+            },
+            "late_max_violation": float(violation.max()),
+            "late_mean_violation": float(violation.mean()),
+            "late_mean_objective": float(self.objective()[mask].mean()),
+        }
+        if reference_multipliers is not None:
+            exact = np.asarray(reference_multipliers, dtype=np.float64).reshape(-1)
+            # the vectors may be recorded at a cadence: the window's records that have them
+            has_vectors = np.array([r.multipliers is not None for r in self], dtype=bool)
+            lam = self.multipliers()[mask[has_vectors]]
+            if lam.shape[0] > 0 and lam.shape[1] == exact.size:
+                with np.errstate(over="ignore", invalid="ignore"):  # non-finite runs: inf/nan
+                    error = np.linalg.norm(lam - exact[None, :], axis=1)
+                out["late_max_multiplier_error"] = float(error.max())
+                out["late_mean_multiplier_error"] = float(error.mean())
+        return out
 
     def metric(self, name: str) -> np.ndarray:
         """One metric per step (NaN where it was not recorded)."""

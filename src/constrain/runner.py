@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from torch import nn
 
 from . import distributed
@@ -88,12 +88,21 @@ class ProblemSpec:
         defaults: Default :class:`RunConfig` fields (without ``problem``'s name).
         controller_defaults: Recommended hyperparameters per controller name, used when
             ``--controller NAME`` switches controllers.
+        params: The pydantic model of the problem's hyperparameters (``--set
+            problem.KEY=VALUE``), listed by ``constrain show``; ``None`` if not declared.
+        derived_params: Fields of ``params`` that the spec sets from its data (not
+            settable; hidden by ``constrain show``).
+        validates: Whether ``constrain validate`` applies: the problem is declared from
+            convex blocks, so CVXPY solves it exactly.
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
     controller_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    params: ClassVar[type[BaseModel] | None] = None
+    derived_params: ClassVar[tuple[str, ...]] = ()
+    validates: ClassVar[bool] = False
 
     def default_config(self, controller: str | None = None) -> RunConfig:
         """The default configuration, optionally with another controller."""
@@ -121,6 +130,16 @@ class ProblemSpec:
 
     def figures(self, setup: Setup, solver: Solver, out: Path) -> list[Path]:
         """Extra figures written under ``out``; returns their paths."""
+        return []
+
+    def compare_figures(self, entries: list[dict[str, Any]], out: Path) -> list[Path]:
+        """Extra figures of a ``constrain compare`` written under ``out``; returns their paths.
+
+        Args:
+            entries: One mapping per compared entry, in order: ``label``, ``seeds`` and
+                ``runs`` (one run summary per seed, with the problem's report fields).
+            out: The comparison's folder.
+        """
         return []
 
     def shard(self, setup: Setup, rank: int, world_size: int) -> Setup:
@@ -241,6 +260,14 @@ def build_solver(spec: ProblemSpec, config: RunConfig) -> tuple[Setup, Solver]:
         on_nonfinite=config.on_nonfinite,
         record_every=config.record_every,
     )
+    if not solver.formulation.uses_multipliers:
+        logger.warning(
+            "formulation %r has no multipliers: controller %r is not used and no multipliers "
+            "are reported; use formulation lagrangian or augmented_lagrangian to compare "
+            "controllers.",
+            solver.formulation.name,
+            solver.controller.name,
+        )
     return setup, solver
 
 
@@ -286,6 +313,12 @@ def summarize(
     reference = spec.reference(setup.full or setup)
     if reference is not None:
         summary["reference"] = compare_with_reference(reference, solver)
+    exact = summary["reference"]["multipliers"] if reference is not None else None
+    summary.update(history.late_summary(reference_multipliers=exact))
+    if not solver.formulation.uses_multipliers:
+        # No multipliers: the controller never ran and the recorded zeros mean nothing.
+        summary["controller_config"] = None
+        summary["multipliers"] = []
     summary.update(spec.report(setup.full or setup, solver))
     return summary
 
@@ -615,6 +648,12 @@ def write_report(
         except ImportError:  # matplotlib missing
             logger.warning("matplotlib is not installed: no figures (pip install constrain[plots])")
         else:
-            written += plots.run_figures(solver.history, solver.layout, out, title=spec.name)
+            written += plots.run_figures(
+                solver.history,
+                solver.layout,
+                out,
+                title=spec.name,
+                reference=summary.get("reference"),
+            )
             written += spec.figures(setup.full or setup, solver, out)
     return written

@@ -199,3 +199,26 @@ def test_solver_records_a_growing_penalty() -> None:
     )
     solver.fit(steps=6)
     assert [r.penalty for r in solver.history] == [1.0, 1.0, 1.0, 2.0, 2.0, 4.0]
+
+
+@pytest.mark.parametrize("cls", [QuadraticPenalty, AugmentedLagrangian])
+def test_penalty_defaults_are_stated_and_equal(cls: type) -> None:
+    """The coefficient c means the same in both formulations: one default, stated."""
+    assert cls().penalty == 1.0
+    assert "Default ``1.0``" in (cls.__doc__ or "")
+
+
+def test_default_quadratic_penalty_converges_where_ten_diverged() -> None:
+    """min ||x||^2 s.t. sum(x) = 1 (10 dims), SGD step 0.1: stable with the default c = 1
+    (the Hessian 2 I + c 11^T has largest eigenvalue 2 + 10 c < 2 / 0.1)."""
+    problem = ConstrainedProblem(
+        objective=lambda m, b: (m.x**2).sum(),
+        constraints=[Constraint("total", "==", rhs=1.0, fn=lambda m, b: m.x.sum())],
+    )
+    model = Variables(x=torch.zeros(10, dtype=torch.float64))
+    solver = Solver(
+        problem, model, torch.optim.SGD(model.parameters(), lr=0.1), formulation="quadratic_penalty"
+    )
+    solver.fit(None, 300, progress=False)
+    # Minimiser of ||x||^2 + (1/2)(sum x - 1)^2: x_i = 1/12, so sum(x) = 10/12.
+    assert float(model.x.detach().sum()) == pytest.approx(10 / 12, abs=1e-9)

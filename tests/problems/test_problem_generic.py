@@ -124,6 +124,12 @@ def _data(setup: Any) -> Any:
     return data if isinstance(data, Mapping) else setup.batch
 
 
+def test_the_spec_declares_what_the_table_says(problem_name: str) -> None:
+    """``ProblemSpec.validates`` (shown by ``constrain list`` and ``constrain show``) agrees
+    with the table, which the next test checks against CVXPY."""
+    assert get_problem(problem_name).validates is row_of(problem_name).validates
+
+
 def test_validate_applies_where_the_table_says(problem_to_build: str) -> None:
     """Problems marked ``validates`` have a CVXPY twin that solves; the others are refused
     by ``constrain validate`` before any step, with a message saying why."""

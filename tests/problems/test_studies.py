@@ -85,7 +85,9 @@ def test_study_smoke_run_writes_its_report_and_figures(name: str, tmp_path: Path
     assert summary["steps"] == 15
     spec = get_problem(name)
     figures = spec.figures(result.setup, result.solver, tmp_path / "again")
-    assert figures and all(p.suffix == ".png" and p.stat().st_size > 5000 for p in figures)
+    pngs = [p for p in figures if p.suffix == ".png"]
+    assert pngs and all(p.stat().st_size > 5000 for p in pngs)
+    assert all(p.suffix in (".png", ".md") and p.exists() for p in figures)
     expected_fields = {
         "fairness-adult": {"test_accuracy", "max_parity_gap", "unconstrained_test_accuracy"},
         "sparsity-digits": {"density", "expected_density", "test_accuracy", "sweep"},
@@ -93,6 +95,11 @@ def test_study_smoke_run_writes_its_report_and_figures(name: str, tmp_path: Path
         "weight-sharing-digits": {"clusters", "mlp_clusters", "cnn_test_accuracy"},
     }[name]
     assert expected_fields <= set(summary)
+    if name == "fairness-adult":  # the per-group table, for both splits, in JSON and Markdown
+        tables = summary["group_metrics"]
+        assert set(tables) == {"train", "test"}
+        assert all("positive_rate_ci" in row for row in tables["test"]["groups"])
+        assert (tmp_path / "fairness_groups.md").read_text().count("| group | size |") == 2
 
 
 def test_study_runs_are_reproducible() -> None:
@@ -140,3 +147,44 @@ def test_weight_sharing_reduces_the_number_of_distinct_weights() -> None:
     summary = run(_config("weight-sharing-digits"), progress=False).summary
     assert summary["clusters"] < 0.5 * summary["mlp_clusters"]
     assert summary["test_accuracy"] > summary["mlp_test_accuracy"] - 0.02
+
+
+def test_study_comparison_figures_show_the_outcome(tmp_path: Path) -> None:
+    """Fairness: accuracy against parity gap per entry (seed dots, mean and spread) with the
+    unconstrained model; sparsity: accuracy against density. Synthetic run summaries."""
+    fair_runs = [
+        {
+            "test_accuracy": 0.83 + 0.001 * k,
+            "max_parity_gap": 0.015 + 0.002 * k,
+            "unconstrained_test_accuracy": 0.846,
+            "unconstrained_max_parity_gap": 0.142,
+            "parity_tolerance": 0.02,
+            "accuracy_margin": 0.02,
+        }
+        for k in range(3)
+    ]
+    entries = [
+        {"label": "nupi", "seeds": [0, 1, 2], "runs": fair_runs},
+        {"label": "gda", "seeds": [0], "runs": fair_runs[:1]},
+    ]
+    (path,) = get_problem("fairness-adult").compare_figures(entries, tmp_path)
+    assert path.name == "fairness_outcome.png" and path.stat().st_size > 5000
+    sparse_runs = [
+        {
+            "test_accuracy": 0.97,
+            "density": 0.1 + 0.01 * k,
+            "target_density": 0.1,
+            "dense_test_accuracy": 0.969,
+            "test_samples": 450,
+            "sweep": [{"density": 0.25, "test_accuracy": 0.972, "target_density": 0.3}],
+        }
+        for k in range(2)
+    ]
+    (path,) = get_problem("sparsity-digits").compare_figures(
+        [{"label": "nupi", "seeds": [0, 1], "runs": sparse_runs}], tmp_path
+    )
+    assert path.name == "sparsity_tradeoff.png" and path.stat().st_size > 5000
+    assert (
+        get_problem("fairness-adult").compare_figures([{"label": "x", "runs": [{}]}], tmp_path)
+        == []
+    )

@@ -82,7 +82,10 @@ class Controller(BaseModel):
     :func:`constrain.controllers.register`.
 
     Attributes:
-        lr: Step size ``eta`` of the multiplier update.
+        lr: Step size ``eta`` of the multiplier update. Default ``0.01`` for every rule but
+            ``pid``, whose ``lr`` scales its output (default ``1.0``). A conservative value:
+            the right step depends on the scale of the constraints, and the problems of
+            ``constrain_problems`` set their own (``constrain show PROBLEM``).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -34,10 +34,10 @@ class Adam(Controller):
     least float32.
 
     Attributes:
-        lr: Step size.
+        lr: Step size. Default ``0.01``.
         betas: Decay rates ``(beta1, beta2)`` of the first and second moments, each in
-            [0, 1).
-        eps: Positive term added to the denominator.
+            [0, 1). Default ``(0.9, 0.999)``.
+        eps: Positive term added to the denominator. Default ``1e-08``.
 
     State:
         ``exp_avg`` (``m``), ``exp_avg_sq`` (``v``) and ``step`` (``s``, int64), each with

@@ -30,7 +30,7 @@ class ExtraGradient(Controller):
     Stateless.
 
     Attributes:
-        lr: Step size ``eta`` of both the look-ahead and the real step.
+        lr: Step size ``eta`` of both the look-ahead and the real step. Default ``0.01``.
     """
 
     extrapolates: ClassVar[bool] = True

@@ -22,7 +22,7 @@ class GDA(Controller):
     ``nu``). See docs/algorithms.md, 'GDA'.
 
     Attributes:
-        lr: Step size ``eta``.
+        lr: Step size ``eta``. Default ``0.01``.
     """
 
     def update(

@@ -42,6 +42,7 @@ class GroupDRO(Controller):
 
     Attributes:
         lr: Step size ``eta_q`` of the exponentiated-gradient step (Sagawa et al. use 0.01).
+            Default ``0.01``.
     """
 
     supports_equality: ClassVar[bool] = False

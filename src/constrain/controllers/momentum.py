@@ -27,9 +27,9 @@ class Momentum(Controller):
     'The nuPI reduction table').
 
     Attributes:
-        lr: Step size ``eta``.
+        lr: Step size ``eta``. Default ``0.01``.
         beta: Momentum coefficient in the open interval (-1, 1); negative values are
-            allowed (they damp oscillations instead of amplifying them).
+            allowed (they damp oscillations instead of amplifying them). Default ``0.9``.
 
     State:
         ``buffer``: the momentum buffer ``b`` (shape of the multipliers).

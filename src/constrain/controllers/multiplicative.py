@@ -34,8 +34,8 @@ class MultiplicativeWeights(Controller):
     Stateless.
 
     Attributes:
-        lr: Step size ``eta`` in the exponent.
-        initial_value: Positive starting value of every multiplier.
+        lr: Step size ``eta`` in the exponent. Default ``0.01``.
+        initial_value: Positive starting value of every multiplier. Default ``1.0``.
     """
 
     supports_equality: ClassVar[bool] = False

@@ -22,9 +22,9 @@ class Nesterov(Momentum):
     'The nuPI reduction table').
 
     Attributes:
-        lr: Step size ``eta``.
+        lr: Step size ``eta``. Default ``0.01``.
         beta: Momentum coefficient in the open interval (-1, 1); negative values are
-            allowed (the nuPI paper's baseline uses ``beta = -0.3``).
+            allowed (the nuPI paper's baseline uses ``beta = -0.3``). Default ``0.9``.
 
     State:
         ``buffer``: the momentum buffer ``b`` (shape of the multipliers).

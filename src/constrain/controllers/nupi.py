@@ -53,11 +53,11 @@ class NuPI(Controller):
     ``kp``). The defaults (``ki = 1, kp = 0, nu = 0``) make it plain GDA with step ``lr``.
 
     Attributes:
-        lr: Step size ``eta``, multiplying both gains.
-        ki: Integral gain ``kappa_i >= 0``; a scalar or one value per multiplier.
+        lr: Step size ``eta``, multiplying both gains. Default ``0.01``.
+        ki: Integral gain ``kappa_i >= 0``; a scalar or one value per multiplier. Default ``1.0``.
         kp: Proportional gain ``kappa_p`` (any finite sign); a scalar or one value per
-            multiplier.
-        nu: EMA coefficient of the proportional term, in the open interval (-1, 1).
+            multiplier. Default ``0.0``.
+        nu: EMA coefficient of the proportional term, in the open interval (-1, 1). Default ``0.0``.
 
     State:
         ``xi``: the EMA of the error signal (shape of the multipliers).

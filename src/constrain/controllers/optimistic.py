@@ -25,7 +25,7 @@ class Optimistic(Controller):
     (docs/algorithms.md, 'Optimistic gradient ascent').
 
     Attributes:
-        lr: Step size ``eta``.
+        lr: Step size ``eta``. Default ``0.01``.
 
     State:
         ``previous_signal``: ``e_{t-1}`` (shape of the multipliers).

@@ -63,14 +63,16 @@ class PID(Controller):
       :attr:`supports_equality` is ``False``.
 
     Attributes:
-        lr: Overall scale of the output (see above).
-        kp: Proportional gain (>= 0); a scalar or one value per multiplier.
-        ki: Integral gain (>= 0); a scalar or one value per multiplier.
-        kd: Derivative gain (>= 0); a scalar or one value per multiplier.
-        ema_p: EMA coefficient ``a_p`` of the proportional term, in [0, 1).
+        lr: Overall scale of the output (see above). Default ``1.0`` (the gains are used
+            verbatim, as in the paper); unlike the step size of the other rules (default
+            ``0.01``), it multiplies the whole output, not an increment.
+        kp: Proportional gain (>= 0); a scalar or one value per multiplier. Default ``0.0``.
+        ki: Integral gain (>= 0); a scalar or one value per multiplier. Default ``1.0``.
+        kd: Derivative gain (>= 0); a scalar or one value per multiplier. Default ``0.0``.
+        ema_p: EMA coefficient ``a_p`` of the proportional term, in [0, 1). Default ``0.95``.
         ema_d: EMA coefficient ``a_d`` of the constraint value in the derivative term,
-            in [0, 1).
-        delay: Number of steps (>= 1) over which the derivative is taken.
+            in [0, 1). Default ``0.95``.
+        delay: Number of steps (>= 1) over which the derivative is taken. Default ``10``.
 
     State:
         ``integral`` (``I``) and ``proportional`` (``P``), shape of the multipliers;

@@ -37,7 +37,7 @@ class AugmentedLagrangian(PenalizedFormulation):
     classical multiplier step ``lam <- max(0, lam + c g)``.
 
     Args:
-        penalty: Initial penalty coefficient ``c > 0`` (0 is refused).
+        penalty: Initial penalty coefficient ``c > 0`` (0 is refused). Default ``1.0``.
         schedule: When and how ``c`` grows (default: constant).
     """
 

@@ -4,6 +4,8 @@
   per-group means.
 * :mod:`~constrain.studies.fairness`: demographic parity, true-positive-rate parity,
   equalized odds, per-group accuracy and loss; :class:`FairClassification`.
+* :mod:`~constrain.studies.group_metrics`: per-group report of a binary classifier
+  (sizes, rates, parity gaps) with bootstrap confidence intervals.
 * :mod:`~constrain.studies.rates`: rate constraints (positive prediction rate, TPR, FPR,
   FNR, TNR, error rate, precision, recall) per group, binary and multi-class, with builders
   and :class:`RateProblem`.
@@ -35,6 +37,7 @@ from .fairness import (
     true_positive_rate_parity,
 )
 from .group_dro import GroupDROProblem
+from .group_metrics import format_group_metrics, group_metrics
 from .groups import Groups, group_counts, group_means, membership_from_labels
 from .per_sample import FeasibleLearning, SampleSlack, per_sample_losses
 from .rates import (
@@ -92,10 +95,12 @@ __all__ = [
     "expected_density",
     "false_negative_rate",
     "false_positive_rate",
+    "format_group_metrics",
     "gated_layers",
     "group_accuracy",
     "group_counts",
     "group_loss",
+    "group_metrics",
     "group_means",
     "l0_density",
     "magnitude_density",
