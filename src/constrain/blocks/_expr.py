@@ -40,6 +40,7 @@ __all__ = [
     "Expression",
     "Shape",
     "TorchContext",
+    "Unary",
     "Variable",
     "as_expression",
     "import_cvxpy",
@@ -411,6 +412,26 @@ def _read_variable(model: Any, var: Variable) -> Tensor:
             f"model.{var.name} has shape {list(value.shape)}; make them agree."
         )
     return value
+
+
+class Unary(Expression):
+    """Base of the blocks of one operand ``arg``: the field, its child and, unless the
+    subclass overrides :meth:`_shape_of`, the operand's shape (elementwise blocks).
+
+    Subclasses with options declare them as further fields and pass them on:
+    ``super().__init__(arg, p=p)``.
+    """
+
+    arg: Expression
+
+    def __init__(self, arg: Expression, **options: Any) -> None:
+        super().__init__(arg=arg, **options)
+
+    def children(self) -> tuple[Expression, ...]:
+        return (self.arg,)
+
+    def _shape_of(self) -> Shape:
+        return self.arg.shape
 
 
 class Variable(Expression):

@@ -7,28 +7,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._expr import CvxpyContext, Expression, Shape, TorchContext, import_cvxpy
+from ._expr import CvxpyContext, Expression, TorchContext, Unary, import_cvxpy
 
 __all__ = ["HingeLoss", "LogisticLoss"]
 
 
-class LogisticLoss(Expression):
+class LogisticLoss(Unary):
     """Elementwise logistic loss of a margin: ``log(1 + exp(-z))`` (convex, smooth).
 
     Evaluated in torch as ``logaddexp(0, -z)`` (exact and stable for large ``|z|``); the
     CVXPY form is ``logistic(-z)`` (an exponential-cone expression).
     """
 
-    arg: Expression
-
     def __init__(self, arg: Expression) -> None:
-        super().__init__(arg=arg)
-
-    def children(self) -> tuple[Expression, ...]:
-        return (self.arg,)
-
-    def _shape_of(self) -> Shape:
-        return self.arg.shape
+        super().__init__(arg)
 
     def _torch(self, ctx: TorchContext) -> Tensor:
         z = self.arg._torch(ctx)
@@ -42,21 +34,13 @@ class LogisticLoss(Expression):
         return f"logistic_loss({self.arg.label()})"
 
 
-class HingeLoss(Expression):
+class HingeLoss(Unary):
     """Elementwise hinge loss of a margin: ``max(0, 1 - z)`` (convex, not smooth)."""
 
     smooth = False
 
-    arg: Expression
-
     def __init__(self, arg: Expression) -> None:
-        super().__init__(arg=arg)
-
-    def children(self) -> tuple[Expression, ...]:
-        return (self.arg,)
-
-    def _shape_of(self) -> Shape:
-        return self.arg.shape
+        super().__init__(arg)
 
     def _torch(self, ctx: TorchContext) -> Tensor:
         return (1.0 - self.arg._torch(ctx)).clamp_min(0.0)

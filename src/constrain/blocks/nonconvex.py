@@ -8,12 +8,12 @@ from typing import Any
 from torch import Tensor
 
 from .._errors import ConfigError
-from ._expr import CvxpyContext, Expression, Shape, TorchContext
+from ._expr import CvxpyContext, Expression, Shape, TorchContext, Unary
 
 __all__ = ["PositiveRate"]
 
 
-class PositiveRate(Expression):
+class PositiveRate(Unary):
     """The fraction of entries that are positive: ``(1/n) #{i : x_i > 0}`` (a rate).
 
     A step function: neither convex nor differentiable (its torch value carries no
@@ -27,13 +27,8 @@ class PositiveRate(Expression):
 
     smooth = False
 
-    arg: Expression
-
     def __init__(self, arg: Expression) -> None:
-        super().__init__(arg=arg)
-
-    def children(self) -> tuple[Expression, ...]:
-        return (self.arg,)
+        super().__init__(arg)
 
     def _shape_of(self) -> Shape:
         return ()

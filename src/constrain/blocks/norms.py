@@ -10,7 +10,7 @@ import torch
 from pydantic import field_validator
 from torch import Tensor
 
-from ._expr import CvxpyContext, Expression, Shape, TorchContext, import_cvxpy
+from ._expr import CvxpyContext, Expression, Shape, TorchContext, Unary, import_cvxpy
 
 __all__ = ["Norm"]
 
@@ -28,7 +28,7 @@ _ALIASES: dict[object, NormOrder] = {
 }
 
 
-class Norm(Expression):
+class Norm(Unary):
     """The norm ``||x||_p`` (``p = 1, 2, inf``) of all entries, or its square ``||x||_p^2``.
 
     ``||x||_1 = sum_i |x_i|``, ``||x||_2 = sqrt(sum_i x_i^2)``, ``||x||_inf = max_i |x_i|``.
@@ -41,12 +41,11 @@ class Norm(Expression):
         squared: Return ``||x||_p^2``.
     """
 
-    arg: Expression
     p: NormOrder = 2
     squared: bool = False
 
     def __init__(self, arg: Expression, p: object = 2, squared: bool = False) -> None:
-        super().__init__(arg=arg, p=p, squared=squared)
+        super().__init__(arg, p=p, squared=squared)
 
     @field_validator("p", mode="before")
     @classmethod
@@ -60,9 +59,6 @@ class Norm(Expression):
     def is_smooth(self) -> bool:
         """Only ``||x||_2^2`` is differentiable everywhere."""
         return self.p == 2 and self.squared and self.arg.is_smooth()
-
-    def children(self) -> tuple[Expression, ...]:
-        return (self.arg,)
 
     def _shape_of(self) -> Shape:
         return ()

@@ -6,28 +6,15 @@ from typing import Any
 
 from torch import Tensor
 
-from ._expr import CvxpyContext, Expression, Shape, TorchContext, import_cvxpy
+from ._expr import CvxpyContext, Expression, Shape, TorchContext, Unary, import_cvxpy
 
 __all__ = ["Abs", "Max", "Pos"]
 
 
-class _Unary(Expression):
-    smooth = False
-
-    arg: Expression
-
-    def __init__(self, arg: Expression) -> None:
-        super().__init__(arg=arg)
-
-    def children(self) -> tuple[Expression, ...]:
-        return (self.arg,)
-
-    def _shape_of(self) -> Shape:
-        return self.arg.shape
-
-
-class Max(_Unary):
+class Max(Unary):
     """The largest entry ``max_i x_i`` (convex, not smooth); a scalar."""
+
+    smooth = False
 
     def __init__(self, arg: Expression) -> None:
         super().__init__(arg)
@@ -46,8 +33,10 @@ class Max(_Unary):
         return f"max({self.arg.label()})"
 
 
-class Pos(_Unary):
+class Pos(Unary):
     """Elementwise positive part ``max(x_i, 0)`` (convex, not smooth)."""
+
+    smooth = False
 
     def __init__(self, arg: Expression) -> None:
         super().__init__(arg)
@@ -63,8 +52,10 @@ class Pos(_Unary):
         return f"pos({self.arg.label()})"
 
 
-class Abs(_Unary):
+class Abs(Unary):
     """Elementwise absolute value ``|x_i|`` (convex, not smooth)."""
+
+    smooth = False
 
     def __init__(self, arg: Expression) -> None:
         super().__init__(arg)

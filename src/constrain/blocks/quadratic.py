@@ -9,14 +9,22 @@ import torch
 from torch import Tensor
 
 from .._errors import ConfigError, ShapeError
-from ._expr import CvxpyContext, Expression, Shape, TorchContext, import_cvxpy, to_float64_tensor
+from ._expr import (
+    CvxpyContext,
+    Expression,
+    Shape,
+    TorchContext,
+    Unary,
+    import_cvxpy,
+    to_float64_tensor,
+)
 
 __all__ = ["QuadForm", "Square", "SumSquares"]
 
 _PSD_TOLERANCE = 1e-10
 
 
-class QuadForm(Expression):
+class QuadForm(Unary):
     """The quadratic form ``x' P x`` with ``P`` symmetric positive semidefinite (convex).
 
     Args:
@@ -29,7 +37,6 @@ class QuadForm(Expression):
             ``-1e-10 * max|eig|``): the form would not be convex.
     """
 
-    arg: Expression
     matrix: Tensor
 
     def __init__(self, arg: Expression, matrix: object) -> None:
@@ -49,10 +56,7 @@ class QuadForm(Expression):
                 f"QuadForm: the matrix has a negative eigenvalue ({smallest:.3g}), so x'Px is "
                 "not convex and has no convex CVXPY form; use a positive semidefinite matrix."
             )
-        super().__init__(arg=arg, matrix=P)
-
-    def children(self) -> tuple[Expression, ...]:
-        return (self.arg,)
+        super().__init__(arg, matrix=P)
 
     def _shape_of(self) -> Shape:
         n = self.matrix.shape[0]
@@ -76,16 +80,11 @@ class QuadForm(Expression):
         return f"quad_form({self.arg.label()})"
 
 
-class SumSquares(Expression):
+class SumSquares(Unary):
     """Sum of squared entries ``sum_i x_i^2 = ||x||_2^2`` (convex, smooth)."""
 
-    arg: Expression
-
     def __init__(self, arg: Expression) -> None:
-        super().__init__(arg=arg)
-
-    def children(self) -> tuple[Expression, ...]:
-        return (self.arg,)
+        super().__init__(arg)
 
     def _shape_of(self) -> Shape:
         return ()
@@ -101,22 +100,14 @@ class SumSquares(Expression):
         return f"sum_squares({self.arg.label()})"
 
 
-class Square(Expression):
+class Square(Unary):
     """Elementwise square ``x_i^2`` (convex, smooth); same shape as ``x``.
 
     ``mean(square(r))`` is the minibatch-friendly form of a mean squared residual.
     """
 
-    arg: Expression
-
     def __init__(self, arg: Expression) -> None:
-        super().__init__(arg=arg)
-
-    def children(self) -> tuple[Expression, ...]:
-        return (self.arg,)
-
-    def _shape_of(self) -> Shape:
-        return self.arg.shape
+        super().__init__(arg)
 
     def _torch(self, ctx: TorchContext) -> Tensor:
         return self.arg._torch(ctx).square()

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .._errors import ShapeError
-from ._expr import CvxpyContext, Expression, Shape, TorchContext, import_cvxpy
+from ._expr import CvxpyContext, Expression, Shape, TorchContext, Unary, import_cvxpy
 
 __all__ = ["WeightSharing", "pairwise_differences"]
 
@@ -27,7 +27,7 @@ def pairwise_differences(d: int) -> Any:
     )
 
 
-class WeightSharing(Expression):
+class WeightSharing(Unary):
     """``R(w) = 1/(d-1) * sum_{i>j} |w_i - w_j|`` over all ``d >= 2`` entries of ``w``.
 
     Torch uses the exact sorted form: with ``w_(0) <= ... <= w_(d-1)`` ascending,
@@ -38,13 +38,8 @@ class WeightSharing(Expression):
 
     smooth = False
 
-    arg: Expression
-
     def __init__(self, arg: Expression) -> None:
-        super().__init__(arg=arg)
-
-    def children(self) -> tuple[Expression, ...]:
-        return (self.arg,)
+        super().__init__(arg)
 
     def _shape_of(self) -> Shape:
         if self.arg.size < 2:
