@@ -250,18 +250,17 @@ class ProxSparseDigits(ProblemSpec):
         return report
 
     def figures(self, setup: Setup, solver: Solver, out: Path) -> list[Path]:
-        import matplotlib.pyplot as plt
-
-        from constrain.plots import save_figure
+        from constrain.plots import new_figure, save_figure
 
         report = self.report(setup, solver)
         results = report["per_seed"]
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+        fig = new_figure(12, 4.2)
+        axes = fig.subplots(1, 2)
         names = [
             ("dense_accuracy", "dense"),
-            ("magnitude_accuracy", "magnitude 2:4"),
-            ("proxsparse_accuracy", "ProxSparse mask"),
-            ("learned_weights_accuracy", "ProxSparse weights"),
+            ("magnitude_accuracy", "magnitude\n2:4 mask"),
+            ("proxsparse_accuracy", "ProxSparse\nmask"),
+            ("learned_weights_accuracy", "ProxSparse\nweights"),
         ]
         xs = np.arange(len(names))
         means = [report[k] for k, _ in names]
@@ -277,7 +276,9 @@ class ProxSparseDigits(ProblemSpec):
         low = min(min(r[k] for r in results) for k, _ in names)
         axes[0].set(
             ylim=(max(0.0, low - 0.05), 1.0),
-            title=f"test accuracy, 50% of the hidden layers pruned (2:4); {len(results)} seeds",
+            ylabel="test accuracy (fraction correct)",
+            title=f"50% of the hidden layers pruned (2:4); "
+            f"{len(results)} seed{'s' if len(results) > 1 else ''} (mean ± std; dots: seeds)",
         )
         weights = dict(solver.model.named_parameters())
         blocks = torch.cat([weights[n].detach().reshape(-1, 4) for n in PRUNED])
@@ -289,5 +290,4 @@ class ProxSparseDigits(ProblemSpec):
             ylabel="blocks",
             title=f"after mask learning (first seed): {report['two_four_fraction']:.1%} of blocks 2:4 (mean)",
         )
-        fig.tight_layout()
         return [save_figure(fig, out / "proxsparse_accuracy.png")]

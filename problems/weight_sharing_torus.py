@@ -600,16 +600,15 @@ class WeightSharingTorus(ProblemSpec):
         return report
 
     def figures(self, setup: Setup, solver: Solver, out: Path) -> list[Path]:
-        import matplotlib.pyplot as plt
-
-        from constrain.plots import save_figure
+        from constrain.plots import new_figure, save_figure
 
         runs = self._study(setup, solver)
         report = self.report(setup, solver)
         written: list[Path] = []
 
         shown = 16
-        fig, axes = plt.subplots(3, shown, figsize=(shown * 0.9, 3.4))
+        fig = new_figure(shown * 0.9, 3.4)
+        axes = fig.subplots(3, shown)
         labels = {"ws": "2FC + WS", "fc": "2FC", "cnn": "CNN"}
         for row, kind in enumerate(MODELS):
             entry = runs[kind]["permuted"][0]
@@ -646,7 +645,8 @@ class WeightSharingTorus(ProblemSpec):
         )
         written.append(save_figure(fig, out / "torus_filters.png"))
 
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+        fig = new_figure(12, 4.2)
+        axes = fig.subplots(1, 2)
         width = 0.38
         for ax, metric, title in (
             (axes[0], "accuracy", "test accuracy (all 64 shifts of each test image)"),
@@ -672,6 +672,5 @@ class WeightSharingTorus(ProblemSpec):
         fig.suptitle(
             f"weight-sharing-torus: mean and std over {report['seeds']} seeds", fontsize=10
         )
-        fig.tight_layout()
         written.append(save_figure(fig, out / "torus_summary.png"))
         return written
