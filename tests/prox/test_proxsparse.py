@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from constrain import ConfigError, NonFiniteError, ShapeError
@@ -70,6 +70,7 @@ def test_prox_is_the_global_minimizer(block: list[float], log_lam: float) -> Non
 
 @settings(max_examples=40, deadline=None)
 @given(block=blocks, log_lam=st.floats(-2.0, 1.0))
+@example(block=[0.0, 0.5, 2.0**-24, 2.0**-24], log_lam=0.0)  # tiny entries still decide
 def test_first_order_conditions(block: list[float], log_lam: float) -> None:
     """Non-zero entries: u_i - x_i + lam sign(u_i) e_2(|u_-i|) = 0; zero entries:
     |x_i| <= lam e_2(|u_-i|) (the subdifferential of lam |u_i| e_2 at 0)."""

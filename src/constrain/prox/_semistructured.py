@@ -200,8 +200,10 @@ def _prox_sorted(z: Tensor, lam: Tensor) -> Tensor:
         u[rows] = u_rows
         value = torch.full_like(best_value, float("inf"))
         value[rows] = value_rows
-        # Strictly better only (ties keep the sparser candidate); guard against rounding.
-        better = value < best_value - 1e-13 * (1 + best_value.abs())
+        # Strictly better only (ties keep the sparser candidate). The guard against rounding
+        # is relative: every term of the objective is non-negative, and blocks with tiny
+        # entries have tiny objective values whose differences still decide the support.
+        better = value < best_value * (1 - 1e-12)
         best = torch.where(better[:, None], u, best)
         best_value = torch.where(better, value, best_value)
     return best
