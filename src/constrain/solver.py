@@ -9,7 +9,11 @@ Each stage is its own object and the solver only calls them in order:
   gives the primal loss and takes the multiplier step;
 * the primal optimizer(s) (any ``torch.optim``) step the model;
 * the regularizer stage (:mod:`constrain.regularization`) runs the proximal steps;
-* the recorder (:mod:`constrain.recording`) turns the stages' reports into a record.
+* the recorder (:mod:`constrain.recording`) turns the stages' reports into a record, and
+  the step log (:mod:`constrain._step_log`) checks the records and writes the history.
+
+The step in progress and the order of its pieces live in :mod:`constrain._stepping`; the
+dual-side schedules in :mod:`constrain._dual_schedules`.
 
 One step can also be taken in pieces by the user's own loop (gradient clipping, AMP,
 accumulation, several optimizers)::
@@ -36,11 +40,9 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar, overload
 
 import torch
@@ -49,20 +51,22 @@ from torch import Tensor, nn
 from . import controllers as _controllers
 from . import formulations as _formulations
 from ._checkpoint_state import load_solver_state, solver_state
+from ._dual_schedules import DualSchedules
 from ._errors import ConfigError, NonFiniteError, describe
 from ._resume import DataCursor
+from ._step_log import StepLog
+from ._stepping import ORDER, Micro, StepInProgress, check_accumulate, expect
 from .controllers import Controller, ControllerState
-from .duals import DualReport, Duals, NonFinitePolicy
-from .formulations import Formulation, PenalizedFormulation
+from .duals import Duals, NonFinitePolicy
+from .formulations import Formulation
 from .history import History, StepRecord
 from .layout import ConstraintLayout, StackedConstraints
 from .loggers import Logger
 from .multipliers import Multipliers
 from .primal import LocalReducer, OptimizerSpec, PrimalSide, SignalReducer, make_optimizer
 from .problem import ConstrainedProblem, ProblemState, check_names, check_trainable
-from .recording import Recorder
 from .regularization import RegularizerStage
-from .schedules import Schedule, ScheduleRunner
+from .schedules import Schedule
 
 __all__ = [
     "Order",
@@ -106,51 +110,6 @@ class _View(Generic[T]):
             return self
         value: T = getattr(getattr(obj, self.stage), self.attribute)
         return value
-
-
-@dataclass
-class _Micro:
-    """One evaluation of the step in progress (one micro-batch with accumulation)."""
-
-    batch: Any
-    objective: Tensor
-    stacked: StackedConstraints
-    state: ProblemState
-
-
-@dataclass
-class _Pending:
-    """The step in progress (between ``lagrangian`` and ``dual_step``)."""
-
-    micro: list[_Micro]
-    start: float
-    skipped: bool = False
-    dual_done: bool = False
-    prox_done: bool = False
-    report: DualReport | None = None
-    extra: list[StackedConstraints] = field(default_factory=list)
-    gradients: tuple[tuple[str, ...], list[Tensor]] | None = None
-    combined: StackedConstraints | None = None
-
-    def evaluation(self, layout: ConstraintLayout) -> StackedConstraints:
-        """The step's constraints: the mean over the micro-batches."""
-        if self.combined is None:
-            self.combined = layout.merge([m.stacked for m in self.micro])
-        return self.combined
-
-    def objective(self) -> Tensor:
-        values = [m.objective.detach() for m in self.micro]
-        return values[0] if len(values) == 1 else torch.stack(values).mean()
-
-    def metrics(self) -> dict[str, Tensor | float]:
-        if len(self.micro) == 1:
-            return dict(self.micro[0].state.metrics)
-        names = set.intersection(*(set(m.state.metrics) for m in self.micro))
-        out: dict[str, Tensor | float] = {}
-        for name in (n for n in self.micro[0].state.metrics if n in names):
-            values = [torch.as_tensor(m.state.metrics[name]).detach() for m in self.micro]
-            out[name] = torch.stack([v.reshape(()).double() for v in values]).mean()
-        return out
 
 
 class Solver:
@@ -244,15 +203,20 @@ class Solver:
         self.regularizers = RegularizerStage(
             problem.regularizers, model, self.primal.group_of, self.primal.optimizers
         )
-        self.schedules = _schedules(self.duals.formulation, dual_lr_schedule, penalty_schedule)
+        self.schedules = DualSchedules(self.duals.formulation, dual_lr_schedule, penalty_schedule)
         self.loggers: list[Logger] = list(loggers)
+        self.step_log = StepLog(
+            history if history is not None else History(),
+            self.loggers,
+            record_every=record_every,
+            vectors_every=vectors_every,
+            check_every=check_every,
+            on_nonfinite=on_nonfinite,
+        )
         self.step_count = 0
-        self._history = history if history is not None else History()
         self.cursor = DataCursor()
         self.extra_state: dict[str, Stateful] = {}
-        self._always_record = -1
-        self._pending: _Pending | None = None
-        self._recorder: Recorder | None = None
+        self._pending: StepInProgress | None = None
         self._trainable_checked = False
 
     # -- public state (read-only views of the stages) -------------------------------------
@@ -282,13 +246,13 @@ class Solver:
     def history(self) -> History:
         """The run's records (reading it first flushes the steps not yet copied to the
         host: one synchronisation)."""
-        if self._recorder is not None and len(self._recorder):
+        if self.step_log.buffered():
             self.flush()
-        return self._history
+        return self.step_log.history
 
     @history.setter
     def history(self, history: History) -> None:
-        self._history = history
+        self.step_log.history = history
 
     def register_state(self, name: str, obj: Stateful) -> None:
         """Save and restore ``obj`` (an LR scheduler, a GradScaler, ...) with the solver.
@@ -347,7 +311,7 @@ class Solver:
             CheckpointError: Naming the part that does not match, what this solver expects
                 and what the state holds.
         """
-        self._recorder = None
+        self.step_log.recorder = None
         load_solver_state(self, state)
 
     # -- one step in pieces --------------------------------------------------------------
@@ -372,17 +336,22 @@ class Solver:
                 constraint is reported when the step is checked (:meth:`dual_step` with
                 ``check_every=1``).
         """
-        if accumulate and self._pending is not None:
-            return self._accumulate(batch, self._pending)
-        self._expect("lagrangian", idle=True)
+        pending = self._pending
+        if accumulate and pending is not None:
+            check_accumulate(pending, self.order, self.step_count)
+        else:
+            expect(pending, "lagrangian", self.step_count, idle=True)
         start = time.perf_counter()
         objective, stacked, state = self._evaluate(batch)
         if not self._trainable_checked and torch.is_grad_enabled() and self.primal.group_of:
             check_trainable(self.problem, state)
             self._trainable_checked = True
-        self._apply_penalty()
-        pending = _Pending([_Micro(batch, objective, stacked, state)], start)
-        self._pending = pending
+        micro = Micro(batch, objective, stacked, state)
+        if pending is None:  # a new step
+            self.schedules.apply_penalty(self.duals, self.step_count)
+            pending = self._pending = StepInProgress([micro], start)
+        else:
+            pending.add(micro)
         if not self._host_check(objective, stacked):
             pending.skipped = pending.dual_done = True
             return objective.new_zeros((), requires_grad=objective.requires_grad)
@@ -391,36 +360,15 @@ class Solver:
             pending.dual_done = True
         return self._loss(objective, stacked)
 
-    def _accumulate(self, batch: Any, pending: _Pending) -> Tensor:
-        if self.order == "dual_primal" or pending.prox_done or pending.dual_done:
-            why = (
-                "the 'dual_primal' order updates the multipliers before the first loss"
-                if self.order == "dual_primal"
-                else "the step's prox or multiplier step already ran"
-            )
-            raise ConfigError(
-                f"lagrangian(accumulate=True) in step {self.step_count}: {why}. Accumulate "
-                "micro-batches between lagrangian() and the optimizer step, in the "
-                "'simultaneous' or 'primal_dual' order."
-            )
-        objective, stacked, state = self._evaluate(batch)
-        pending.micro.append(_Micro(batch, objective, stacked, state))
-        pending.combined = None
-        if not self._host_check(objective, stacked):
-            pending.skipped = pending.dual_done = True
-            return objective.new_zeros((), requires_grad=objective.requires_grad)
-        return self._loss(objective, stacked)
-
     def prox_step(self) -> None:
         """Run the regularizers' proximal steps (after the optimizer step).
 
         Raises:
             ConfigError: If called outside a step or twice in one step."""
-        pending = self._expect("prox_step")
+        pending = expect(self._pending, "prox_step", self.step_count)
         if pending.prox_done:
             raise ConfigError(
-                f"prox_step() was called twice in step {self.step_count}; the order is "
-                "lagrangian() -> optimizer step -> prox_step() -> dual_step()."
+                f"prox_step() was called twice in step {self.step_count}; a step runs {ORDER}."
             )
         pending.prox_done = True
         if not pending.skipped:
@@ -437,7 +385,7 @@ class Solver:
                 constraint, gradient or multiplier proposal; names the first one.
             ShapeError: If per-sample indices left their range.
         """
-        pending = self._expect("dual_step")
+        pending = expect(self._pending, "dual_step", self.step_count)
         if not pending.prox_done:
             self.regularizers.apply()
         if not pending.dual_done:
@@ -453,7 +401,19 @@ class Solver:
             if not pending.skipped:
                 self._dual_update(pending, stacked)
         self._pending = None
-        return self._finish(pending)
+        assert self.layout is not None and self.duals.multipliers is not None
+        record = self.step_log.add(
+            self.step_count,
+            pending,
+            self.layout,
+            self.duals.multipliers,
+            self.duals.diagnostics(),
+            self.regularizers.diagnostics,
+            self.duals.controller.name,
+        )
+        self.step_count += 1
+        self.schedules.advance()
+        return record
 
     # -- one step -----------------------------------------------------------------------
     def step(self, batch: Any = None) -> StepRecord | None:
@@ -486,7 +446,7 @@ class Solver:
         Raises:
             NonFiniteError: As :meth:`dual_step`.
         """
-        return self._flush(None)
+        return self.step_log.flush(self.step_count, None, self.duals.controller.name)
 
     def _loss(self, objective: Tensor, stacked: StackedConstraints) -> Tensor:
         return self.regularizers.penalty(self.duals.primal_loss(objective, stacked))
@@ -509,10 +469,11 @@ class Solver:
             check_names(self.problem, state)
             layout = ConstraintLayout(self.problem, state)
             self.duals.initialise(layout)
-            if not self._history.labels:
-                self._history.labels = layout.labels()
-            if not self._history.groups:
-                self._history.groups = list(layout.names)
+            history = self.step_log.history
+            if not history.labels:
+                history.labels = layout.labels()
+            if not history.groups:
+                history.groups = list(layout.names)
         assert self.layout is not None
         return state.objective, self.layout.stack(state, self.step_count), state
 
@@ -530,36 +491,9 @@ class Solver:
             return False
         return True
 
-    def _dual_update(self, pending: _Pending, stacked: StackedConstraints) -> None:
-        with self._scheduled_controller():
+    def _dual_update(self, pending: StepInProgress, stacked: StackedConstraints) -> None:
+        with self.schedules.controller(self.duals, self.step_count):
             pending.report = self.duals.step(stacked, self.step_count)
-
-    @contextmanager
-    def _scheduled_controller(self) -> Iterator[None]:
-        """The controller with this step's scheduled ``lr`` inside the block."""
-        schedule = self.schedules.get("dual_lr")
-        if schedule is None:
-            yield
-            return
-        original = self.duals.controller
-        lr = schedule.value(self.step_count)
-        self.duals.controller = original.model_copy(update={"lr": lr})
-        try:
-            yield
-        finally:
-            self.duals.controller = original
-
-    def _apply_penalty(self) -> None:
-        """Set this step's scheduled penalty in the formulation state."""
-        schedule = self.schedules.get("penalty")
-        if schedule is None:
-            return
-        state = self.duals.formulation_state
-        value = schedule.value(self.step_count)
-        self.duals.formulation_state = {
-            **state,
-            "penalty": torch.full_like(state["penalty"], value),
-        }
 
     def _backward(self, loss: Tensor) -> None:
         self.primal.backward(loss)
@@ -576,99 +510,13 @@ class Solver:
         if self._pending is None or not self._pending.skipped:
             self.primal.step(closure)
 
-    def _closure_loss(self, pending: _Pending) -> Tensor:
+    def _closure_loss(self, pending: StepInProgress) -> Tensor:
         """Re-evaluate the primal loss at the current point (for closure optimizers)."""
         with torch.enable_grad():
             objective, stacked, _ = self._evaluate(pending.micro[0].batch)
             loss = self._loss(objective, stacked)
             self._backward(loss)
         return loss.detach()
-
-    def _expect(self, what: str, *, idle: bool = False) -> _Pending:
-        """The step in progress (or, with ``idle``, check that none is)."""
-        if (self._pending is None) != idle:
-            state = "while a step is in progress" if idle else "before lagrangian()"
-            extra = (
-                " (pass accumulate=True to add a micro-batch to the step in progress)"
-                if idle and what == "lagrangian"
-                else ""
-            )
-            raise ConfigError(
-                f"{what}() was called {state} in step {self.step_count}: a step runs "
-                "lagrangian() -> backward() and optimizer.step() -> prox_step() -> "
-                f"dual_step(){extra}."
-            )
-        return self._pending  # type: ignore[return-value]
-
-    def _finish(self, pending: _Pending) -> StepRecord | None:
-        """Buffer the step's row; flush every ``check_every`` steps and at the end of a
-        ``fit``; then count the step and advance the schedules."""
-        step = self.step_count
-        layout, lam = self.layout, self.duals.multipliers
-        assert layout is not None and lam is not None
-        if self._recorder is None or self._recorder.layout is not layout:
-            self._recorder = Recorder(layout)
-        at_end = step == self._always_record
-        keep = step % self.record_every == 0 or at_end
-        vectors_every = self.vectors_every or max(1, math.ceil(layout.num_dense / 128))
-        report = pending.report
-        diagnostics = dict(self.duals.diagnostics())
-        if keep:
-            clusters = self.regularizers.diagnostics()
-            diagnostics.update({f"clusters/{k}": v for k, v in clusters.items()})
-        self._recorder.add(
-            step,
-            pending.objective(),
-            pending.evaluation(layout),
-            lam,
-            proposal=None if report is None else report.dense,
-            proposals=None if report is None else report.per_sample,
-            dual_ok=None if report is None else report.ok,
-            diagnostics=diagnostics,
-            metrics=pending.metrics(),
-            gradients=pending.gradients,
-            extra=pending.extra,
-            keep=keep,
-            forced=at_end and step % self.record_every != 0,
-            vectors=keep and step % vectors_every == 0,
-            skipped=pending.skipped,
-            seconds=time.perf_counter() - pending.start,
-        )
-        record = None
-        if at_end or (step + 1) % self.check_every == 0:
-            for flushed in self._flush(pending):
-                if flushed.step == step:
-                    record = flushed
-        self.step_count += 1
-        for schedule in self.schedules.values():
-            schedule.advance()
-        return record
-
-    def _flush(self, current: _Pending | None) -> list[StepRecord]:
-        if self._recorder is None:
-            return []
-        rows = self._recorder.flush()
-        records: list[StepRecord] = []
-        for row in rows:
-            evaluations: list[tuple[Tensor | None, StackedConstraints]] = []
-            if current is not None and row.step == self.step_count:
-                evaluations = [(m.objective, m.stacked) for m in current.micro]
-                evaluations += [(None, extra) for extra in current.extra]
-            problem = self._recorder.problem(
-                row,
-                policy=self.on_nonfinite,
-                controller=self.duals.controller.name,
-                evaluations=evaluations,
-            )
-            if problem is not None:
-                raise problem
-            if row.keep:
-                record = self._recorder.record(row)
-                self._history.append(record, forced=row.forced)
-                for sink in self.loggers:
-                    sink.log(record, self._history)
-                records.append(record)
-        return records
 
     # -- loops --------------------------------------------------------------------------
     def fit(
@@ -697,7 +545,7 @@ class Solver:
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
             raise ConfigError(f"steps must be a non-negative integer; got {steps!r}.")
         batches = self._batches(data) if data is not None else itertools.repeat(batch)
-        self._always_record = self.step_count + steps - 1
+        self.step_log.last_step = self.step_count + steps - 1
         try:
             with _Progress(steps, progress) as bar:
                 for _ in range(steps):
@@ -706,10 +554,8 @@ class Solver:
                         callback(self, record)
                     bar.update(self.step_count, record)
         finally:
-            self._history.flush()
-            for sink in self.loggers:
-                sink.flush()
-        return self._history
+            self.step_log.close()
+        return self.step_log.history
 
     def _batches(self, data: Iterable[Any]) -> Iterator[Any]:
         """Endless batches of ``data`` through the resumable data cursor."""
@@ -721,17 +567,17 @@ def _extragradient_step(solver: Solver, batch: Any) -> StepRecord | None:
     """Extragradient (any order): look ahead with both players, then step from the
     original point with the look-ahead gradient and signal."""
     start = time.perf_counter()
-    solver._expect("step", idle=True)
+    expect(solver._pending, "step", solver.step_count, idle=True)
     objective, stacked, state = solver._evaluate(batch)
-    solver._apply_penalty()
-    pending = _Pending([_Micro(batch, objective, stacked, state)], start, dual_done=True)
+    solver.schedules.apply_penalty(solver.duals, solver.step_count)
+    pending = StepInProgress([Micro(batch, objective, stacked, state)], start, dual_done=True)
     pending.prox_done = True
     solver._pending = pending
     if not solver._host_check(objective, stacked):
         pending.skipped = True
         return solver.dual_step()
     snapshot = [p.detach().clone() for p in solver.model.parameters()]
-    with solver._scheduled_controller():
+    with solver.schedules.controller(solver.duals, solver.step_count):
         lookahead = solver.duals.lookahead(stacked)
     solver._backward(solver._loss(objective, stacked))
     solver._primal_and_prox()
@@ -750,33 +596,6 @@ def _extragradient_step(solver: Solver, batch: Any) -> StepRecord | None:
     else:
         pending.skipped = True
     return solver.dual_step()
-
-
-def _schedules(
-    formulation: Formulation, dual_lr: Schedule | None, penalty: Schedule | None
-) -> dict[str, ScheduleRunner]:
-    """The solver's schedules by name (``"dual_lr"``, ``"penalty"``).
-
-    Raises:
-        ConfigError: For a penalty schedule without a penalty formulation, or together with
-            the formulation's own growth schedule.
-    """
-    out: dict[str, ScheduleRunner] = {}
-    if dual_lr is not None:
-        out["dual_lr"] = ScheduleRunner("dual_lr_schedule", dual_lr, positive=False)
-    if penalty is not None:
-        if not isinstance(formulation, PenalizedFormulation):
-            raise ConfigError(
-                f"penalty_schedule needs a formulation with a penalty ('augmented_lagrangian' "
-                f"or 'quadratic_penalty'); got {formulation.name!r}."
-            )
-        if formulation.schedule.growth != 1.0:
-            raise ConfigError(
-                "penalty_schedule replaces the formulation's own schedule; give one of them "
-                f"(the formulation grows its penalty by {formulation.schedule.growth})."
-            )
-        out["penalty"] = ScheduleRunner("penalty_schedule", penalty, positive=False)
-    return out
 
 
 def _check_interval(name: str, value: object, *, allow_none: bool = False) -> None:

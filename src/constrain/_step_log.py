@@ -1,0 +1,153 @@
+"""The steps' records on their way to the history.
+
+Each finished step hands its reports to the :class:`~constrain.recording.Recorder`, which
+keeps them on the device. Every ``check_every`` steps (and at the end of a ``fit``) the
+buffer is copied to the host in one synchronisation, checked for NaN/Inf (raising
+:class:`~constrain.NonFiniteError` naming the first problem, or warning with
+``on_nonfinite="skip"``), and the kept rows become :class:`~constrain.StepRecord` objects
+appended to the :class:`~constrain.History` and handed to the loggers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+from torch import Tensor
+
+from ._stepping import StepInProgress
+from .history import History, StepRecord
+from .layout import ConstraintLayout, StackedConstraints
+from .loggers import Logger
+from .multipliers import Multipliers
+from .recording import Recorder
+
+__all__ = ["StepLog"]
+
+
+class StepLog:
+    """Buffer, check and record the steps (see the module docstring).
+
+    Args:
+        history: The history records go to.
+        loggers: Objects receiving every record (the list is shared with the caller).
+        record_every: Keep every k-th step's record (and the last step of a ``fit``).
+        vectors_every: Keep the full vectors every k-th step (``None``: ``ceil(n / 128)``
+            for ``n`` dense entries).
+        check_every: Copy, check and record the buffered steps every k-th step.
+        on_nonfinite: ``"raise"`` or ``"skip"`` (how non-finite steps are reported).
+    """
+
+    def __init__(
+        self,
+        history: History,
+        loggers: list[Logger],
+        *,
+        record_every: int,
+        vectors_every: int | None,
+        check_every: int,
+        on_nonfinite: str,
+    ) -> None:
+        self.history, self.loggers = history, loggers
+        self.record_every, self.vectors_every = record_every, vectors_every
+        self.check_every, self.on_nonfinite = check_every, on_nonfinite
+        self.recorder: Recorder | None = None
+        self.last_step = -1
+        """The last step of the running ``fit`` (always recorded); -1 outside one."""
+
+    def buffered(self) -> bool:
+        """Whether steps wait in the device buffer."""
+        return self.recorder is not None and len(self.recorder) > 0
+
+    def add(
+        self,
+        step: int,
+        pending: StepInProgress,
+        layout: ConstraintLayout,
+        multipliers: Multipliers,
+        diagnostics: dict[str, Tensor],
+        clusters: Callable[[], dict[str, Tensor]],
+        controller: str,
+    ) -> StepRecord | None:
+        """Buffer the finished step ``step``; flush when it is due. Returns the step's
+        record when it was flushed and kept, else ``None``.
+
+        Args:
+            step: The step's number.
+            pending: The finished step.
+            layout: The constraint layout.
+            multipliers: The multipliers after the step.
+            diagnostics: What the formulation reports (e.g. the penalty).
+            clusters: Cluster counts of the regularized parameters (called only for kept
+                records: one sort per parameter).
+            controller: The controller's name (for messages).
+
+        Raises:
+            NonFiniteError: With ``on_nonfinite="raise"``, for a non-finite flushed step.
+        """
+        if self.recorder is None or self.recorder.layout is not layout:
+            self.recorder = Recorder(layout)
+        at_end = step == self.last_step
+        keep = step % self.record_every == 0 or at_end
+        vectors_every = self.vectors_every or max(1, math.ceil(layout.num_dense / 128))
+        report = pending.report
+        if keep:
+            diagnostics = {**diagnostics, **{f"clusters/{k}": v for k, v in clusters().items()}}
+        self.recorder.add(
+            step,
+            pending.objective(),
+            pending.evaluation(layout),
+            multipliers,
+            proposal=None if report is None else report.dense,
+            proposals=None if report is None else report.per_sample,
+            dual_ok=None if report is None else report.ok,
+            diagnostics=diagnostics,
+            metrics=pending.metrics(),
+            gradients=pending.gradients,
+            extra=pending.extra,
+            keep=keep,
+            forced=at_end and step % self.record_every != 0,
+            vectors=keep and step % vectors_every == 0,
+            skipped=pending.skipped,
+            seconds=time.perf_counter() - pending.start,
+        )
+        if not (at_end or (step + 1) % self.check_every == 0):
+            return None
+        flushed = self.flush(step, pending, controller)
+        return next((r for r in flushed if r.step == step), None)
+
+    def flush(self, step: int, current: StepInProgress | None, controller: str) -> list[StepRecord]:
+        """Copy the buffered steps to the host, check them and record the kept ones;
+        returns the new records. ``current`` is the step ``step`` just buffered (its
+        evaluations name the offending constraint in messages).
+
+        Raises:
+            NonFiniteError: With ``on_nonfinite="raise"``, for a non-finite step.
+        """
+        if self.recorder is None:
+            return []
+        records: list[StepRecord] = []
+        for row in self.recorder.flush():
+            evaluations: list[tuple[Tensor | None, StackedConstraints]] = []
+            if current is not None and row.step == step:
+                evaluations = [(m.objective, m.stacked) for m in current.micro]
+                evaluations += [(None, extra) for extra in current.extra]
+            problem = self.recorder.problem(
+                row, policy=self.on_nonfinite, controller=controller, evaluations=evaluations
+            )
+            if problem is not None:
+                raise problem
+            if row.keep:
+                record = self.recorder.record(row)
+                self.history.append(record, forced=row.forced)
+                for sink in self.loggers:
+                    sink.log(record, self.history)
+                records.append(record)
+        return records
+
+    def close(self) -> None:
+        """End of a ``fit``: flush the history's stream and the loggers."""
+        self.history.flush()
+        for sink in self.loggers:
+            sink.flush()

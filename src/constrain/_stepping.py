@@ -1,0 +1,132 @@
+"""The step in progress between ``Solver.lagrangian`` and ``Solver.dual_step``, and the
+order its pieces must come in.
+
+A step runs ``lagrangian() -> backward() and optimizer.step() -> prox_step() ->
+dual_step()``; with gradient accumulation, ``lagrangian(accumulate=True)`` adds
+micro-batches before the optimizer step. :class:`StepInProgress` holds what the pieces
+hand to each other (the evaluations, whether the step is skipped, the dual report, the
+gradient norms); :func:`expect` and :func:`check_accumulate` refuse pieces out of order
+with a :class:`~constrain.ConfigError` naming the expected order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._errors import ConfigError
+from .duals import DualReport
+from .layout import ConstraintLayout, StackedConstraints
+from .problem import ProblemState
+
+__all__ = ["Micro", "StepInProgress", "check_accumulate", "expect"]
+
+ORDER = "lagrangian() -> backward() and optimizer.step() -> prox_step() -> dual_step()"
+"""The order of a step's pieces, as error messages state it."""
+
+
+@dataclass
+class Micro:
+    """One evaluation of the step in progress (one micro-batch with accumulation)."""
+
+    batch: Any
+    objective: Tensor
+    stacked: StackedConstraints
+    state: ProblemState
+
+
+@dataclass
+class StepInProgress:
+    """The step in progress (between ``lagrangian`` and ``dual_step``).
+
+    Attributes:
+        micro: The step's evaluations, one per micro-batch.
+        start: ``time.perf_counter()`` at the start of the step.
+        skipped: The step is skipped (``on_nonfinite="skip"``).
+        dual_done: The multiplier step ran.
+        prox_done: The proximal steps ran.
+        report: What the multiplier step did (device tensors).
+        extra: Further evaluations of the constraints (look-ahead, ``"primal_dual"``).
+        gradients: Parameter names and their gradients' max-norms (device tensors).
+    """
+
+    micro: list[Micro]
+    start: float
+    skipped: bool = False
+    dual_done: bool = False
+    prox_done: bool = False
+    report: DualReport | None = None
+    extra: list[StackedConstraints] = field(default_factory=list)
+    gradients: tuple[tuple[str, ...], list[Tensor]] | None = None
+    combined: StackedConstraints | None = None
+
+    def evaluation(self, layout: ConstraintLayout) -> StackedConstraints:
+        """The step's constraints: the mean over the micro-batches."""
+        if self.combined is None:
+            self.combined = layout.merge([m.stacked for m in self.micro])
+        return self.combined
+
+    def add(self, micro: Micro) -> None:
+        """One more micro-batch (gradient accumulation)."""
+        self.micro.append(micro)
+        self.combined = None
+
+    def objective(self) -> Tensor:
+        """The step's objective (the mean over the micro-batches), detached."""
+        values = [m.objective.detach() for m in self.micro]
+        return values[0] if len(values) == 1 else torch.stack(values).mean()
+
+    def metrics(self) -> dict[str, Tensor | float]:
+        """The problem's metrics (the mean over the micro-batches of those all report)."""
+        if len(self.micro) == 1:
+            return dict(self.micro[0].state.metrics)
+        names = set.intersection(*(set(m.state.metrics) for m in self.micro))
+        out: dict[str, Tensor | float] = {}
+        for name in (n for n in self.micro[0].state.metrics if n in names):
+            values = [torch.as_tensor(m.state.metrics[name]).detach() for m in self.micro]
+            out[name] = torch.stack([v.reshape(()).double() for v in values]).mean()
+        return out
+
+
+def expect(
+    pending: StepInProgress | None, what: str, step: int, *, idle: bool = False
+) -> StepInProgress:
+    """The step in progress for the piece ``what`` (with ``idle``: check that none is).
+
+    Raises:
+        ConfigError: If ``what`` comes out of order, naming the expected order.
+    """
+    if (pending is None) != idle:
+        state = "while a step is in progress" if idle else "before lagrangian()"
+        extra = (
+            " (pass accumulate=True to add a micro-batch to the step in progress)"
+            if idle and what == "lagrangian"
+            else ""
+        )
+        raise ConfigError(
+            f"{what}() was called {state} in step {step}: a step runs {ORDER}{extra}."
+        )
+    return pending  # type: ignore[return-value]
+
+
+def check_accumulate(pending: StepInProgress, order: str, step: int) -> None:
+    """Check that a micro-batch may join the step in progress.
+
+    Raises:
+        ConfigError: After the step's prox or multiplier step, or in the ``"dual_primal"``
+            order (whose multiplier step comes before the first loss).
+    """
+    if order == "dual_primal" or pending.prox_done or pending.dual_done:
+        why = (
+            "the 'dual_primal' order updates the multipliers before the first loss"
+            if order == "dual_primal"
+            else "the step's prox or multiplier step already ran"
+        )
+        raise ConfigError(
+            f"lagrangian(accumulate=True) in step {step}: {why}. Accumulate micro-batches "
+            "between lagrangian() and the optimizer step, in the 'simultaneous' or "
+            "'primal_dual' order."
+        )
