@@ -88,6 +88,51 @@ def test_first_order_conditions(block: list[float], log_lam: float) -> None:
 
 
 @settings(max_examples=60, deadline=None)
+@given(block=blocks, log_lam=st.floats(-20.0, -2.0), log_scale=st.floats(-20.0, 0.0))
+@example(block=[1.0, 2.0, 3.0, 4.0], log_lam=-15.0, log_scale=0.0)
+@example(block=[1.0, 2.0, 3.0, 4.0], log_lam=0.0, log_scale=-19.0)
+def test_weak_regularization_shrinks_a_little(
+    block: list[float], log_lam: float, log_scale: float
+) -> None:
+    """Small strengths (or tiny weights: prox(c x, lam) = c prox(x, c lam)) move every
+    entry by at most lam e_2 of the others: never away from 0, never past it, and the prox
+    objective is at most its value at x (first-order conditions to 1e-9 relative)."""
+    x = np.asarray(block) * 10.0**log_scale
+    lam = 10.0**log_lam
+    u = proxsparse(torch.tensor(x, dtype=DTYPE), lam).numpy()
+    assert np.all(np.sign(u) * np.sign(x) >= 0)
+    assert np.all(np.abs(u) <= np.abs(x) * (1 + 1e-15))  # rescaling rounds by an ulp
+    size = float(np.abs(x).max()) + 1e-300
+    assert objective(u, x, lam) <= objective(x, x, lam) * (1 + 1e-12) + 1e-30 * size**2
+    a = np.abs(u)
+    for i in range(4):
+        others = [a[j] for j in range(4) if j != i]
+        e2 = others[0] * others[1] + others[0] * others[2] + others[1] * others[2]
+        if u[i] != 0:
+            residual = u[i] - x[i] + lam * np.sign(u[i]) * e2
+            assert abs(residual) <= 1e-9 * size
+        else:
+            assert abs(x[i]) <= lam * e2 + 1e-9 * size
+
+
+def test_the_two_stationary_point_methods_agree_where_they_meet() -> None:
+    """The closed forms (stronger) and the fixed-point iteration (weaker than 1/60) give
+    the same stationary points at a strength where both are accurate."""
+    from constrain.prox import _semistructured as impl
+
+    g = torch.Generator().manual_seed(1)
+    z = torch.rand(500, 4, generator=g, dtype=DTYPE).sort(dim=1, descending=True).values
+    z = z / z[:, :1]
+    lam = torch.full((500,), 1 / 80, dtype=DTYPE)
+    for size, closed in ((3, impl._three_support), (4, impl._four_support)):
+        u_closed, v_closed = closed(z, lam)
+        u_fixed, v_fixed = impl._fixed_point(z, lam, size)
+        both = torch.isfinite(v_closed) & torch.isfinite(v_fixed)
+        assert torch.equal(torch.isfinite(v_closed), torch.isfinite(v_fixed))
+        torch.testing.assert_close(u_closed[both], u_fixed[both], rtol=0, atol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
 @given(block=blocks, factor=st.floats(1.0, 20.0))
 def test_strong_regularization_keeps_the_best_of_the_six_two_entry_supports(
     block: list[float], factor: float
