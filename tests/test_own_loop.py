@@ -70,6 +70,28 @@ def test_calls_out_of_order_name_the_expected_order() -> None:
         solver.prox_step()
 
 
+def test_saving_in_the_middle_of_a_step_is_refused() -> None:
+    solver = _solver("simultaneous")
+    solver.lagrangian().backward()
+    solver.optimizer.step()
+    with pytest.raises(ConfigError, match=r"in the middle of step 0 .*Save between steps"):
+        solver.state_dict()
+    solver.dual_step()
+    assert solver.state_dict()["step_count"] == 1
+
+
+def test_extragradient_needs_the_automatic_step() -> None:
+    model = Variables(x=torch.zeros(3, dtype=DTYPE))
+    solver = Solver(
+        _problem(), model, torch.optim.SGD(model.parameters(), lr=0.05),
+        controller={"name": "extragradient", "lr": 0.2},
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"run it with Solver\.step\(\) or Solver\.fit\(\)"):
+        solver.lagrangian()
+    solver.fit(steps=3)  # the automatic step does the look-ahead
+    assert solver.step_count == 3
+
+
 def test_gradient_clipping_in_the_own_loop() -> None:
     """A clipped step moves x by at most lr * max_norm."""
     solver = _solver("simultaneous")

@@ -171,3 +171,42 @@ def test_a_checkpoint_without_the_scheduler_is_refused(tmp_path: Path) -> None:
         CheckpointError, match="dual_lr_schedule: this run schedules with a torch scheduler"
     ):
         scheduled.load_state_dict(plain.state_dict())
+
+
+def test_schedule_values_from_numpy_and_tensors_are_numbers() -> None:
+    import numpy as np
+
+    for value in (np.float32(0.5), np.array(0.5), torch.tensor(0.5)):
+        solver = _frozen(controller="gda", dual_lr_schedule=lambda t, v=value: v)
+        solver.fit(steps=1)
+        assert solver.multipliers["cap"].item() == pytest.approx(1.0)
+    assert ScheduledValue(np.float32(0.25)).value == 0.25
+
+
+def test_schedulers_stepped_outside_the_solver_or_twice_are_refused() -> None:
+    value = ScheduledValue(0.4)
+    scheduler = torch.optim.lr_scheduler.StepLR(value, step_size=1, gamma=0.5)
+    with pytest.raises(ConfigError, match="are the same object"):
+        _frozen(
+            formulation={"name": "augmented_lagrangian", "penalty": 1.0},
+            dual_lr_schedule=scheduler,
+            penalty_schedule=scheduler,
+        )
+    solver = _frozen(controller="gda", dual_lr_schedule=scheduler)
+    solver.step()
+    value.step()
+    scheduler.step()  # a user's own loop stepping it too
+    with pytest.raises(ConfigError, match="stepped outside the solver"):
+        solver.step()
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(ScheduledValue(0.1))
+    with pytest.raises(ConfigError, match="ReduceLROnPlateau needs a metric"):
+        _frozen(dual_lr_schedule=plateau)
+
+
+def test_a_checkpoint_with_a_schedule_is_refused_by_a_solver_without(tmp_path: Path) -> None:
+    solver = _frozen(controller="gda", dual_lr_schedule=lambda t: 0.1)
+    solver.fit(steps=2)
+    save_checkpoint(tmp_path / "ck.pt", solver)
+    plain = _frozen(controller="gda")
+    with pytest.raises(CheckpointError, match="dual_lr_schedule"):
+        plain.load_state_dict(load_checkpoint(tmp_path / "ck.pt")["solver"])

@@ -156,6 +156,13 @@ def _load(solver: Solver, state: Mapping[str, Any]) -> None:
     schedules = state["schedules"]
     if not isinstance(schedules, Mapping):
         raise CheckpointError(f"schedules: expected a mapping; got {describe(schedules)}.")
+    dropped = sorted(set(schedules) - set(solver.schedules))
+    if dropped:
+        raise CheckpointError(
+            f"the checkpoint was saved by a run with the schedule(s) "
+            f"{[f'{n}_schedule' for n in dropped]}, which this solver lacks; resuming would "
+            "continue with constant values. Build the solver with the same schedules."
+        )
     for name, runner in solver.schedules.items():
         runner.load_state_dict(schedules.get(name))
     step_count = state["step_count"]

@@ -111,6 +111,25 @@ def _admits_bool(annotation: Any) -> bool:
     return False
 
 
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _admits_str(annotation: Any) -> bool:
+    for part in _parts(annotation):
+        if part in (str, Any, object) or isinstance(part, typing.TypeVar):
+            return True
+        if typing.get_origin(part) is typing.Literal and any(
+            isinstance(a, str) for a in typing.get_args(part)
+        ):
+            return True
+    return False
+
+
 def _item_annotations(annotation: Any) -> list[Any]:
     """Item annotations of the sequence alternatives (``tuple[float, ...]`` -> ``float``)."""
     items = []
@@ -125,11 +144,11 @@ def _numeric(annotation: Any) -> bool:
 
 
 def bools_for_numbers(cls: type[BaseModel], data: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """Fields of ``cls`` that ``data`` gives a bool although they take numbers.
+    """Fields of ``cls`` that ``data`` gives a bool (or a string) although they take numbers.
 
-    pydantic (lax mode) reads ``True`` as ``1`` and ``1.0``, so ``steps=True`` or
-    ``--set controller.lr=true`` would run with 1: bool is not a number here. Checks a bool
-    for a numeric field, a sequence holding a bool for a sequence of numbers, and recurses
+    pydantic (lax mode) reads ``True`` as ``1`` and ``"0.1"`` as ``0.1``, so ``steps=True``
+    or ``--set controller.lr=true`` would run with 1: bool is not a number here, and a
+    quoted number is a typing slip. Checks a bool or a string for a numeric field, a sequence holding a bool for a sequence of numbers, and recurses
     into nested models given as mappings. Returns ``"field: ... received True"`` lines.
     """
     lines = []
@@ -144,6 +163,12 @@ def bools_for_numbers(cls: type[BaseModel], data: Mapping[str, Any], prefix: str
                 lines.append(
                     f"  {path}: expected a number, not a bool (true/false is not 1/0 here); "
                     f"received {value!r}"
+                )
+        elif isinstance(value, str) and _numeric(annotation) and not _admits_str(annotation):
+            if _looks_numeric(value):  # other strings pydantic refuses by itself
+                lines.append(
+                    f"  {path}: expected a number, not a string (write {value.strip()}, not "
+                    f"{short_repr(value)})"
                 )
         elif isinstance(value, (list, tuple)) and any(_is_bool(v) for v in value):
             items = _item_annotations(annotation)

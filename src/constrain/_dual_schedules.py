@@ -26,7 +26,9 @@ class DualSchedules(dict[str, ScheduleRunner]):
 
     Args:
         formulation: The run's formulation (a penalty schedule needs a penalty).
-        dual_lr: The controller's step size per step, or ``None``.
+        dual_lr: The controller's step size per step, or ``None``. Values ``>= 0``: a
+            schedule may reach 0 (cosine annealing to 0), unlike a controller's constant
+            ``lr``.
         penalty: The penalty coefficient per step, or ``None``.
 
     Raises:
@@ -38,6 +40,11 @@ class DualSchedules(dict[str, ScheduleRunner]):
         self, formulation: Formulation, dual_lr: Schedule | None, penalty: Schedule | None
     ) -> None:
         super().__init__()
+        if dual_lr is not None and dual_lr is penalty:
+            raise ConfigError(
+                "dual_lr_schedule and penalty_schedule are the same object; a scheduler "
+                "would be stepped twice per step. Give each its own schedule."
+            )
         if dual_lr is not None:
             self["dual_lr"] = ScheduleRunner("dual_lr_schedule", dual_lr, positive=False)
         if penalty is not None:

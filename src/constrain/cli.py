@@ -346,6 +346,10 @@ def _cmd_show(args: argparse.Namespace) -> int:
     from .runner import get_problem
 
     spec = get_problem(args.problem)
+    if args.controller is not None:
+        from . import controllers
+
+        controllers.get(args.controller)  # an unknown name: UnknownNameError with the list
     info = problem_info(spec, args.controller)
     yaml_text = spec.default_config(args.controller).to_yaml()
     if args.json:

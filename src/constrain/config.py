@@ -203,6 +203,31 @@ def _expanded_size(data: object, where: str) -> int:
     return size(data)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):  # type: ignore[misc]
+    """PyYAML's safe loader, refusing a key given twice in one mapping (plain PyYAML keeps
+    the last value silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
+
+
+def _unique_json_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise json.JSONDecodeError(f"the key(s) {twice} are given twice", "", 0)
+    return dict(pairs)
+
+
 def _safe_load(text: str, where: str, *, json_only: bool = False, kind: str = "") -> Any:
     """Parse YAML (or JSON) text with the safe loader and bound what it expands to.
 
@@ -212,7 +237,11 @@ def _safe_load(text: str, where: str, *, json_only: bool = False, kind: str = ""
     """
     kind = kind or ("JSON" if json_only else "YAML")
     try:
-        data = json.loads(text) if json_only else yaml.safe_load(text)
+        data = (
+            json.loads(text, object_pairs_hook=_unique_json_keys)
+            if json_only
+            else yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
+        )
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         message = str(exc)
         if len(message) > 300:

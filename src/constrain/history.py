@@ -144,6 +144,13 @@ class History:
         self.records: list[StepRecord] = []
         self.window = window
         self.path = Path(stream) if stream is not None else None
+        if self.path is not None and self.path.is_dir():
+            from ._errors import ConfigError
+
+            raise ConfigError(
+                f"History stream {str(self.path)!r} is a folder; expected the path of a JSON "
+                "Lines file, e.g. History(stream='run/history.jsonl')."
+            )
         self._count = 0  # records appended in total
         self._file: IO[str] | None = None
         self._file_records = 0  # records written to the file

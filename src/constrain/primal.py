@@ -158,9 +158,13 @@ def _parameter_groups(
         for g, group in enumerate(optimizer.param_groups):
             for p in group["params"]:
                 if id(p) in group_of and group_of[id(p)][0] != k:
+                    name = next(
+                        (n for n, q in model.named_parameters() if q is p), "(not in the model)"
+                    )
                     raise ConfigError(
-                        f"optimizers #{group_of[id(p)][0]} and #{k} both own a parameter of "
-                        "shape {tuple(p.shape)}; give each parameter to one optimizer."
+                        f"optimizers #{group_of[id(p)][0]} and #{k} both own the parameter "
+                        f"{name!r} of shape {tuple(p.shape)}; give each parameter to one "
+                        "optimizer."
                     )
                 group_of[id(p)] = (k, g)
     owned = [name for name, p in model.named_parameters() if id(p) in group_of]

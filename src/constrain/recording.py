@@ -239,7 +239,9 @@ class Recorder:
                 if proposal is not None:
                     parts.append(self._groups.bad(proposal.to(dtype)))
             else:
-                scalars += [positive.max(), torch.linalg.vector_norm(lam)]
+                # an empty group has no largest entry: -inf, as for empty groups of many
+                top = positive.max() if positive.numel() else positive.new_full((), -math.inf)
+                scalars += [top, torch.linalg.vector_norm(lam)]
         scalars += [value.detach().reshape(()).to(dtype) for value in diagnostics.values()]
         scalars += [_metric_scalar(name, value, v).reshape(()) for name, value in metrics.items()]
         names: tuple[str, ...] = ()

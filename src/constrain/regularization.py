@@ -159,6 +159,18 @@ def _prox_function(reg: Regularizer) -> Callable[..., Tensor]:
             f"regularizer {reg.label!r}: unknown prox option(s) {unknown}; its prox accepts "
             f"{accepted[2:]}" + (f" ({hints})" if hints else "") + "."
         )
+    required = [
+        p.name
+        for p in list(parameters)[2:]
+        if p.default is inspect.Parameter.empty
+        and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
+    missing = [name for name in required if name not in reg.options]
+    if missing:
+        raise ConfigError(
+            f"regularizer {reg.label!r}: its prox needs the option(s) {missing}; give them "
+            f"in options, e.g. Regularizer(prox=..., options={{{missing[0]!r}: ...}})."
+        )
     return fn
 
 

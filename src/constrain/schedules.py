@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
-from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from ._errors import CheckpointError, ConfigError, describe
 
@@ -54,7 +56,7 @@ class ScheduledValue(torch.optim.Optimizer):
     def __init__(self, value: float) -> None:
         if (
             isinstance(value, bool)
-            or not isinstance(value, (int, float))
+            or not isinstance(value, numbers.Real)
             or not math.isfinite(value)
         ):
             raise ConfigError(f"ScheduledValue needs a finite number; got {value!r}.")
@@ -87,7 +89,14 @@ class ScheduleRunner:
     def __init__(self, what: str, schedule: Schedule, *, positive: bool) -> None:
         self.what, self.positive = what, positive
         self.scheduler: LRScheduler | None = None
+        self._epoch = 0  # the scheduler's last_epoch after the solver's own steps
         self.function: Callable[[int], float] | None = None
+        if isinstance(schedule, ReduceLROnPlateau):
+            raise ConfigError(
+                f"{what}: ReduceLROnPlateau needs a metric at each step, which the solver does "
+                "not have; step it yourself with your metric and pass a callable reading its "
+                "value instead (lambda t: scheduled_value.value)."
+            )
         if isinstance(schedule, LRScheduler):
             if not isinstance(schedule.optimizer, ScheduledValue):
                 raise ConfigError(
@@ -95,6 +104,7 @@ class ScheduleRunner:
                     f"(the value it drives); this one drives a {type(schedule.optimizer).__name__}."
                 )
             self.scheduler = schedule
+            self._epoch = schedule.last_epoch
         elif callable(schedule):
             self.function = schedule
         else:
@@ -110,11 +120,23 @@ class ScheduleRunner:
             ConfigError: If the value is not a finite number in the allowed range.
         """
         if self.scheduler is not None:
+            if self.scheduler.last_epoch != self._epoch:
+                raise ConfigError(
+                    f"{self.what}: its torch scheduler was stepped outside the solver "
+                    f"(last_epoch {self.scheduler.last_epoch}, expected {self._epoch}); the "
+                    "solver steps it once after each step. Do not call its step() yourself, "
+                    "and do not pass one scheduler as two schedules."
+                )
             value: object = self.scheduler.optimizer.param_groups[0]["lr"]
         else:
             assert self.function is not None
             value = self.function(step)
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
+        single = (isinstance(value, torch.Tensor) and value.numel() == 1) or (
+            isinstance(value, np.ndarray) and value.size == 1
+        )
+        if single:
+            value = value.item()  # type: ignore[attr-defined]
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
             value = float(value)
         if (
             isinstance(value, bool)
@@ -132,6 +154,7 @@ class ScheduleRunner:
         if self.scheduler is not None:
             self.scheduler.optimizer.step()
             self.scheduler.step()
+            self._epoch = self.scheduler.last_epoch
 
     def state_dict(self) -> dict[str, Any]:
         """``{}`` for a callable; the scheduler's and the value's states otherwise."""
@@ -158,3 +181,4 @@ class ScheduleRunner:
             )
         self.scheduler.optimizer.load_state_dict(copy.deepcopy(dict(state["value"])))
         self.scheduler.load_state_dict(copy.deepcopy(dict(state["scheduler"])))
+        self._epoch = self.scheduler.last_epoch

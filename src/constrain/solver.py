@@ -189,6 +189,14 @@ class Solver:
             )
         if history is not None and not isinstance(history, History):
             raise ConfigError(f"history must be a constrain.History; got {describe(history)}.")
+        for k, sink in enumerate(loggers):
+            if not (
+                callable(getattr(sink, "log", None)) and callable(getattr(sink, "flush", None))
+            ):
+                raise ConfigError(
+                    f"loggers[{k}] must have log(record, history) and flush() methods (e.g. a "
+                    f"constrain.TensorBoardLogger); got {describe(sink)}."
+                )
         self.problem, self.model, self.order = problem, model, order
         self.on_nonfinite: NonFinitePolicy = on_nonfinite
         self.record_every = record_every
@@ -293,7 +301,18 @@ class Solver:
         :mod:`constrain._checkpoint_state` (model, optimizer(s), multipliers, controller,
         per-sample and formulation state, the history's stream position, schedules,
         registered objects, RNG states, data position, step count, and what the state
-        belongs to). Flushes the buffered steps first."""
+        belongs to). Flushes the buffered steps first.
+
+        Raises:
+            ConfigError: If called in the middle of a step (between :meth:`lagrangian` and
+                :meth:`dual_step`).
+        """
+        if self._pending is not None:
+            raise ConfigError(
+                f"state_dict() was called in the middle of step {self.step_count} (after "
+                "lagrangian(), before dual_step()); a resumed run could not continue it. "
+                "Save between steps, after dual_step()."
+            )
         self.flush()
         return solver_state(self)
 
@@ -331,11 +350,18 @@ class Solver:
         Raises:
             ConfigError: If the previous step was not finished with :meth:`dual_step`, or
                 ``accumulate=True`` comes after the optimizer or multiplier step, or in the
-                ``"dual_primal"`` order.
+                ``"dual_primal"`` order, or the controller extrapolates (extragradient:
+                use :meth:`step`).
             NonFiniteError: With ``on_nonfinite="raise"``, a NaN/Inf objective or
                 constraint is reported when the step is checked (:meth:`dual_step` with
                 ``check_every=1``).
         """
+        if self.duals.controller.extrapolates:
+            raise ConfigError(
+                f"the {self.duals.controller.name!r} controller evaluates the problem twice "
+                "per step (a look-ahead, then the step); run it with Solver.step() or "
+                "Solver.fit(), not with lagrangian()/dual_step()."
+            )
         pending = self._pending
         if accumulate and pending is not None:
             check_accumulate(pending, self.order, self.step_count)

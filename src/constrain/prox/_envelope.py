@@ -54,7 +54,7 @@ def _groups(
     assert isinstance(x, Tensor)
     if x.dim() == 0:
         raise ShapeError(f"{owner}: x must have at least one dimension; received a 0-d tensor.")
-    dims = _group_dims(x, dim)
+    dims = _group_dims(x, dim, "wgsef")
     xd = x.detach()
     if xd.numel() and not bool(torch.isfinite(xd).all()):
         raise_non_finite(xd.reshape(-1), x.shape, owner)

@@ -44,7 +44,9 @@ def l1(x: Tensor, strength: float) -> Tensor:
     return soft_threshold(xd, lam)
 
 
-def _group_dims(x: Tensor, dim: int | Sequence[int] | None) -> tuple[int, ...]:
+def _group_dims(
+    x: Tensor, dim: int | Sequence[int] | None, owner: str = "group_l1"
+) -> tuple[int, ...]:
     ndim = x.dim()
     if dim is None:
         return tuple(range(1, ndim)) if ndim >= 2 else tuple(range(ndim))
@@ -58,13 +60,13 @@ def _group_dims(x: Tensor, dim: int | Sequence[int] | None) -> tuple[int, ...]:
     for d in dims:
         if isinstance(d, bool) or not isinstance(d, int) or not -max(ndim, 1) <= d < max(ndim, 1):
             raise ShapeError(
-                f"group_l1: dim must be an int or a sequence of ints in "
+                f"{owner}: dim must be an int or a sequence of ints in "
                 f"[{-max(ndim, 1)}, {max(ndim, 1) - 1}] for a tensor of shape "
                 f"{tuple(x.shape)}; received {dim!r}."
             )
         out.append(d % ndim if ndim else 0)
     if len(set(out)) != len(out):
-        raise ShapeError(f"group_l1: dim has repeated dimensions: {dim!r}.")
+        raise ShapeError(f"{owner}: dim has repeated dimensions: {dim!r}.")
     return tuple(sorted(out))
 
 
