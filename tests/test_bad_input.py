@@ -696,6 +696,104 @@ ROWS: list[Row] = [
         ConfigError,
         ("no distribution over the 2 candidates", "is 1 > tolerance 0.0"),
     ),
+    # -- per-group dual settings ---------------------------------------------------------------
+    Row(
+        "controller-pattern-twice",
+        "per-group controllers whose patterns both match one constraint",
+        lambda t: _step(
+            _problem(Constraint("gap_a", fn=lambda m, b: m.x[0:1])),
+            controller={"gap*": "gda", "*_a": "nupi"},
+        ),
+        ConfigError,
+        ("'gap_a' is matched by several patterns ['gap*', '*_a']", "disjoint"),
+    ),
+    Row(
+        "controller-pattern-none",
+        "per-group controllers that leave a constraint without a controller",
+        lambda t: _step(
+            _problem(
+                Constraint("gap", fn=lambda m, b: m.x[0:1]),
+                Constraint("budget", fn=lambda m, b: m.x.sum()),
+            ),
+            controller={"gap": "gda"},
+        ),
+        ConfigError,
+        ("['budget'] are matched by no pattern", "patterns: ['gap']"),
+    ),
+    Row(
+        "max-multiplier-negative",
+        "max_multiplier=-1",
+        lambda t: _solver(_problem(Constraint("g", fn=lambda m, b: m.x)), max_multiplier=-1.0),
+        ConfigError,
+        ("max_multiplier must be a number >= 0", "got -1.0"),
+    ),
+    Row(
+        "restart-equalities",
+        "restarts asked for equality constraints only",
+        lambda t: _step(_problem(Constraint("h", "==", fn=lambda m, b: m.x)), restart={"h": True}),
+        ConfigError,
+        ("restart: pattern 'h' selects only equality constraints ['h']", "never reset"),
+    ),
+    Row(
+        "dual-every-zero",
+        "dual_every=0",
+        lambda t: _solver(_problem(Constraint("g", fn=lambda m, b: m.x)), dual_every=0),
+        ConfigError,
+        ("dual_every must be a positive integer", "got 0"),
+    ),
+    Row(
+        "rhs-schedule-incomplete",
+        "a linear rhs schedule without end and steps",
+        lambda t: Constraint("g", rhs={"name": "linear", "start": 0.1}),
+        ValidationError,
+        ("invalid rhs schedule 'linear'", "end: Field required", "steps: Field required"),
+    ),
+    Row(
+        "intermittent-without-size",
+        "an intermittent constraint missing at the first step, without size",
+        lambda t: _step(_problem(Constraint("late", fn=lambda m, b: None, intermittent=True))),
+        ShapeError,
+        ("intermittent constraint 'late'", "declare it with size=N"),
+    ),
+    Row(
+        "penalty-updater-and-schedule",
+        "a per-entry penalty updater with a growing shared schedule",
+        lambda t: formulations.build(
+            {"name": "augmented_lagrangian", "updater": "additive", "schedule": {"growth": 2}}
+        ),
+        ConfigError,
+        ("growing schedule", "cannot be combined with per-constraint penalties"),
+    ),
+    Row(
+        "cli-controller-mixed-with-patterns",
+        "--set a pattern key under a single controller",
+        lambda t: ["run", "random-qp", "--set", "controller.inequalities.kp=5"],
+        ConfigError,
+        ("mixes one controller", "patterns ['inequalities']"),
+        cli=True,
+    ),
+    Row(
+        "penalty-schedule-and-updater",
+        "a solver penalty_schedule with a per-entry penalty updater",
+        lambda t: _solver(
+            _problem(Constraint("g", fn=lambda m, b: m.x)),
+            formulation={"name": "augmented_lagrangian", "updater": "multiplicative"},
+            penalty_schedule=lambda step: 1.0 + step,
+        ),
+        ConfigError,
+        ("penalty_schedule sets one penalty for every constraint", "'multiplicative'"),
+    ),
+    Row(
+        "dual-lr-schedule-per-group",
+        "a dual_lr_schedule with per-group controllers",
+        lambda t: _solver(
+            _problem(Constraint("g", fn=lambda m, b: m.x)),
+            controller={"g": "gda"},
+            dual_lr_schedule=lambda step: 0.1,
+        ),
+        ConfigError,
+        ("dual_lr_schedule sets the step size of one controller", "per-group"),
+    ),
 ]
 
 

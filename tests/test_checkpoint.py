@@ -456,3 +456,79 @@ def test_killing_the_process_leaves_a_readable_checkpoint(tmp_path: Path) -> Non
         # recording it in run.json leaves a file the resumed run cannot prove it wrote, and a
         # run never deletes such files (docs/cli.md, run folders).
         assert len([n for n in leftovers if n.startswith("step-")]) <= 2 + round_ + 1, leftovers
+
+
+# -- per-group dual settings -------------------------------------------------------------------
+_DUAL_SETTINGS: dict[str, dict[str, Any]] = {
+    "per-group-controllers-bounds-restarts": {
+        "controller": {
+            "norm": {"name": "nupi", "lr": 1.0, "ki": 0.2, "kp": 1.0, "nu": 0.3},
+            "residual": {"name": "adam", "lr": 0.05},
+        },
+        "max_multiplier": {"norm": 0.3},
+        "restart": True,
+    },
+    "dual-every-and-rhs-schedule": {
+        "controller": {"norm": {"name": "pid", "ki": 0.2, "kp": 0.5}, "resid*": "momentum"},
+        "dual_every": {"norm": 3},
+        "rhs_schedule": {"norm": {"name": "linear", "start": 2.0, "end": 0.5, "steps": 10}},
+    },
+    "per-entry-penalties": {
+        "controller": {"norm": "gda", "residual": {"name": "nupi", "kp": 0.5}},
+        "formulation": {
+            "name": "augmented_lagrangian",
+            "penalty": {"norm": 0.5, "residual": 2.0},
+            "updater": {"name": "multiplicative", "growth": 1.5, "restart": True},
+        },
+        "restart": {"residual": True},
+    },
+}
+
+
+@pytest.mark.parametrize("settings", list(_DUAL_SETTINGS), ids=list(_DUAL_SETTINGS))
+def test_resume_is_bit_exact_with_per_group_dual_settings(settings: str, tmp_path: Path) -> None:
+    """Each block's controller state (saved under its pattern), the bounds, restarts, update
+    cadence, scheduled right-hand sides and per-entry penalties resume bit for bit."""
+    options = _DUAL_SETTINGS[settings]
+
+    def build(stream: Path) -> tuple[Solver, DataLoader[Any]]:
+        torch.manual_seed(0)
+        model = Variables(w=torch.zeros(3, dtype=DTYPE), b=torch.zeros((), dtype=DTYPE))
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+        history = History(stream=stream)
+        return Solver(NoisyRegression(), model, optimizer, history=history, **options), _data()
+
+    reference, data = build(tmp_path / "reference.jsonl")
+    reference.fit(data, TOTAL)
+    first, data = build(tmp_path / "run.jsonl")
+    first.fit(data, STOP)
+    path = save_checkpoint(tmp_path / "ckpt.pt", first)
+    first.fit(data, 3)  # the interrupted run got further than its checkpoint
+    del first
+    saved = load_checkpoint(path)["solver"]
+    # Dense blocks under their pattern; per-sample groups under their name, as before.
+    assert set(saved["controller_state"]) == {"norm"}
+    assert set(saved["indexed_state"]) == {"residual"}
+    torch.manual_seed(12345)  # a different process state must not matter
+    resumed, data = build(tmp_path / "run.jsonl")
+    resumed.load_state_dict(saved)
+    resumed.fit(data, TOTAL - STOP)
+    _assert_identical(_snapshot(reference), _snapshot(resumed))
+    assert (tmp_path / "run.jsonl").read_bytes() == (tmp_path / "reference.jsonl").read_bytes()
+
+
+def test_per_group_state_is_checked_on_resume(tmp_path: Path) -> None:
+    """A checkpoint with other patterns names the entries it holds."""
+    options: dict[str, Any] = {"controller": {"norm": "nupi", "residual": "nupi"}}
+
+    def build(**changes: Any) -> Solver:
+        model = Variables(w=torch.zeros(3, dtype=DTYPE), b=torch.zeros((), dtype=DTYPE))
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+        return Solver(NoisyRegression(), model, optimizer, **{**options, **changes})
+
+    first = build()
+    first.fit(_data(), 2)
+    other = build(controller={"no*": "nupi", "residual": "nupi"})
+    with pytest.raises(CheckpointError, match="controller"):
+        other.load_state_dict(first.state_dict())
+        other.fit(_data(), 1)

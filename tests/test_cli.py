@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from constrain import controllers, get_problem, problem_names, prox
+from constrain import controllers, get_problem, problem_names, prox, schedules
 from constrain.cli import main
-from constrain.formulations import FORMULATIONS
+from constrain.formulations import FORMULATIONS, PENALTY_UPDATERS
 
 pytest.importorskip("cvxpy")  # iris-svm's exact reference
 
@@ -59,13 +59,23 @@ def test_list_text(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_list_json(capsys: pytest.CaptureFixture[str]) -> None:
     data = run_json(capsys, "list", "--json")
-    assert set(data) == {"problems", "validate", "controllers", "formulations", "prox"}
+    assert set(data) == {
+        "problems",
+        "validate",
+        "controllers",
+        "formulations",
+        "prox",
+        "penalty_updaters",
+        "rhs_schedules",
+    }
     # Exactly what is registered (so registering an entry changes the listing, not this test).
     assert set(data["problems"]) == set(problem_names())
     assert set(data["controllers"]) == set(controllers.names())
     assert set(data["formulations"]) == set(FORMULATIONS.names())
     assert set(data["prox"]) == set(prox.names())
     assert set(data["validate"]) == {n for n in problem_names() if get_problem(n).validates}
+    assert set(data["penalty_updaters"]) == set(PENALTY_UPDATERS.names())
+    assert set(data["rhs_schedules"]) == set(schedules.names())
     assert {"iris-svm", "simplex", "random-qp"} <= set(data["problems"])
     assert {"iris-svm", "simplex", "random-qp"} <= set(data["validate"])
     assert {"gda", "nupi", "pid", "momentum", "nesterov", "adam"} <= set(data["controllers"])

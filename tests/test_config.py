@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from constrain import ConfigError, RunConfig, load_config
 from constrain.config import apply_overrides, parse_override
@@ -181,3 +182,47 @@ def test_load_config_errors(tmp_path: Path, name: str, text: str, message: str) 
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_per_group_dual_settings_parse_and_override() -> None:
+    """max_multiplier, restart, dual_every and rhs_schedule: one value or {pattern: value},
+    set whole or per pattern with --set."""
+    data = apply_overrides(
+        {"problem": {"name": "p"}},
+        [
+            "max_multiplier.parity*=5",
+            "max_multiplier.budget=10",
+            "restart=true",
+            "dual_every.rate=50",
+            "rhs_schedule={gap: {name: linear, start: 0.1, end: 0.02, steps: 500}}",
+            "rhs_schedule.gap.end=0.01",
+        ],
+    )
+    config = RunConfig.parse(data)
+    assert config.max_multiplier == {"parity*": 5.0, "budget": 10.0}
+    assert config.restart is True
+    assert config.dual_every == {"rate": 50}
+    assert config.rhs_schedule == {
+        "gap": {"name": "linear", "start": 0.1, "end": 0.01, "steps": 500}
+    }
+    assert RunConfig.parse(yaml.safe_load(config.to_yaml())) == config
+    with pytest.raises(ConfigError, match="restart is True for every group"):
+        apply_overrides(data, ["restart.parity*=false"])
+    with pytest.raises(ConfigError, match="dual_every"):
+        RunConfig.parse({"problem": "p", "dual_every": 0})
+    with pytest.raises(ConfigError, match="max_multiplier"):
+        RunConfig.parse({"problem": "p", "max_multiplier": {"a": -1}})
+
+
+def test_setting_a_nested_name_switches_that_component() -> None:
+    data = apply_overrides(
+        {
+            "problem": {"name": "p"},
+            "formulation": {
+                "name": "augmented_lagrangian",
+                "updater": {"name": "multiplicative", "growth": 3},
+            },
+        },
+        ["formulation.updater.name=additive", "formulation.updater.increment=0.5"],
+    )
+    assert data["formulation"]["updater"] == {"name": "additive", "increment": 0.5}

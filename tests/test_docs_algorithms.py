@@ -99,6 +99,12 @@ def test_the_reference_has_its_stable_sections() -> None:
         "The convex-minorant view",
         "Sparsity proxes",
         "The iris hard-margin SVM",
+        "Penalty updaters",
+        "Per-group dual settings",
+        "Per-group controllers",
+        "Multiplier bounds and restarts",
+        "Infrequent and partial dual updates",
+        "Right-hand-side schedules",
         "References",
     }
     assert expected <= TITLES, sorted(expected - TITLES)

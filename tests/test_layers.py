@@ -18,11 +18,12 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "constrain"
 # Lower numbers are lower layers; a module may import its own layer or lower ones.
 LAYERS: dict[str, int] = {
     "_errors": 0, "_io": 0, "_registry": 0, "_components": 0, "_validation": 0,
-    "reference": 0, "_resume": 0, "_state_schema": 0, "_timing": 0,
+    "reference": 0, "_resume": 0, "_state_schema": 0, "_timing": 0, "_patterns": 0,
+    "schedules": 0,
     "problem": 1, "variables": 1, "multipliers": 1,
     "layout": 2, "blocks": 2, "history": 2,
     "formulations": 3, "controllers": 3, "prox": 3, "regularization": 3, "recording": 3,
-    "studies": 3, "schedules": 3, "loggers": 3,
+    "studies": 3, "loggers": 3,
     "duals": 4, "primal": 4, "distributed": 4, "_cgd": 4,
     "_checkpoint_state": 5, "_stepping": 5, "_step_log": 5, "_dual_schedules": 5,
     "solver": 6,

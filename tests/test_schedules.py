@@ -21,6 +21,7 @@ from constrain import (
     ScheduledValue,
     Solver,
     Variables,
+    schedules,
 )
 from constrain.checkpoint import load_checkpoint, save_checkpoint
 
@@ -70,6 +71,26 @@ def test_penalty_schedule_sets_the_penalty_of_each_step() -> None:
     assert [r.penalty for r in history] == [1.0, 2.0, 4.0, 8.0]
 
 
+def test_registered_schedules_drive_the_dual_step_size_and_the_penalty() -> None:
+    """A registered schedule (constrain.schedules.Linear, the rhs schedules' kind) is a
+    callable of the step, so it serves as dual_lr_schedule and penalty_schedule too: GDA
+    with lr_t = 0.1 + 0.1 t (t < 4, then 0.4) and a constant violation 2, and the penalty
+    1, 2, 3, 4 of a linear schedule over 3 steps."""
+    lr = schedules.Linear(start=0.1, end=0.4, steps=3)
+    solver = _frozen(controller="gda", dual_lr_schedule=lr)
+    solver.fit(steps=5)
+    expected = 2 * (0.1 + 0.2 + 0.3 + 0.4 + 0.4)
+    assert solver.multipliers["cap"].item() == pytest.approx(expected, abs=1e-12)
+    penalty = schedules.build({"name": "linear", "start": 1.0, "end": 4.0, "steps": 3})
+    solver = _frozen(
+        controller="gda",
+        formulation={"name": "augmented_lagrangian", "penalty": 1.0},
+        penalty_schedule=penalty,
+    )
+    history = solver.fit(steps=5)
+    assert [r.penalty for r in history] == pytest.approx([1.0, 2.0, 3.0, 4.0, 4.0])
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -85,8 +106,33 @@ def test_penalty_schedule_sets_the_penalty_of_each_step() -> None:
             "replaces the formulation's own schedule",
         ),
         ({"dual_lr_schedule": 0.1}, "expected a callable of the step or a torch LR scheduler"),
+        (
+            {
+                "formulation": {"name": "augmented_lagrangian", "updater": "multiplicative"},
+                "penalty_schedule": lambda t: 1.0,
+            },
+            "keeps one penalty per constraint entry with a feasibility-driven updater",
+        ),
+        (
+            {
+                "formulation": {"name": "quadratic_penalty", "penalty": {"cap": 2.0}},
+                "penalty_schedule": lambda t: 1.0,
+            },
+            r"per-group penalties \(a penalty mapping\)",
+        ),
+        (
+            {"controller": {"cap": "gda"}, "dual_lr_schedule": lambda t: 0.1},
+            "dual_lr_schedule sets the step size of one controller",
+        ),
     ],
-    ids=["no-penalty", "two-schedules", "not-a-schedule"],
+    ids=[
+        "no-penalty",
+        "two-schedules",
+        "not-a-schedule",
+        "schedule-and-updater",
+        "schedule-and-penalty-map",
+        "lr-schedule-per-group",
+    ],
 )
 def test_schedule_errors(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -195,3 +195,70 @@ def test_records_arrive_at_the_checks() -> None:
     assert solver.history.steps().tolist() == list(range(6))
     solver.step()
     assert len(solver.history) == 7  # reading the history flushes
+
+
+def _per_group_solver(problem: ConstrainedProblem, **options: Any) -> Solver:
+    """Per-group controllers (a block each), a bound, restarts, a slower group, a
+    scheduled right-hand side and per-entry penalties grown by an updater."""
+    model = Variables(x=torch.zeros(N, dtype=DTYPE))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    return Solver(
+        problem,
+        model,
+        optimizer,
+        controller={
+            "cap": {"name": "nupi", "lr": 0.3, "kp": 0.5},
+            "sum": "gda",
+            "margin": {"name": "momentum", "lr": 0.2, "beta": 0.5},
+        },
+        formulation={
+            "name": "augmented_lagrangian",
+            "penalty": {"cap": 0.5, "sum": 1.0, "margin": 0.5},
+            "updater": {"name": "multiplicative", "growth": 1.5, "every": 2, "restart": True},
+        },
+        max_multiplier={"cap": 0.4},
+        restart={"cap": True, "margin": True},
+        dual_every={"sum": 3},
+        rhs_schedule={"sum": {"name": "linear", "start": 2.0, "end": 1.0, "steps": 6}},
+        **options,
+    )
+
+
+def test_per_group_dual_settings_add_no_synchronisation() -> None:
+    """The same counts as the plain run: per-group blocks, bounds, restarts, dual_every,
+    an rhs schedule and a penalty updater are decided on the device or from host facts."""
+    counts = _count(_per_group_solver(_problem(), check_every=4), 8)
+    assert counts == [0, 1, 0, 0, 0, 1, 0, 0]
+
+
+def test_per_group_late_check_names_the_constraint_and_keeps_the_state() -> None:
+    """A NaN at step 5 with per-group controllers: named at the check, and no block's
+    multipliers or controller state took a non-finite value."""
+    solver = _per_group_solver(_problem(bad_step=5), check_every=4)
+    with pytest.raises(NonFiniteError, match=r"constraint 'cap' is not finite at step 5"):
+        solver.fit(steps=10)
+    assert all(torch.isfinite(t).all() for t in solver.multipliers.values())
+    state = solver.duals.controller_state
+    assert isinstance(state, dict) and set(state) == {"cap", "sum"}
+    for block in state.values():
+        assert all(torch.isfinite(v).all() for v in block.values())
+
+
+def test_a_non_finite_block_proposal_is_dropped_on_the_device() -> None:
+    """Duals.step with a NaN signal in one block: the report says so (a device tensor),
+    and every block keeps its multipliers and controller state."""
+    solver = _per_group_solver(_problem())
+    solver.fit(steps=3)
+    duals = solver.duals
+    assert duals.layout is not None and duals.multipliers is not None
+    before = duals.multipliers.dense.clone()
+    states = {k: {n: v.clone() for n, v in s.items()} for k, s in duals._states.items()}
+    _, stacked, _ = solver._evaluate(None)
+    stacked.violation = stacked.violation.clone()
+    stacked.violation[0] = float("nan")  # an entry of 'cap'
+    report = duals.step(stacked, 6)
+    assert isinstance(report.ok, Tensor) and not bool(report.ok)
+    assert torch.equal(duals.multipliers.dense, before)
+    for key, state in states.items():
+        for name, value in state.items():
+            assert torch.equal(duals._states[key][name], value), (key, name)

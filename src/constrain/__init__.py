@@ -4,7 +4,7 @@ Declare a :class:`ConstrainedProblem`, pick a formulation and a multiplier contr
 and run a :class:`Solver` (or :func:`solve`) with any ``torch.optim`` optimizer.
 """
 
-from . import blocks, controllers, formulations
+from . import blocks, controllers, formulations, schedules
 from ._errors import (
     CheckpointError,
     ConfigError,
@@ -94,6 +94,7 @@ __all__ = [
     "problem_names",
     "run",
     "shrinking_distribution",
+    "schedules",
     "solve",
     "to_cvxpy",
     "validate",

@@ -17,6 +17,11 @@ Version history:
   not grow with the run; ``schedules`` holds the state of the dual step-size and penalty
   schedulers. Version-1 and -2 states load: their embedded records are replayed into the
   history (and its stream).
+  With per-group controllers, ``controller`` holds ``{"name": "{pattern: name, ...}",
+  pattern: spec}`` and ``controller_state`` holds ``{pattern: state}`` (one dense block per
+  pattern; per-sample groups stay under ``indexed_state``); per-entry penalties add
+  ``penalty/<group>``-style entries to ``formulation_state``. Single-controller states are
+  unchanged.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import torch
 
 from ._errors import ConfigError
+from .controllers import Controller, ControllerMap
 from .duals import Duals
 from .formulations import Formulation, PenalizedFormulation
 from .schedules import Schedule, ScheduleRunner
@@ -25,6 +26,7 @@ class DualSchedules(dict[str, ScheduleRunner]):
     """The run's schedules by name (``"dual_lr"``, ``"penalty"``).
 
     Args:
+        controller: The run's controller (a step-size schedule needs a single one).
         formulation: The run's formulation (a penalty schedule needs a penalty).
         dual_lr: The controller's step size per step, or ``None``. Values ``>= 0``: a
             schedule may reach 0 (cosine annealing to 0), unlike a controller's constant
@@ -32,12 +34,18 @@ class DualSchedules(dict[str, ScheduleRunner]):
         penalty: The penalty coefficient per step, or ``None``.
 
     Raises:
-        ConfigError: For a penalty schedule without a penalty formulation, or together
-            with the formulation's own growth schedule; for a schedule of the wrong kind.
+        ConfigError: For a step-size schedule with per-group controllers; for a penalty
+            schedule without a penalty formulation, or together with the formulation's own
+            growth schedule or its per-entry penalties (a mapping or an updater); for a
+            schedule of the wrong kind.
     """
 
     def __init__(
-        self, formulation: Formulation, dual_lr: Schedule | None, penalty: Schedule | None
+        self,
+        controller: Controller | ControllerMap,
+        formulation: Formulation,
+        dual_lr: Schedule | None,
+        penalty: Schedule | None,
     ) -> None:
         super().__init__()
         if dual_lr is not None and dual_lr is penalty:
@@ -46,6 +54,12 @@ class DualSchedules(dict[str, ScheduleRunner]):
                 "would be stepped twice per step. Give each its own schedule."
             )
         if dual_lr is not None:
+            if isinstance(controller, ControllerMap):
+                raise ConfigError(
+                    "dual_lr_schedule sets the step size of one controller, but the controller "
+                    f"is per-group ({controller.name}); give each group's controller its own "
+                    "lr, or use one controller with the schedule."
+                )
             self["dual_lr"] = ScheduleRunner("dual_lr_schedule", dual_lr, positive=False)
         if penalty is not None:
             if not isinstance(formulation, PenalizedFormulation):
@@ -58,6 +72,18 @@ class DualSchedules(dict[str, ScheduleRunner]):
                     "penalty_schedule replaces the formulation's own schedule; give one of "
                     f"them (the formulation grows its penalty by {formulation.schedule.growth})."
                 )
+            if formulation.per_entry:
+                what = (
+                    f"a feasibility-driven updater ({formulation.updater.name!r})"
+                    if formulation.updater is not None
+                    else "per-group penalties (a penalty mapping)"
+                )
+                raise ConfigError(
+                    "penalty_schedule sets one penalty for every constraint, but the formulation "
+                    f"{formulation.name!r} keeps one penalty per constraint entry with {what}; "
+                    "give one of them: drop penalty_schedule, or use a single number as penalty "
+                    "and no updater."
+                )
             self["penalty"] = ScheduleRunner("penalty_schedule", penalty, positive=False)
 
     @contextmanager
@@ -68,6 +94,7 @@ class DualSchedules(dict[str, ScheduleRunner]):
             yield
             return
         original = duals.controller
+        assert not isinstance(original, ControllerMap)  # refused when built
         duals.controller = original.model_copy(update={"lr": schedule.value(step)})
         try:
             yield

@@ -415,7 +415,7 @@ def _run_in(
         )
     meta = {
         "problem": spec.name,
-        "controller": config.controller["name"],
+        "controller": config.controller_label,
         "every": every,
         "config": config.model_dump(mode="json"),
         "world_size": world_size(),

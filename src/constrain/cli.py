@@ -46,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p_list = sub.add_parser(
-        "list", help="list problems, controllers, formulations and prox operators"
+        "list",
+        help="list problems, controllers, formulations, prox operators, penalty updaters and "
+        "rhs schedules",
     )
     p_list.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -212,6 +214,9 @@ def _base(args: argparse.Namespace, controller: str | None = None) -> tuple[Any,
         update.pop("controller")  # --controller wins, with the problem's recommended values
     chosen = controller if controller is not None else file_controller
     base = spec.default_config(chosen if isinstance(chosen, str) else None).model_dump()
+    raw_controller = update.get("controller")
+    if isinstance(raw_controller, dict) and "name" not in raw_controller:
+        base.pop("controller", None)  # per-group controllers replace the default, not merge
     data = merge_config(base, update)
     if args.steps is not None:
         data["steps"] = args.steps
@@ -245,7 +250,7 @@ def _config(args: argparse.Namespace, controller: str | None) -> Any:
     # Build the components once now so that bad --set values fail before any work.
     from . import controllers, formulations
 
-    controllers.build(config.controller)
+    controllers.build_controllers(config.controller)
     formulations.build(config.formulation)
     check_optimizer(config.optimizer)
     return spec, config
@@ -316,7 +321,7 @@ def _print_group_tables(summary: dict[str, Any]) -> None:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from . import controllers, formulations, prox
+    from . import controllers, formulations, prox, schedules
     from .runner import get_problem, problem_names
 
     specs = {name: get_problem(name) for name in problem_names()}
@@ -327,6 +332,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
         "controllers": controllers.names(),
         "formulations": formulations.FORMULATIONS.names(),
         "prox": prox.names(),
+        "penalty_updaters": formulations.PENALTY_UPDATERS.names(),
+        "rhs_schedules": schedules.names(),
     }
     if args.json:
         _print_json(data)
@@ -336,8 +343,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     print(f"  {'name':<24} {'validate':<9} description")
     for name, text in problems.items():
         print(f"  {name:<24} {'yes' if specs[name].validates else 'no':<9} {text}")
-    for key in ("controllers", "formulations", "prox"):
-        print(f"{key}: {', '.join(data[key])}")
+    for key in ("controllers", "formulations", "prox", "penalty_updaters", "rhs_schedules"):
+        print(f"{key.replace('_', ' ')}: {', '.join(data[key])}")
     return 0
 
 

@@ -372,7 +372,7 @@ def entry_configs(
             )
         try:
             config = RunConfig.parse(data)
-            controllers.build(config.controller)
+            controllers.build_controllers(config.controller)
             formulations.build(config.formulation)
             check_optimizer(config.optimizer)
         except ConfigError as exc:

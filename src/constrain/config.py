@@ -10,7 +10,7 @@ import math
 import numbers
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -39,6 +39,8 @@ MAX_CONFIG_NODES = 100_000
 """Largest number of values a configuration may expand to (aliases counted as copies)."""
 
 Component = dict[str, Any]
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeNumber = Annotated[float, Field(ge=0)]
 
 
 class RunConfig(BaseModel):
@@ -46,11 +48,13 @@ class RunConfig(BaseModel):
 
     Components (``problem``, ``controller``, ``formulation``, ``optimizer``) are mappings
     with a ``name`` key plus that component's own validated options, e.g.
-    ``{"name": "nupi", "lr": 1.0, "ki": 0.1, "kp": 1.0, "nu": 0.0}``.
+    ``{"name": "nupi", "lr": 1.0, "ki": 0.1, "kp": 1.0, "nu": 0.0}``. The controller may
+    instead map constraint-name patterns to controllers (per-group controllers):
+    ``{"budget": "gda", "parity*": {"name": "nupi", "kp": 5, "ki": 0.5}}``.
 
     Attributes:
         problem: Registered problem name and its hyperparameters.
-        controller: Multiplier controller.
+        controller: Multiplier controller, or ``{pattern: controller}``.
         formulation: Formulation.
         optimizer: Primal optimizer (``sgd``, ``adam``, ...) and its options.
         order: Update order.
@@ -60,6 +64,11 @@ class RunConfig(BaseModel):
         dtype: Floating dtype of the run.
         record_every: History recording interval.
         on_nonfinite: What to do on NaN/Inf.
+        max_multiplier: Multiplier bound: a number or ``{pattern: number}``.
+        restart: Dual restarts: a bool or ``{pattern: bool}``.
+        dual_every: Multiplier step every ``k`` steps: an int or ``{pattern: int}``.
+        rhs_schedule: Right-hand sides by pattern (schedules as ``{"name": "linear",
+            ...}`` mappings, or numbers) that replace the problem's declared ones.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -75,23 +84,67 @@ class RunConfig(BaseModel):
     dtype: Literal["float32", "float64"] = "float32"
     record_every: int = Field(default=1, ge=1)
     on_nonfinite: Literal["raise", "skip"] = "raise"
+    max_multiplier: NonNegativeNumber | dict[str, NonNegativeNumber] | None = None
+    restart: bool | dict[str, bool] = False
+    dual_every: PositiveInt | dict[str, PositiveInt] = 1
+    rhs_schedule: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("problem", "controller", "formulation", "optimizer", mode="before")
+    @field_validator("controller", mode="before")
+    @classmethod
+    def _controller(cls, value: object) -> object:
+        if isinstance(value, Mapping) and "name" not in value and value:
+            groups: dict[str, Any] = {}
+            for pattern, spec in value.items():
+                if isinstance(spec, str):
+                    spec = {"name": spec}
+                if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
+                    raise ValueError(
+                        f"needs a 'name' key (one controller) or maps constraint-name patterns "
+                        f"to controllers; {pattern!r} maps to {spec!r}, which is neither a "
+                        "name nor a mapping with a 'name' key"
+                    )
+                groups[str(pattern)] = dict(spec)
+            return groups
+        if isinstance(value, Mapping):
+            nested = sorted(str(k) for k, v in value.items() if isinstance(v, Mapping))
+            if nested:
+                raise ValueError(
+                    f"mixes one controller ('name': {value.get('name')!r}) with "
+                    f"constraint-name patterns {nested}; give either {{'name': ..., options}} "
+                    "for all groups or {pattern: controller, ...} (e.g. --set "
+                    "'controller={budget: gda, parity*: {name: nupi, kp: 5}}')"
+                )
+        return _as_component(value)
+
+    @property
+    def controller_label(self) -> str:
+        """The controller's name, or ``"{pattern: name, ...}"`` for per-group controllers."""
+        if "name" in self.controller:
+            return str(self.controller["name"])
+        return "{" + ", ".join(f"{p}: {c['name']}" for p, c in self.controller.items()) + "}"
+
+    @field_validator("problem", "formulation", "optimizer", mode="before")
     @classmethod
     def _component(cls, value: object) -> object:
-        if isinstance(value, str):
-            return {"name": value}
-        if isinstance(value, Mapping):
-            if "name" not in value or not isinstance(value["name"], str):
-                raise ValueError("needs a 'name' key with a string value")
-            return dict(value)
-        raise ValueError(f"expected a name or a mapping with a 'name' key; got {short_repr(value)}")
+        return _as_component(value)
 
     @field_validator("steps", "batch_size", "seed", "record_every", mode="before")
     @classmethod
     def _strict_integer(cls, value: object) -> object:
         if isinstance(value, bool):
             raise ValueError("expected an integer, not a bool (true/false is not 1/0 here)")
+        return value
+
+    @field_validator("max_multiplier", "dual_every", mode="before")
+    @classmethod
+    def _strict_group_numbers(cls, value: object) -> object:
+        items = value.items() if isinstance(value, Mapping) else [("", value)]
+        for pattern, item in items:
+            if isinstance(item, bool):
+                where = f" (pattern {pattern!r})" if pattern else ""
+                raise ValueError(
+                    f"expected a number, not a bool{where} (true/false is not 1/0 here)"
+                )
         return value
 
     @field_validator("optimizer", mode="after")
@@ -140,6 +193,16 @@ class RunConfig(BaseModel):
         if path is not None:
             atomic_write_text(Path(path), text)
         return text
+
+
+def _as_component(value: object) -> dict[str, Any]:
+    if isinstance(value, str):
+        return {"name": value}
+    if isinstance(value, Mapping):
+        if "name" not in value or not isinstance(value["name"], str):
+            raise ValueError("needs a 'name' key with a string value")
+        return dict(value)
+    raise ValueError(f"expected a name or a mapping with a 'name' key; got {short_repr(value)}")
 
 
 _BOMS = (
@@ -375,17 +438,24 @@ _TOP_LEVEL_SCALARS = {
     "on_nonfinite",
 }
 _COMPONENTS = {"problem", "controller", "formulation", "optimizer"}
+_PER_GROUP = {"max_multiplier", "restart", "dual_every", "rhs_schedule"}
+"""Settings given for all groups or as ``{pattern: value}`` (``--set restart.parity*=true``)."""
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Apply ``--set`` overrides to a config mapping (returns a new dict).
 
     Keys are dotted: ``steps=100``, ``controller.kp=1``, ``optimizer.momentum=0.9``,
-    ``problem.tolerance=0.05``, ``formulation.schedule.growth=2``. Setting
-    ``controller.name`` switches the controller and drops the old one's options.
+    ``problem.tolerance=0.05``, ``formulation.schedule.growth=2``. Setting a ``name``
+    (``controller.name``, ``controller.parity*.name``, ``formulation.updater.name``)
+    switches that component and drops the old one's options. Per-group controllers take
+    the pattern as a key (``controller.parity*.kp=5``); so do the per-group settings
+    (``max_multiplier.budget=10``, ``restart.parity*=true``, ``dual_every=5``,
+    ``rhs_schedule.gap.end=0.02``).
 
     Raises:
-        ConfigError: For an unknown top-level key (naming it and listing valid ones).
+        ConfigError: For an unknown top-level key (naming it and listing valid ones), or a
+            pattern key under a per-group setting that currently holds one value for all.
     """
     out = copy.deepcopy(dict(data))
     for text in overrides:
@@ -396,8 +466,28 @@ def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[s
                 raise ConfigError(f"--set key {'.'.join(parts)!r}: {head!r} has no sub-keys.")
             out[head] = value
             continue
+        if head in _PER_GROUP:
+            if len(parts) == 1:
+                out[head] = value
+                continue
+            current = out.get(head)
+            unset = current is None or current == RunConfig.model_fields[head].get_default(
+                call_default_factory=True
+            )
+            if not unset and not isinstance(current, Mapping):
+                raise ConfigError(
+                    f"--set key {'.'.join(parts)!r}: {head} is {current!r} for every group; "
+                    f"set it per pattern as a whole, e.g. --set '{head}={{{parts[1]}: ...}}'."
+                )
+            base = dict(current) if isinstance(current, Mapping) else {}
+            out[head] = _set_nested(base, parts[1:], value)
+            continue
         if head not in _COMPONENTS:
-            valid = sorted(_TOP_LEVEL_SCALARS | {f"{c}.<option>" for c in _COMPONENTS})
+            valid = sorted(
+                _TOP_LEVEL_SCALARS
+                | {f"{c}.<option>" for c in _COMPONENTS}
+                | {f"{c}[.<pattern>]" for c in _PER_GROUP}
+            )
             raise ConfigError(
                 f"unknown --set key {'.'.join(parts)!r}: {head!r} is not a config section; "
                 f"valid keys: {valid}."
@@ -405,15 +495,21 @@ def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[s
         if len(parts) == 1:
             out[head] = {"name": value} if isinstance(value, str) else value
             continue
-        component = dict(out.get(head) or {})
-        if parts[1:] == ["name"]:
-            component = {"name": value}
-        else:
-            node = component
-            for part in parts[1:-1]:
-                child = node.get(part)
-                node[part] = dict(child) if isinstance(child, Mapping) else {}
-                node = node[part]
-            node[parts[-1]] = value
-        out[head] = component
+        out[head] = _set_nested(dict(out.get(head) or {}), parts[1:], value)
     return out
+
+
+def _set_nested(node: dict[str, Any], keys: list[str], value: Any) -> dict[str, Any]:
+    """Set ``node[k1][k2]...[kn] = value`` (copying the mappings on the way; a name string
+    on the way becomes ``{"name": ...}``); setting a ``name`` replaces its mapping."""
+    root = node
+    for key in keys[:-1]:
+        child = node.get(key)
+        if isinstance(child, str):
+            child = {"name": child}
+        node[key] = dict(child) if isinstance(child, Mapping) else {}
+        node = node[key]
+    if keys[-1] == "name":
+        node.clear()
+    node[keys[-1]] = value
+    return root

@@ -534,6 +534,17 @@ class DistributedReducer:
             ShapeError: If a group's size differs from the first evaluation's, or the ranks
                 disagree in a way that is neither sharded nor replicated.
         """
+        for c in problem.all_constraints:
+            raw = state.constraints.get(c.name)
+            if (raw is None and c.intermittent) or (
+                isinstance(raw, ConstraintValue) and raw.observed is False
+            ):
+                raise ConfigError(
+                    f"constraint {c.name!r} is not measured at this step (intermittent or "
+                    "ConstraintValue.proxy_only); a distributed run reduces every constraint "
+                    "on every rank at every step. Measure it at every step, or use "
+                    "dual_every to update its multipliers less often."
+                )
         if any(c.name not in state.constraints for c in problem.all_constraints):
             return state  # the solver reports missing constraints by name
         objective = state.objective

@@ -539,7 +539,7 @@ def validate_registered(spec: Any, config: Any, progress: bool | None = None) ->
     )
     return {
         "problem": spec.name,
-        "controller": config.controller["name"],
+        "controller": config.controller_label,
         "formulation": config.formulation["name"],
         "steps": solver.step_count,
         "seconds": seconds,

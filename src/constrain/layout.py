@@ -5,19 +5,34 @@ All dense constraint groups of a problem share one flat vector: group ``k`` occu
 ``torch.cat`` plus two vectorised operations, whatever the number of groups. Per-sample
 (indexed) groups keep one multiplier per sample and only the entries observed in a
 minibatch are read and written.
+
+Right-hand sides are read at every step (a schedule's value, a changed problem field, a
+solver-level ``rhs_schedule`` override). Groups that a step does not measure (an
+intermittent constraint left out of ``evaluate()``, or a ``ConstraintValue`` with
+``observed=False``) are marked as unobserved: their violation reads 0 and the dual side
+leaves their multipliers alone.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import torch
 from torch import Tensor
 
+from . import schedules as _schedules
 from ._errors import ConfigError, NonFiniteError, ShapeError, describe
+from ._patterns import match_patterns
 from .multipliers import Multipliers
-from .problem import ConstrainedProblem, Constraint, ProblemState, as_constraint_value
+from .problem import (
+    ConstrainedProblem,
+    Constraint,
+    ProblemState,
+    as_constraint_value,
+)
+from .schedules import RhsSchedule
 
 __all__ = [
     "NONFINITE_HINT",
@@ -47,6 +62,8 @@ class IndexedViolation:
         raw_indices: The indices as given (checked against ``size`` when the step is
             flushed; see :meth:`ConstraintLayout.check_indices`).
         size: Number of samples of the group.
+        observed: False when the step gave only a proxy (``ConstraintValue.proxy_only``):
+            the violation reads 0 and the multipliers do not move.
     """
 
     violation: Tensor
@@ -56,6 +73,7 @@ class IndexedViolation:
     first: Tensor | None = None
     raw_indices: Tensor | None = None
     size: int = 0
+    observed: bool = True
 
 
 @dataclass
@@ -69,8 +87,11 @@ class StackedConstraints:
         equality: Boolean mask of the dense entries that are equality constraints.
         per_sample: Observed entries of each per-sample group, by name.
         observed: Boolean mask of the dense entries measured by this evaluation (``None``:
-            all). Unobserved entries have violation 0, no primal term and get no
-            multiplier update.
+            all). Unobserved entries have violation 0, no primal term (unless a proxy
+            was given) and get no multiplier update.
+        unobserved: Names of the dense groups this evaluation did not measure at all (an
+            intermittent group left out, ``ConstraintValue(observed=False)``); known on the
+            host, their entries are also outside ``observed``.
     """
 
     violation: Tensor
@@ -78,6 +99,7 @@ class StackedConstraints:
     equality: Tensor
     per_sample: dict[str, IndexedViolation] = field(default_factory=dict)
     observed: Tensor | None = None
+    unobserved: frozenset[str] = frozenset()
 
 
 NONFINITE_HINT = (
@@ -95,9 +117,25 @@ class ConstraintLayout:
     Args:
         problem: The problem.
         state: A first evaluation (used to infer undeclared sizes and the dtype/device).
+        rhs_schedule: Right-hand sides that replace the declared ones, by constraint-name
+            pattern: schedules (:mod:`constrain.schedules`: instances, mappings with a
+            ``name``) or numbers. Groups no pattern matches keep their declaration.
+
+    Raises:
+        ShapeError: For a non-scalar objective, sizes that disagree with the declaration
+            or the right-hand side, or an intermittent group without a declared size that
+            the first evaluation did not measure.
+        ConfigError: For an ``rhs_schedule`` pattern that matches no group or a group
+            matched by two patterns, or an invalid schedule.
     """
 
-    def __init__(self, problem: ConstrainedProblem, state: ProblemState) -> None:
+    def __init__(
+        self,
+        problem: ConstrainedProblem,
+        state: ProblemState,
+        *,
+        rhs_schedule: Mapping[str, Any] | None = None,
+    ) -> None:
         self.dense: list[Constraint] = []
         self.per_sample: list[Constraint] = []
         sizes: list[int] = []
@@ -115,6 +153,15 @@ class ConstraintLayout:
         for c in problem.all_constraints:
             if c.per_sample:
                 self.per_sample.append(c)
+                continue
+            if c.name not in state.constraints and c.intermittent:
+                if c.size is None:
+                    raise ShapeError(
+                        f"intermittent constraint {c.name!r} was not measured at the first "
+                        "evaluation, so its size is unknown; declare it with size=N."
+                    )
+                self.dense.append(c)
+                sizes.append(c.size)
                 continue
             value = as_constraint_value(c.name, state.constraints[c.name])
             n = value.value.numel()
@@ -135,7 +182,10 @@ class ConstraintLayout:
             self.offsets.append(self.offsets[-1] + n)
         self.num_dense = self.offsets[-1]
         self.problem = problem
-        self.dtype = dual_dtype(reference, [state.constraints[c.name] for c in self.dense])
+        self.dtype = dual_dtype(
+            reference,
+            [state.constraints[c.name] for c in self.dense if c.name in state.constraints],
+        )
         self.device = reference.device
         sign, equality = [], []
         for c, n in zip(self.dense, sizes, strict=True):
@@ -146,23 +196,54 @@ class ConstraintLayout:
         self.equality = (torch.cat(equality) if equality else empty.bool()).to(self.device)
         self.names = [c.name for c in self.dense]
         self._per_sample_names = {c.name for c in self.per_sample}
+        self.group_names = self.names + [c.name for c in self.per_sample]
+        self._intermittent = any(c.intermittent for c in problem.all_constraints)
+        self._all_plus = all(c.sign == 1.0 for c in self.dense)
+        self._rhs_override = _rhs_overrides(rhs_schedule, self.group_names)
+        self._masks: dict[frozenset[str], Tensor] = {}
         self._rhs_values: tuple[object, ...] | None = None
         self._rhs_source: object = None
-        self._set_rhs(self._current_rhs())
+        self._rhs_moves = False
+        self._set_rhs(self._current_rhs(0))
         self.has_equality = bool(self.equality.any()) or any(c.is_equality for c in self.per_sample)
 
     # -- right-hand sides -------------------------------------------------------------
-    def _current_rhs(self) -> tuple[object, ...]:
-        """The dense groups' right-hand sides as the problem declares them now (a field
-        named by ``rhs=`` can change between steps: schedules, tightening)."""
-        current = {c.name: c for c in self.problem.all_constraints}
-        return tuple(current[c.name].rhs if c.name in current else c.rhs for c in self.dense)
+    def rhs_of(
+        self, c: Constraint, step: int, declared: Mapping[str, Constraint] | None = None
+    ) -> float | tuple[float, ...]:
+        """Group ``c``'s right-hand side at step ``step``: the solver-level override if one
+        matches it, else the problem's current declaration (a schedule's value there).
+
+        Args:
+            c: The group.
+            step: The solver step.
+            declared: The problem's current constraints by name (looked up if omitted).
+        """
+        override = self._rhs_override.get(c.name)
+        if override is not None:
+            return float(override.at(step))
+        current = declared.get(c.name, c) if declared is not None else self._declared(c)
+        return current.rhs_at(step)
+
+    def _current_rhs(self, step: int) -> tuple[object, ...]:
+        """The dense groups' right-hand sides at ``step`` (a field named by ``rhs=`` can
+        change between steps, a schedule moves with the step)."""
+        declared = {c.name: c for c in self.problem.all_constraints}
+        dense = [declared.get(c.name, c) for c in self.dense]
+        self._rhs_moves = any(c.name in self._rhs_override for c in self.dense) or any(
+            isinstance(c.rhs, RhsSchedule) for c in dense
+        )
+        return tuple(self.rhs_of(c, step, declared) for c in self.dense)
 
     def _set_rhs(self, values: tuple[object, ...]) -> None:
         if values == self._rhs_values:
             return
         parts = []
-        for value, n in zip(values, self.sizes, strict=True):
+        for c, value, n in zip(self.dense, values, self.sizes, strict=True):
+            if isinstance(value, tuple) and len(value) != n:
+                raise ShapeError(
+                    f"constraint {c.name!r} has {len(value)} right-hand sides for {n} entries."
+                )
             parts.append(
                 torch.as_tensor(value, dtype=self.dtype).expand(n)
                 if isinstance(value, float)
@@ -170,8 +251,9 @@ class ConstraintLayout:
             )
         rhs = torch.cat(parts) if parts else torch.zeros(0, dtype=self.dtype)
         self.rhs = rhs.to(self.device)
-        # Decided from the declarations, not from the device tensors (no synchronisation).
-        self._identity_form = all(c.sign == 1 for c in self.dense) and all(
+        # Decided from the declarations, not from the device tensors (no synchronisation,
+        # also when a schedule moves the rhs).
+        self._identity_form = self._all_plus and all(
             all(float(x) == 0.0 for x in (v if isinstance(v, tuple) else (v,))) for v in values
         )
         self._shift = -self.sign * self.rhs
@@ -197,6 +279,22 @@ class ConstraintLayout:
         return {
             c.name: flat[self.offsets[k] : self.offsets[k + 1]] for k, c in enumerate(self.dense)
         }
+
+    def entry_mask(self, excluded: frozenset[str]) -> Tensor | None:
+        """Boolean mask of the dense entries whose group is not in ``excluded`` (``None``
+        when no dense group is excluded). Cached: one host-to-device copy per distinct
+        set."""
+        excluded = excluded.intersection(self.names)
+        if not excluded:
+            return None
+        mask = self._masks.get(excluded)
+        if mask is None:
+            flags = [c.name not in excluded for c in self.dense]
+            mask = torch.tensor(flags, dtype=torch.bool).repeat_interleave(
+                torch.tensor(self.sizes, dtype=torch.int64)
+            )
+            mask = self._masks[excluded] = mask.to(self.device)
+        return mask
 
     def signature(self) -> dict[str, object]:
         """A JSON description used to check that a checkpoint belongs to this problem."""
@@ -227,27 +325,36 @@ class ConstraintLayout:
             ShapeError: If a group's size changed since the layout was built, or a
                 per-sample group has indices out of range or repeated within the batch.
         """
+        step = 0 if step is None else step
         if self.dense:
             # The declarations are rebuilt (a new list) whenever a field of the problem
-            # changes: only then can a right-hand side have changed.
+            # changes; a schedule moves the rhs with the step. Otherwise nothing changes.
             source = getattr(self.problem, "_declared", None)
-            if source is None or source is not self._rhs_source:
-                self._set_rhs(self._current_rhs())
+            if self._rhs_moves or source is None or source is not self._rhs_source:
+                self._set_rhs(self._current_rhs(step))
                 self._rhs_source = source
         expected = len(self.dense) + len(self.per_sample)
         constraints = state.constraints
-        if len(constraints) != expected:
+        if len(constraints) != expected and (not self._intermittent or len(constraints) > expected):
             self._raise_names(state)
         values: list[Tensor] = []
         primals: list[Tensor] = []
         masks: list[Tensor | None] = []
         any_proxy = any_mask = False
+        unobserved: set[str] = set()  # no measurement: violation 0, multipliers frozen
+        absent: set[str] = set()  # neither value nor proxy: no primal term either
         device = self.device
         for c, n in zip(self.dense, self.sizes, strict=True):
-            try:
-                raw = constraints[c.name]
-            except KeyError:
-                self._raise_names(state)
+            raw = constraints.get(c.name)
+            if raw is None:
+                if not c.intermittent:
+                    self._raise_names(state)
+                unobserved.add(c.name)
+                absent.add(c.name)
+                values.append(torch.zeros(n, dtype=self.dtype, device=device))
+                primals.append(values[-1])
+                masks.append(None)
+                continue
             if type(raw) is Tensor and raw.is_floating_point() and raw.device == device:
                 # The common case, a plain tensor: nothing else to check.
                 flat = raw if raw.dim() == 1 else raw.reshape(-1)
@@ -266,8 +373,15 @@ class ConstraintLayout:
             values.append(value.value.reshape(-1))
             if values[-1].numel() != n:
                 self._raise_size_mismatch(values)
-            masks.append(None if value.observed is None else value.observed.reshape(-1))
-            any_mask |= value.observed is not None
+            if isinstance(value.observed, Tensor):
+                masks.append(value.observed.reshape(-1))
+                any_mask = True
+            else:
+                masks.append(None)
+                if value.observed is False:
+                    unobserved.add(c.name)
+                    if value.proxy is None:
+                        absent.add(c.name)
             if value.proxy is not None:
                 any_proxy = True
                 primals.append(value.proxy.reshape(-1))
@@ -291,27 +405,49 @@ class ConstraintLayout:
                 )
                 violation = torch.where(observed, violation, 0.0)
                 primal = torch.where(observed, primal, 0.0)
+            if unobserved:
+                groups = self.entry_mask(frozenset(unobserved))
+                assert groups is not None
+                observed = groups if observed is None else observed & groups
+                violation = torch.where(groups, violation, 0.0)
+                if absent:
+                    # Proxy-only groups keep their primal term; absent ones have none.
+                    has_primal = self.entry_mask(frozenset(absent))
+                    assert has_primal is not None
+                    primal = torch.where(has_primal, primal, 0.0)
         else:
             violation = primal = torch.zeros(0, dtype=self.dtype, device=device)
         per_sample: dict[str, IndexedViolation] = {}
         for c in self.per_sample:
-            per_sample[c.name] = self._stack_indexed(c, state.constraints.get(c.name))
+            raw = constraints.get(c.name)
+            if raw is None:
+                if c.intermittent:
+                    continue  # not measured at this step
+                self._raise_names(state)
+            per_sample[c.name] = self._stack_indexed(c, raw, step)
         # The signal is a copy: it must never share memory with a tensor of the user's (a
         # constraint that returns a parameter itself would otherwise change under the
         # optimizer step, and controllers keep signals in their state).
         return StackedConstraints(
-            violation.detach().clone(), primal, self.equality, per_sample, observed
+            violation.detach().clone(),
+            primal,
+            self.equality,
+            per_sample,
+            observed,
+            frozenset(unobserved),
         )
 
     def _raise_names(self, state: ProblemState) -> NoReturn:
         declared = [c.name for c in self.dense + self.per_sample]
-        missing = sorted(set(declared) - set(state.constraints))
+        optional = {c.name for c in self.dense + self.per_sample if c.intermittent}
+        missing = sorted(set(declared) - set(state.constraints) - optional)
         extra = sorted(set(state.constraints) - set(declared))
         if missing:
             kind = "per-sample constraint" if missing[0] in self._per_sample_names else "constraint"
             raise ConfigError(
                 f"evaluate() did not return {kind} {missing[0]!r}; returned "
-                f"{sorted(state.constraints)} (declared: {declared})."
+                f"{sorted(state.constraints)} (declared: {declared}). Declare it "
+                "intermittent=True if it is only measured on some steps."
             )
         raise ConfigError(
             f"evaluate() returned constraint(s) {extra} that the problem does not declare "
@@ -325,7 +461,7 @@ class ConstraintLayout:
             return flat
         return torch.addcmul(self._shift, self.sign, flat)
 
-    def _stack_indexed(self, c: Constraint, raw: object) -> IndexedViolation:
+    def _stack_indexed(self, c: Constraint, raw: object, step: int) -> IndexedViolation:
         if raw is None:
             raise ConfigError(f"evaluate() did not return per-sample constraint {c.name!r}.")
         value = as_constraint_value(c.name, raw)
@@ -339,13 +475,19 @@ class ConstraintLayout:
         # Out-of-range indices are reported when the step is flushed (check_indices); until
         # then they are clamped so that no gather or scatter leaves the store.
         indices = given.clamp(0, max(size - 1, 0))
-        current = self._declared(c)
-        v = current.violation(value.value.reshape(-1).to(self.dtype))
-        p = v if value.proxy is None else current.violation(value.proxy.reshape(-1).to(self.dtype))
+        rhs = self.rhs_of(c, step)
+        assert isinstance(rhs, float)  # per-sample groups take a scalar rhs
+        v = c.sign * (value.value.reshape(-1).to(self.dtype) - rhs)
+        p = v if value.proxy is None else c.sign * (value.proxy.reshape(-1).to(self.dtype) - rhs)
+        observed = value.observed is not False
+        if not observed:
+            v = torch.zeros_like(v)
         first = None
         if indices.numel() > 1:
             v, p, first = _merge_repeats(indices, v, p)
-        return IndexedViolation(v.detach().clone(), p, indices, c.is_equality, first, given, size)
+        return IndexedViolation(
+            v.detach().clone(), p, indices, c.is_equality, first, given, size, observed
+        )
 
     def merge(self, evaluations: list[StackedConstraints]) -> StackedConstraints:
         """One evaluation from several micro-batches (gradient accumulation): the mean of
@@ -372,8 +514,12 @@ class ConstraintLayout:
             violation = (violations * masks).sum(0) / counts.clamp_min(1)
             observed = counts > 0
         per_sample: dict[str, IndexedViolation] = {}
-        for name, first in evaluations[0].per_sample.items():
-            parts = [e.per_sample[name] for e in evaluations]
+        names = dict.fromkeys(n for e in evaluations for n in e.per_sample)
+        for name in names:
+            present = [e.per_sample[name] for e in evaluations if name in e.per_sample]
+            # Intermittent groups: only the micro-batches that measured the group count.
+            parts = [iv for iv in present if iv.observed] or present
+            first = parts[0]
             given = torch.cat([iv.indices for iv in parts])
             values = torch.cat([iv.violation for iv in parts])
             raw = torch.cat(
@@ -383,9 +529,12 @@ class ConstraintLayout:
             if given.numel() > 1:
                 values, _, mask = _merge_repeats(given, values, values)
             per_sample[name] = IndexedViolation(
-                values, values, given, first.equality, mask, raw, first.size
+                values, values, given, first.equality, mask, raw, first.size, first.observed
             )
-        return StackedConstraints(violation, violation, self.equality, per_sample, observed)
+        unobserved = frozenset.intersection(*(e.unobserved for e in evaluations))
+        return StackedConstraints(
+            violation, violation, self.equality, per_sample, observed, unobserved
+        )
 
     def check_indices(self, stacked: StackedConstraints, step: int | None = None) -> None:
         """Raise :class:`ShapeError` if a per-sample group's indices leave ``[0, size)``
@@ -502,3 +651,40 @@ def dual_dtype(objective: Tensor, constraints: list[object]) -> torch.dtype:
         if candidate.is_floating_point:
             dtype = torch.promote_types(dtype, candidate)
     return dtype
+
+
+def _rhs_overrides(spec: Mapping[str, Any] | None, names: list[str]) -> dict[str, RhsSchedule]:
+    """Resolve a solver-level ``rhs_schedule`` mapping to one schedule per matched group.
+
+    Raises:
+        ConfigError: For a pattern matching no group, a group matched twice, a value that
+            is not a schedule, a mapping with a ``name`` or a number.
+    """
+    if not spec:
+        return {}
+    if not isinstance(spec, Mapping):
+        raise ConfigError(
+            "rhs_schedule must map constraint-name patterns to schedules, e.g. "
+            "{'parity*': {'name': 'linear', 'start': 0.1, 'end': 0.02, 'steps': 500}}; got "
+            f"{describe(spec)}."
+        )
+    assigned = match_patterns(spec, names, what="rhs_schedule", require_all=False)
+    out: dict[str, RhsSchedule] = {}
+    built = {pattern: _build_schedule(pattern, value) for pattern, value in spec.items()}
+    for name, pattern in assigned.items():
+        out[name] = built[pattern]
+    return out
+
+
+def _build_schedule(pattern: str, value: object) -> RhsSchedule:
+    if isinstance(value, (RhsSchedule, Mapping)) or (
+        isinstance(value, (int, float)) and not isinstance(value, bool)
+    ):
+        try:
+            return _schedules.build(value)
+        except ConfigError as exc:
+            raise ConfigError(f"rhs_schedule[{pattern!r}]: {exc}") from None
+    raise ConfigError(
+        f"rhs_schedule[{pattern!r}]: expected a schedule (a mapping with a 'name' key, a "
+        f"constrain.schedules.RhsSchedule or a number); got {describe(value)}."
+    )

@@ -21,17 +21,27 @@ import decimal
 import math
 import numbers
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeAlias
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializeAsAny,
+    field_validator,
+    model_validator,
+)
 from torch import Tensor
 
+from . import schedules as _schedules
 from ._components import bools_for_numbers
 from ._errors import ConfigError, ShapeError, describe
+from .schedules import RhsSchedule
 
 __all__ = [
     "ConstrainedProblem",
@@ -70,18 +80,28 @@ class ConstraintValue:
             primal player's Lagrangian uses it instead of ``value``.
         indices: For per-sample (indexed) constraints: the sample indices the entries of
             ``value`` belong to (1-d integer tensor, same length as ``value``).
-        observed: Optional boolean mask (shape of ``value``) of the entries this batch
-            measured. An unobserved entry (e.g. the parity gap of a group absent from the
-            batch) gets no multiplier update, no primal term and counts as no violation.
-            Its value may be anything, NaN included, as long as it carries no gradient: a
-            NaN inside the graph would still reach the gradient (compute group means with
-            ``counts.clamp_min(1)``, as the fairness helpers do).
+        observed: Which entries this batch measured: ``None`` or ``True`` (all), ``False``
+            (none: ``value`` is not a measurement of this step, e.g. an exact rate measured
+            on a held-out set every few steps; the group's multipliers, their controller
+            state and the penalties do not move, and the proxy, if given, still enters the
+            primal loss; build one with :meth:`proxy_only`), or a boolean mask of the
+            value's shape. An unobserved entry (e.g. the parity gap of a group absent from
+            the batch) gets no multiplier update, no primal term and counts as no
+            violation. Its value may be anything, NaN included, as long as it carries no
+            gradient: a NaN inside the graph would still reach the gradient (compute group
+            means with ``counts.clamp_min(1)``, as the fairness helpers do).
     """
 
     value: Tensor
     proxy: Tensor | None = None
     indices: Tensor | None = None
-    observed: Tensor | None = None
+    observed: Tensor | bool | None = None
+
+    @classmethod
+    def proxy_only(cls, proxy: Tensor, indices: Tensor | None = None) -> ConstraintValue:
+        """A step that only gives the primal player a differentiable surrogate: the true
+        value is not measured (``observed=False``), so the multipliers stay put."""
+        return cls(proxy.detach(), proxy, indices, observed=False)
 
 
 @dataclass
@@ -161,7 +181,9 @@ class Constraint(BaseModel):
     Args:
         name: Unique name (used for multipliers, history columns and plots).
         sense: ``"<="``, ``">="`` or ``"=="``.
-        rhs: Right-hand side: a scalar, or one value per entry of the group.
+        rhs: Right-hand side: a scalar, one value per entry of the group, or a schedule
+            ``b_t`` read at every step (a :class:`constrain.schedules.RhsSchedule` or a
+            mapping ``{"name": "linear", "start": ..., "end": ..., "steps": ...}``).
         size: Number of entries in the group; ``None`` infers it at the first evaluation.
             For per-sample constraints this is the number of samples.
         fn: For composition: ``fn(model, batch)`` returning the left-hand side (a tensor or
@@ -171,18 +193,26 @@ class Constraint(BaseModel):
         per_sample: If true the group is indexed: each evaluation returns the values of a
             minibatch of samples with their ``indices`` and only those multipliers move.
         description: Free text shown in reports.
+        max_multiplier: Upper bound ``M >= 0`` on the group's multipliers: ``lam`` is kept
+            in ``[0, M]`` (inequalities) or ``|mu| <= M`` (equalities) after every update.
+            ``None``: unbounded. A solver-level ``max_multiplier`` overrides it.
+        intermittent: The group is measured on some steps only: ``evaluate()`` may leave it
+            out (a ``fn`` may return ``None``); on those steps its multipliers, controller
+            state and penalties stay put and it adds nothing to the primal loss.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
     name: str = Field(min_length=1)
     sense: Sense = "<="
-    rhs: float | tuple[float, ...] = 0.0
+    rhs: float | tuple[float, ...] | SerializeAsAny[RhsSchedule] = 0.0
     size: int | None = Field(default=None, ge=1)
     fn: Any = None
     proxy: Any = None
     per_sample: bool = False
     description: str = ""
+    max_multiplier: float | None = Field(default=None, ge=0)
+    intermittent: bool = False
 
     def __init__(self, name: str | None = None, sense: str | None = None, /, **data: Any):
         if name is not None:
@@ -215,6 +245,13 @@ class Constraint(BaseModel):
     @field_validator("rhs", mode="before")
     @classmethod
     def _finite_rhs(cls, value: object) -> object:
+        if isinstance(value, RhsSchedule):
+            return value
+        if isinstance(value, Mapping):
+            try:
+                return _schedules.build(value)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
         return _real_rhs(value)
 
     @field_validator("size", mode="before")
@@ -262,12 +299,20 @@ class Constraint(BaseModel):
         """+1 for ``<=`` and ``==``, -1 for ``>=`` (the standard-form factor)."""
         return -1.0 if self.sense == ">=" else 1.0
 
-    def violation(self, value: Tensor) -> Tensor:
-        """Standard form of ``value``: ``sign * (value - rhs)`` (``<= 0`` / ``== 0`` when met)."""
+    def rhs_at(self, step: int = 0) -> float | tuple[float, ...]:
+        """The right-hand side at solver step ``step`` (a schedule's value there)."""
+        if isinstance(self.rhs, RhsSchedule):
+            return float(self.rhs.at(step))
+        return self.rhs
+
+    def violation(self, value: Tensor, step: int = 0) -> Tensor:
+        """Standard form of ``value``: ``sign * (value - rhs)`` (``<= 0`` / ``== 0`` when met),
+        with the right-hand side of step ``step``."""
+        bound = self.rhs_at(step)
         rhs: float | Tensor = (
-            self.rhs
-            if isinstance(self.rhs, float)
-            else torch.as_tensor(self.rhs, dtype=value.dtype, device=value.device)
+            bound
+            if isinstance(bound, float)
+            else torch.as_tensor(bound, dtype=value.dtype, device=value.device)
         )
         return self.sign * (value - rhs)
 
@@ -348,11 +393,13 @@ _CONSTRAINT_ATTR = "__constrain_constraint__"
 def constraint(
     sense: str = "<=",
     *,
-    rhs: float | Sequence[float] | str = 0.0,
+    rhs: float | Sequence[float] | str | RhsSchedule | Mapping[str, Any] = 0.0,
     size: int | str | None = None,
     per_sample: bool = False,
     name: str | None = None,
     description: str = "",
+    max_multiplier: float | None = None,
+    intermittent: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Mark a method of a :class:`ConstrainedProblem` subclass as a constraint.
 
@@ -362,13 +409,17 @@ def constraint(
 
     Args:
         sense: ``"<="``, ``">="`` or ``"=="``.
-        rhs: Right-hand side, or the *name of a field* of the problem holding it (so that
-            a hyperparameter such as a tolerance is validated and configurable).
+        rhs: Right-hand side (a number, a sequence, a schedule), or the *name of a field*
+            of the problem holding it (so that a hyperparameter such as a tolerance is
+            validated and configurable).
         size: Number of entries (``None``: inferred at the first evaluation), or the name
             of an integer field of the problem holding it.
         per_sample: Indexed per-sample constraint (``size`` = number of samples).
         name: Constraint name (defaults to the method name).
         description: Free text shown in reports.
+        max_multiplier: Upper bound on the group's multipliers (see :class:`Constraint`).
+        intermittent: The method may return ``None`` on steps where the group is not
+            measured (see :class:`Constraint`).
 
     Example:
         >>> class Budget(ConstrainedProblem):
@@ -391,6 +442,8 @@ def constraint(
                 "per_sample": per_sample,
                 "name": name or method.__name__,
                 "description": description,
+                "max_multiplier": max_multiplier,
+                "intermittent": intermittent,
             },
         )
         return method
@@ -490,6 +543,8 @@ class ConstrainedProblem(BaseModel):
                     fn=getattr(self, attr_name),
                     per_sample=meta["per_sample"],
                     description=meta["description"],
+                    max_multiplier=meta.get("max_multiplier"),
+                    intermittent=meta.get("intermittent", False),
                 )
             )
         seen: set[str] = set()
@@ -573,10 +628,13 @@ class ConstrainedProblem(BaseModel):
                     f"{type(self).__name__}."
                 )
             value = c.fn(model, batch)
+            if value is None and c.intermittent:
+                continue  # not measured at this step
             if c.proxy is not None:
                 base = value.value if isinstance(value, ConstraintValue) else value
                 indices = value.indices if isinstance(value, ConstraintValue) else None
-                value = ConstraintValue(base, c.proxy(model, batch), indices)
+                observed = value.observed if isinstance(value, ConstraintValue) else None
+                value = ConstraintValue(base, c.proxy(model, batch), indices, observed)
             values[c.name] = value
         return ProblemState(objective=self.objective(model, batch), constraints=values)
 
@@ -643,15 +701,20 @@ def as_constraint_value(name: str, raw: object) -> ConstraintValue:
                 f"constraint {name!r}: the indices are on {value.indices.device} but the "
                 f"value is on {device}; put both on the model's device."
             )
-    if value.observed is not None and (
-        not isinstance(value.observed, Tensor)
-        or value.observed.dtype != torch.bool
-        or value.observed.shape != value.value.shape
-        or value.observed.device != device
+    if (
+        value.observed is not None
+        and not isinstance(value.observed, bool)
+        and (
+            not isinstance(value.observed, Tensor)
+            or value.observed.dtype != torch.bool
+            or value.observed.shape != value.value.shape
+            or value.observed.device != device
+        )
     ):
         raise ShapeError(
-            f"constraint {name!r}: observed must be a boolean tensor of the value's shape "
-            f"{tuple(value.value.shape)} on {device}; got {describe(value.observed)}."
+            f"constraint {name!r}: observed must be True, False or a boolean tensor of the "
+            f"value's shape {tuple(value.value.shape)} on {device}; got "
+            f"{describe(value.observed)}."
         )
     return value
 
@@ -701,8 +764,9 @@ def check_names(problem: ConstrainedProblem, state: ProblemState) -> None:
     """
     declared = {c.name for c in problem.all_constraints}
     got = set(state.constraints)
-    if declared != got:
-        missing = sorted(declared - got)
+    optional = {c.name for c in problem.all_constraints if c.intermittent}
+    if not (declared - optional) <= got or not got <= declared:
+        missing = sorted(declared - optional - got)
         extra = sorted(got - declared)
         raise ConfigError(
             f"{type(problem).__name__}.evaluate() returned constraints {sorted(got)} but "

@@ -291,8 +291,8 @@ class Recorder:
         proposals: Mapping[str, Tensor] | None,
     ) -> Tensor:
         dtype = self.dtype
-        iv = stacked.per_sample[name]
-        if iv.violation.numel() == 0:
+        iv = stacked.per_sample.get(name)  # absent: an intermittent group not measured
+        if iv is None or iv.violation.numel() == 0:
             return torch.tensor(_EMPTY_SAMPLE, dtype=dtype, device=self.layout.device)
         v = iv.violation
         g = (v.abs() if equality else v) + (v - v)

@@ -259,6 +259,10 @@ def build_solver(spec: ProblemSpec, config: RunConfig) -> tuple[Setup, Solver]:
         order=config.order,
         on_nonfinite=config.on_nonfinite,
         record_every=config.record_every,
+        max_multiplier=config.max_multiplier,
+        restart=config.restart,
+        dual_every=config.dual_every,
+        rhs_schedule=config.rhs_schedule,
     )
     if not solver.formulation.uses_multipliers:
         logger.warning(
@@ -289,7 +293,7 @@ def summarize(
     last = history.last if len(history) else None
     summary: dict[str, Any] = {
         "problem": spec.name,
-        "controller": config.controller["name"],
+        "controller": config.controller_label,
         "controller_config": solver.controller.spec(),
         "formulation": config.formulation["name"],
         "order": config.order,
@@ -425,7 +429,7 @@ def claim_folder(
     than 0); see :class:`constrain._run_folder.RunFolder`."""
     if out is None or not is_writer():
         return None
-    info = {"problem": config.problem["name"], "controller": config.controller["name"]}
+    info = {"problem": config.problem["name"], "controller": config.controller_label}
     return RunFolder.claim(out, overwrite=overwrite, resume=resume, what=what, info=info)
 
 

@@ -56,8 +56,8 @@ from ._errors import ConfigError, NonFiniteError, describe
 from ._resume import DataCursor
 from ._step_log import StepLog
 from ._stepping import ORDER, Micro, StepInProgress, check_accumulate, expect
-from .controllers import Controller, ControllerState
-from .duals import Duals, NonFinitePolicy
+from .controllers import Controller, ControllerMap, ControllerSpec, ControllerState
+from .duals import DualEvery, Duals, MaxMultiplier, NonFinitePolicy, Restart
 from .formulations import Formulation
 from .history import History, StepRecord
 from .layout import ConstraintLayout, StackedConstraints
@@ -123,7 +123,10 @@ class Solver:
             them (e.g. SGD for the weights and Adam for gates); together they must own
             every parameter that a regularizer acts on.
         controller: Multiplier controller: a registered name, a mapping
-            ``{"name": ..., **hyperparameters}`` or a :class:`Controller` instance.
+            ``{"name": ..., **hyperparameters}`` or a :class:`Controller` instance; or
+            per-group controllers, a mapping from constraint-name patterns to those
+            (``{"budget": "gda", "parity*": {"name": "nupi", "kp": 5}}``; every group
+            matched by exactly one pattern).
         formulation: ``"lagrangian"`` (default), ``"augmented_lagrangian"``,
             ``"quadratic_penalty"``, a mapping or a :class:`Formulation` instance.
         order: ``"simultaneous"``, ``"dual_primal"`` or ``"primal_dual"``.
@@ -151,6 +154,14 @@ class Solver:
             (same kinds); replaces the formulation's own growth schedule.
         reducer: Cross-process reduction (default: :class:`DistributedReducer` when
             ``torch.distributed`` runs several ranks).
+        max_multiplier: Upper bound on the multipliers (``[0, M]`` for inequalities,
+            ``|mu| <= M`` for equalities): a number or ``{pattern: M}``; overrides the
+            groups' declared ``Constraint.max_multiplier``.
+        restart: Dual restarts (reset an inequality multiplier and its controller state
+            when its constraint is strictly satisfied): ``True`` or ``{pattern: bool}``.
+        dual_every: Multiplier step every ``k`` steps: an int or ``{pattern: k}``.
+        rhs_schedule: Right-hand sides by constraint-name pattern that replace the
+            declared ones: schedules (:mod:`constrain.schedules`) or numbers.
 
     Raises:
         ConfigError: For an unknown order/controller/formulation, optimizers that own no
@@ -165,7 +176,7 @@ class Solver:
         model: nn.Module,
         optimizer: OptimizerSpec,
         *,
-        controller: str | Controller | Mapping[str, Any] = "gda",
+        controller: ControllerSpec | ControllerMap = "gda",
         formulation: str | Formulation | Mapping[str, Any] = "lagrangian",
         order: Order = "simultaneous",
         on_nonfinite: NonFinitePolicy = "raise",
@@ -177,6 +188,10 @@ class Solver:
         dual_lr_schedule: Schedule | None = None,
         penalty_schedule: Schedule | None = None,
         reducer: SignalReducer | None = None,
+        max_multiplier: MaxMultiplier = None,
+        restart: Restart = False,
+        dual_every: DualEvery = 1,
+        rhs_schedule: Mapping[str, Any] | None = None,
     ) -> None:
         _check_arguments(problem, model, order, on_nonfinite, record_every)
         _check_interval("vectors_every", vectors_every, allow_none=True)
@@ -202,16 +217,22 @@ class Solver:
         self.record_every = record_every
         self.vectors_every = vectors_every
         self.check_every = check_every
+        self.rhs_schedule = rhs_schedule
         self.duals = Duals(
-            _controllers.build(controller),
+            _controllers.build_controllers(controller),
             _formulations.build(formulation),
             on_nonfinite=on_nonfinite,
+            max_multiplier=max_multiplier,
+            restart=restart,
+            dual_every=dual_every,
         )
         self.primal = PrimalSide(model, optimizer, reducer or _default_reducer(), on_nonfinite)
         self.regularizers = RegularizerStage(
             problem.regularizers, model, self.primal.group_of, self.primal.optimizers
         )
-        self.schedules = DualSchedules(self.duals.formulation, dual_lr_schedule, penalty_schedule)
+        self.schedules = DualSchedules(
+            self.duals.controller, self.duals.formulation, dual_lr_schedule, penalty_schedule
+        )
         self.loggers: list[Logger] = list(loggers)
         self.step_log = StepLog(
             history if history is not None else History(),
@@ -232,7 +253,9 @@ class Solver:
         "primal", "optimizers", "The primal optimizers."
     )
     reducer = _View[SignalReducer]("primal", "reducer", "The cross-process reduction.")
-    controller = _View[Controller]("duals", "controller", "The multiplier controller.")
+    controller = _View[Controller | ControllerMap](
+        "duals", "controller", "The multiplier controller (or the per-group controllers)."
+    )
     formulation = _View[Formulation]("duals", "formulation", "The formulation.")
     layout = _View[ConstraintLayout | None]("duals", "layout", "The constraint layout.")
     multiplier_store = _View[Multipliers | None]("duals", "multipliers", "Raw multipliers.")
@@ -493,7 +516,7 @@ class Solver:
         state = self.primal.reducer.reduce_state(self.problem, state)
         if not self.duals.ready:
             check_names(self.problem, state)
-            layout = ConstraintLayout(self.problem, state)
+            layout = ConstraintLayout(self.problem, state, rhs_schedule=self.rhs_schedule)
             self.duals.initialise(layout)
             history = self.step_log.history
             if not history.labels:
@@ -604,7 +627,7 @@ def _extragradient_step(solver: Solver, batch: Any) -> StepRecord | None:
         return solver.dual_step()
     snapshot = [p.detach().clone() for p in solver.model.parameters()]
     with solver.schedules.controller(solver.duals, solver.step_count):
-        lookahead = solver.duals.lookahead(stacked)
+        lookahead = solver.duals.lookahead(stacked, solver.step_count)
     solver._backward(solver._loss(objective, stacked))
     solver._primal_and_prox()
     with solver.duals.swapped(lookahead):
@@ -738,12 +761,16 @@ def solve(
     steps: int = 1000,
     lr: float = 1e-2,
     optimizer: str | torch.optim.Optimizer = "sgd",
-    controller: str | Controller | Mapping[str, Any] = "gda",
+    controller: ControllerSpec | ControllerMap = "gda",
     formulation: str | Formulation | Mapping[str, Any] = "lagrangian",
     order: Order = "simultaneous",
     batch: Any = None,
     data: Iterable[Any] | None = None,
     progress: bool | None = False,
+    max_multiplier: MaxMultiplier = None,
+    restart: Restart = False,
+    dual_every: DualEvery = 1,
+    rhs_schedule: Mapping[str, Any] | None = None,
     **optimizer_options: Any,
 ) -> SolveResult:
     """Full-batch (or minibatch, with ``data``) convenience around :class:`Solver`.
@@ -755,12 +782,17 @@ def solve(
         lr: Primal learning rate (when ``optimizer`` is a name).
         optimizer: ``"sgd"``, ``"adam"``, ``"adamw"``, ``"rmsprop"``, ``"adagrad"``,
             ``"lbfgs"`` or an optimizer instance.
-        controller: Multiplier controller (name, mapping or instance).
+        controller: Multiplier controller (name, mapping or instance), or per-group
+            controllers ``{pattern: controller}``.
         formulation: Formulation (name, mapping or instance).
         order: Update order.
         batch: Fixed batch passed at every step.
         data: Iterable of batches instead of ``batch``.
         progress: Progress bar.
+        max_multiplier: Multiplier bound (see :class:`Solver`).
+        restart: Dual restarts (see :class:`Solver`).
+        dual_every: Multiplier step every ``k`` steps (see :class:`Solver`).
+        rhs_schedule: Right-hand-side overrides by pattern (see :class:`Solver`).
         **optimizer_options: Extra optimizer arguments (e.g. ``momentum=0.9``).
 
     Example:
@@ -769,7 +801,16 @@ def solve(
     """
     opt = make_optimizer(optimizer, model.parameters(), lr=lr, **optimizer_options)
     solver = Solver(
-        problem, model, opt, controller=controller, formulation=formulation, order=order
+        problem,
+        model,
+        opt,
+        controller=controller,
+        formulation=formulation,
+        order=order,
+        max_multiplier=max_multiplier,
+        restart=restart,
+        dual_every=dual_every,
+        rhs_schedule=rhs_schedule,
     )
     history = solver.fit(data, steps, batch=batch, progress=progress)
     return SolveResult(model, solver.multipliers, history, solver)

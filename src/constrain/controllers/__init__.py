@@ -9,9 +9,13 @@ Registered rules: ``gda`` (:class:`GDA`), ``momentum`` (:class:`Momentum`), ``ne
 (:class:`PID`), ``optimistic`` (:class:`Optimistic`), ``extragradient``
 (:class:`ExtraGradient`), ``multiplicative`` (:class:`MultiplicativeWeights`) and
 ``group_dro`` (:class:`GroupDRO`).
+
+Different groups may use different controllers: :func:`build_controllers` turns a mapping
+from constraint-name patterns to controllers into a :class:`ControllerMap`.
 """
 
 from ._base import Controller, ControllerState
+from ._map import ControllerMap, ControllerSpec, build_controllers
 from ._registry import CONTROLLERS, build, get, names, register
 from .adam import Adam
 from .extragradient import ExtraGradient
@@ -30,6 +34,8 @@ __all__ = [
     "PID",
     "Adam",
     "Controller",
+    "ControllerMap",
+    "ControllerSpec",
     "ControllerState",
     "ExtraGradient",
     "GroupDRO",
@@ -39,6 +45,7 @@ __all__ = [
     "NuPI",
     "Optimistic",
     "build",
+    "build_controllers",
     "get",
     "names",
     "register",

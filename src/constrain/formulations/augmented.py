@@ -36,9 +36,15 @@ class AugmentedLagrangian(PenalizedFormulation):
     The dual signal is ``c * g``, so the ``gda`` controller with ``lr=1`` is exactly the
     classical multiplier step ``lam <- max(0, lam + c g)``.
 
+    With one penalty per entry (a ``penalty`` mapping or an ``updater``) every entry uses
+    its own ``c_i`` in its term and in its signal ``c_i g_i``.
+
     Args:
-        penalty: Initial penalty coefficient ``c > 0`` (0 is refused). Default ``1.0``.
-        schedule: When and how ``c`` grows (default: constant).
+        penalty: Initial penalty coefficient ``c > 0`` (0 is refused), or ``{pattern: c}``
+            per constraint group. Default ``1.0``.
+        schedule: When and how one shared ``c`` grows (default: constant).
+        updater: Per-entry feasibility-driven growth (see docs/algorithms.md,
+            'Penalty updaters').
     """
 
     def terms(

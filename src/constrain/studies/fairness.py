@@ -187,7 +187,7 @@ def equalized_odds(
     tpr = _conditional_gaps(hard, soft, membership, y > 0.5)
     fpr = _conditional_gaps(hard, soft, membership, y <= 0.5)
     assert tpr.proxy is not None and fpr.proxy is not None
-    assert tpr.observed is not None and fpr.observed is not None
+    assert isinstance(tpr.observed, Tensor) and isinstance(fpr.observed, Tensor)
     return ConstraintValue(
         torch.cat([tpr.value, fpr.value]),
         torch.cat([tpr.proxy, fpr.proxy]),
