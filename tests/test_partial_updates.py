@@ -223,3 +223,29 @@ def test_distributed_runs_refuse_unmeasured_constraints(tmp_path: Any) -> None:
             reducer.reduce_state(proxy, proxy.evaluate(model, None))
     finally:
         dist.destroy_process_group()
+
+
+def test_an_undeclared_constraint_next_to_a_left_out_intermittent_one_is_named() -> None:
+    """Leaving an intermittent group out does not make room for an undeclared one."""
+    from constrain import ProblemState
+
+    class Swaps(ConstrainedProblem):
+        calls: int = 0
+
+        def evaluate(self, model: Any, batch: Any) -> ProblemState:
+            self.calls += 1
+            x = model.x
+            if self.calls == 1:
+                return ProblemState(x.sum(), {"always": x[0:1], "rare": x[1:2]})
+            return ProblemState(x.sum(), {"always": x[0:1], "typo": x[1:2]})
+
+    problem = Swaps(
+        constraints=[
+            Constraint("always", "<="),
+            Constraint("rare", "<=", size=1, intermittent=True),
+        ]
+    )
+    solver = _frozen(problem, [1.0, 2.0])
+    solver.step()
+    with pytest.raises(ConfigError, match=r"constraint\(s\) \['typo'\] that the problem does"):
+        solver.step()

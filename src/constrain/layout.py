@@ -198,6 +198,7 @@ class ConstraintLayout:
         self._per_sample_names = {c.name for c in self.per_sample}
         self.group_names = self.names + [c.name for c in self.per_sample]
         self._intermittent = any(c.intermittent for c in problem.all_constraints)
+        self._declared_names = frozenset(self.group_names)
         self._all_plus = all(c.sign == 1.0 for c in self.dense)
         self._rhs_override = _rhs_overrides(rhs_schedule, self.group_names)
         self._masks: dict[frozenset[str], Tensor] = {}
@@ -335,7 +336,10 @@ class ConstraintLayout:
                 self._rhs_source = source
         expected = len(self.dense) + len(self.per_sample)
         constraints = state.constraints
-        if len(constraints) != expected and (not self._intermittent or len(constraints) > expected):
+        if self._intermittent:  # some may be left out: only undeclared names are wrong
+            if len(constraints) > expected or not self._declared_names.issuperset(constraints):
+                self._raise_names(state)
+        elif len(constraints) != expected:
             self._raise_names(state)
         values: list[Tensor] = []
         primals: list[Tensor] = []
