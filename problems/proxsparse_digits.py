@@ -124,6 +124,7 @@ def proxsparse_problem(strength: float) -> ConstrainedProblem:
 
 class ProxSparseDigits(ProblemSpec):
     name = "proxsparse-digits"
+    params = ProxSparseParams
     description = (
         "ProxSparse 2:4 mask learning (exact prox of the 2:4 regularizer) vs one-shot "
         "magnitude 2:4 pruning of a pretrained digits MLP, several seeds."

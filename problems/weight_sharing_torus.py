@@ -362,6 +362,7 @@ def _summary(values: list[float]) -> dict[str, Any]:
 
 class WeightSharingTorus(ProblemSpec):
     name = "weight-sharing-torus"
+    params = TorusParams
     description = (
         "Weight sharing learns convolutions? 2FC + weight-sharing prox vs 2FC vs circular CNN "
         "on randomly shifted 8x8 digits, natural and shuffled pixels, several seeds; "

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 from torch import nn
 
 from . import distributed
-from ._components import format_validation_error
+from ._components import format_validation_error, refuse_bools_for_numbers
 from ._errors import ConfigError
 from ._io import atomic_write_text, strict_json_dumps
 from ._registry import Registry
@@ -90,6 +90,8 @@ class ProblemSpec:
             ``--controller NAME`` switches controllers.
         params: The pydantic model of the problem's hyperparameters (``--set
             problem.KEY=VALUE``), listed by ``constrain show``; ``None`` if not declared.
+            :func:`build_solver` refuses a bool for any of its numeric fields before
+            :meth:`build` runs (true and false are not 1 and 0).
         derived_params: Fields of ``params`` that the spec sets from its data (not
             settable; hidden by ``constrain show``).
         validates: Whether ``constrain validate`` applies: the problem is declared from
@@ -228,8 +230,12 @@ def build_solver(spec: ProblemSpec, config: RunConfig) -> tuple[Setup, Solver]:
 
     Raises:
         ConfigError: If the problem's hyperparameters (``config.problem``) are invalid,
-            naming each offending key.
+            naming each offending key (a bool for a numeric field of ``spec.params``
+            included: true and false are not 1 and 0).
     """
+    if spec.params is not None:
+        hyperparameters = {k: v for k, v in config.problem.items() if k != "name"}
+        refuse_bools_for_numbers(spec.params, hyperparameters, f"problem {spec.name!r}")
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % (2**32))
     previous = torch.get_default_dtype()
