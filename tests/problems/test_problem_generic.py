@@ -1,8 +1,8 @@
 """The contract every registered problem meets: its default configuration round trips, its
 recommended controller settings name registered controllers, bad hyperparameters are
-refused naming the field (a bool for a number included), a run resumes exactly from a
-checkpoint, and the exact check (``constrain validate``) applies exactly where the table
-says.
+refused naming the field (a bool for a number included), ``constrain show`` lists its
+hyperparameters, a run resumes exactly from a checkpoint, and the exact check
+(``constrain validate``) applies exactly where the table says.
 
 Parametrized from the registry through tests/problems/_problem_db.py.
 """
@@ -32,6 +32,7 @@ from constrain import (
     problem_names,
 )
 from constrain._components import bools_for_numbers
+from constrain._show import format_problem_info, hyperparameters, problem_info
 from constrain.checkpoint import load_checkpoint, save_checkpoint
 from constrain.runner import build_solver
 
@@ -194,6 +195,24 @@ def _takes_number_lists(annotation: Any) -> bool:
         and {a for a in typing.get_args(p) if a is not Ellipsis} <= {int, float}
         for p in parts
     )
+
+
+def test_every_problem_declares_its_hyperparameters(problem_name: str) -> None:
+    """``constrain show`` lists every option of the default configuration, with its type
+    and meaning (a spec without a ``params`` model shows "none declared")."""
+    spec = get_problem(problem_name)
+    assert spec.params is not None, f"{problem_name} declares no params model"
+    rows = {row["name"]: row for row in hyperparameters(spec)}
+    assert rows, f"constrain show {problem_name} lists no hyperparameter"
+    options = set(spec.default_config().problem) - {"name"}
+    assert options <= set(rows), f"not listed by show: {options - set(rows)}"
+    for name, row in rows.items():
+        assert row["type"] and row["description"], f"{problem_name}.{name}: {row}"
+        if name in options:
+            assert row["default"] == spec.default_config().problem[name]
+    text = format_problem_info(problem_info(spec), spec.default_config().to_yaml())
+    assert "none declared" not in text
+    assert all(f"\n  {name} " in text for name in rows)
 
 
 def test_a_bool_for_a_number_is_refused_naming_the_field(problem_name: str) -> None:
