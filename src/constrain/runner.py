@@ -134,6 +134,12 @@ class ProblemSpec:
         """Extra figures written under ``out``; returns their paths."""
         return []
 
+    def summary_rows(self, summary: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Extra ``(label, text)`` rows of the printed run summary (``constrain run``
+        without ``--json``), read from ``summary`` (the run's JSON summary, with the
+        :meth:`report` fields); none by default."""
+        return []
+
     def compare_figures(self, entries: list[dict[str, Any]], out: Path) -> list[Path]:
         """Extra figures of a ``constrain compare`` written under ``out``; returns their paths.
 
