@@ -13,6 +13,7 @@ import torch
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
+from _figures import record_figures, unreadable
 from constrain_problems.weight_sharing_torus import (
     PIXELS,
     CircularCNN,
@@ -26,7 +27,6 @@ from constrain_problems.weight_sharing_torus import (
     shift_table,
     tie_to_clusters,
 )
-from matplotlib.figure import Figure
 
 from constrain import ConfigError, RunConfig, get_problem, run
 from constrain.cli import _summary_table
@@ -129,16 +129,7 @@ def _smoke_config(**problem: object) -> RunConfig:
 
 
 def test_study_smoke_with_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import constrain.plots
-
-    drawn: dict[str, Figure] = {}
-    save = constrain.plots.save_figure
-
-    def keep(fig: Figure, path: Path) -> Path:
-        drawn[Path(path).name] = fig
-        return save(fig, path)
-
-    monkeypatch.setattr(constrain.plots, "save_figure", keep)
+    drawn = record_figures(monkeypatch)
     result = run(_smoke_config(rho=0.3, retrain_steps=3), out=tmp_path, progress=False)
     summary = result.summary
     for model in ("ws", "fc", "cnn"):
@@ -175,6 +166,7 @@ def test_study_smoke_with_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert all(ax.get_ylabel() for ax in drawn["torus_summary.png"].axes)
     bars = [ax for ax in drawn["torus_filters.png"].axes if ax.get_ylabel() == "weight"]
     assert len(bars) == 3
+    assert not [p for name, fig in drawn.items() for p in unreadable(fig, name)]
 
 
 @pytest.mark.slow
