@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from constrain import ConstrainedProblem, RunConfig, Solver, make_optimizer
+from constrain._components import build_model
 
 __all__ = [
     "cached",
@@ -34,13 +35,15 @@ _CACHE_LIMIT = 8
 
 
 def study_params(cls: type[P], config: RunConfig) -> P:
-    """``config.problem`` (without ``name``) validated as ``cls``.
+    """``config.problem`` (without ``name``) validated as ``cls``, numbers strictly: a bool
+    for an ``int`` or ``float`` field is refused (true and false are not 1 and 0).
 
     Raises:
-        pydantic.ValidationError: Naming every unknown or invalid key (the runner turns it
-            into a :class:`constrain.ConfigError`).
+        ConfigError: Naming every unknown or invalid key, a bool given for a number
+            included.
     """
-    return cls(**{k: v for k, v in config.problem.items() if k != "name"})
+    options = {k: v for k, v in config.problem.items() if k != "name"}
+    return build_model(cls, options, f"problem {config.problem['name']!r}")
 
 
 def config_key(config: RunConfig, *, drop: Iterable[str] = ()) -> str:

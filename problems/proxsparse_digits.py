@@ -124,6 +124,7 @@ def proxsparse_problem(strength: float) -> ConstrainedProblem:
 
 class ProxSparseDigits(ProblemSpec):
     name = "proxsparse-digits"
+    params = ProxSparseParams
     description = (
         "ProxSparse 2:4 mask learning (exact prox of the 2:4 regularizer) vs one-shot "
         "magnitude 2:4 pruning of a pretrained digits MLP, several seeds."
@@ -287,7 +288,8 @@ class ProxSparseDigits(ProblemSpec):
         axes[1].set(
             xticks=range(5),
             xlabel="non-zeros per block of 4",
-            ylabel="blocks",
-            title=f"after mask learning (first seed): {report['two_four_fraction']:.1%} of blocks 2:4 (mean)",
+            ylabel="blocks of 4 weights (count)",
+            title=f"after mask learning (first seed): {results[0]['two_four_fraction']:.1%} of "
+            "blocks with at most 2 non-zeros",
         )
         return [save_figure(fig, out / "proxsparse_accuracy.png")]

@@ -276,7 +276,12 @@ class WeightSharingDigits(ProblemSpec):
             xlabel="step",
             ylabel="distinct values (clusters, log)",
         )
-        names = ["MLP +\nweight sharing", "MLP", "CNN\n(natural pixels)", "CNN"]
+        names = [
+            "MLP +\nweight sharing",
+            "MLP",
+            "CNN\n(natural\npixels)",
+            "CNN\n(permuted\npixels)",
+        ]
         accs = [
             report["test_accuracy"],
             report["mlp_test_accuracy"],

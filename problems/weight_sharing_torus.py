@@ -40,7 +40,7 @@ energy inside one 3x3 window of the torus (1 for 3x3 kernels).
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -362,6 +362,7 @@ def _summary(values: list[float]) -> dict[str, Any]:
 
 class WeightSharingTorus(ProblemSpec):
     name = "weight-sharing-torus"
+    params = TorusParams
     description = (
         "Weight sharing learns convolutions? 2FC + weight-sharing prox vs 2FC vs circular CNN "
         "on randomly shifted 8x8 digits, natural and shuffled pixels, several seeds; "
@@ -599,6 +600,41 @@ class WeightSharingTorus(ProblemSpec):
         report["table"] = table
         return report
 
+    def summary_rows(self, summary: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Accuracy and conv-likeness of 2FC + WS against the 2FC and CNN baselines, per
+        view (means over the seeds), for the printed run summary."""
+        if "seeds" not in summary:  # an interrupted run has no study report
+            return []
+        names = {"ws": "2FC+WS", "fc": "2FC", "cnn": "CNN"}
+
+        def line(prefix: str, suffix: str, digits: int) -> str:
+            return "  ".join(
+                f"{names[k]} {summary[f'{prefix}_{k}{suffix}']:.{digits}f}"
+                for k in MODELS
+                if f"{prefix}_{k}{suffix}" in summary
+            )
+
+        seeds = int(summary["seeds"])
+        rows = [("seeds", f"{seeds} per model and view (the rows below: means)")]
+        for view, suffix in (("permuted", ""), ("natural", "_natural")):
+            rows.append((f"test acc, {view} px", line("accuracy", suffix, 4)))
+        for view, suffix in (("permuted", ""), ("natural", "_natural")):
+            chance = summary.get("conv_score_chance")
+            text = line("conv_score", suffix, 3)
+            if chance is not None:
+                text += f"  (random init {chance:.3f})"
+            rows.append((f"conv score, {view} px", text))
+        for view, suffix in (("permuted", ""), ("natural", "_natural")):
+            if f"accuracy_ws_retrained{suffix}" in summary:
+                rows.append(
+                    (
+                        f"2FC+WS retrained, {view}",
+                        f"acc {summary[f'accuracy_ws_retrained{suffix}']:.4f}  conv score "
+                        f"{summary[f'conv_score_ws_retrained{suffix}']:.3f}",
+                    )
+                )
+        return rows
+
     def figures(self, setup: Setup, solver: Solver, out: Path) -> list[Path]:
         from constrain.plots import new_figure, save_figure
 
@@ -621,16 +657,24 @@ class WeightSharingTorus(ProblemSpec):
                 )[:shown]
             else:
                 order = norms.argsort(descending=True)[:shown]
+            # One symmetric colour range per row (its largest weight), so the filters of a
+            # row compare with each other and with the row's colour bar.
+            bound = float(filters[order].abs().max()) or 1.0
+            image = None
             for col in range(shown):
                 ax = axes[row, col]
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if col < len(order):
-                    f = filters[order[col]]
-                    bound = float(f.abs().max()) or 1.0
-                    ax.imshow(f.numpy(), cmap="RdBu_r", vmin=-bound, vmax=bound)
+                    image = ax.imshow(
+                        filters[order[col]].numpy(), cmap="RdBu_r", vmin=-bound, vmax=bound
+                    )
                 else:
                     ax.axis("off")
+            if image is not None:
+                bar = fig.colorbar(image, ax=list(axes[row]), fraction=0.02, pad=0.01)
+                bar.set_label("weight", fontsize=8)
+                bar.ax.tick_params(labelsize=7)
             axes[row, 0].set_ylabel(
                 f"{labels[kind]}\n{entry['conv_score']:.2f}",
                 rotation=0,
@@ -639,8 +683,9 @@ class WeightSharingTorus(ProblemSpec):
                 fontsize=9,
             )
         fig.suptitle(
-            "fc1 filters on the 8x8 pixel grid (permutation undone; permuted-pixel runs, first "
-            "seed; 16 largest units; label: conv-likeness score)",
+            "first-layer filters on the 8x8 pixel grid (permutation undone; permuted-pixel runs, "
+            "first seed; 2FC: the 16 largest units, CNN: conv1 kernels at a few positions; label: "
+            "conv-likeness score; colour range shared per row)",
             fontsize=10,
         )
         written.append(save_figure(fig, out / "torus_filters.png"))
@@ -648,9 +693,19 @@ class WeightSharingTorus(ProblemSpec):
         fig = new_figure(12, 4.2)
         axes = fig.subplots(1, 2)
         width = 0.38
-        for ax, metric, title in (
-            (axes[0], "accuracy", "test accuracy (all 64 shifts of each test image)"),
-            (axes[1], "conv_score", "conv-likeness of fc1"),
+        for ax, metric, title, ylabel in (
+            (
+                axes[0],
+                "accuracy",
+                "test accuracy (all 64 shifts of each test image)",
+                "test accuracy (fraction correct)",
+            ),
+            (
+                axes[1],
+                "conv_score",
+                "conv-likeness of the first layer",
+                "conv-likeness score (1: a circular convolution)",
+            ),
         ):
             for j, view in enumerate(VIEWS):
                 means = [report["table"][k][view][metric]["mean"] for k in MODELS]
@@ -659,6 +714,7 @@ class WeightSharingTorus(ProblemSpec):
                 ax.bar(xs, means, width, yerr=stds, capsize=3, label=f"{view} pixels")
             ax.set_xticks(np.arange(len(MODELS)), [labels[k] for k in MODELS])
             ax.set_title(title, fontsize=10)
+            ax.set_ylabel(ylabel)
             if metric == "conv_score":
                 ax.axhline(
                     report["conv_score_chance"],
@@ -669,8 +725,10 @@ class WeightSharingTorus(ProblemSpec):
                 )
                 ax.set_ylim(0, 1.05)
             ax.legend(fontsize=8)
+        seeds = report["seeds"]
         fig.suptitle(
-            f"weight-sharing-torus: mean and std over {report['seeds']} seeds", fontsize=10
+            f"weight-sharing-torus: mean and std over {seeds} seed{'s' if seeds > 1 else ''}",
+            fontsize=10,
         )
         written.append(save_figure(fig, out / "torus_summary.png"))
         return written

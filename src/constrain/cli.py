@@ -304,6 +304,9 @@ def _summary_table(summary: dict[str, Any]) -> str:
     for key, value in summary.items():
         if key in _REPORT_KEYS and isinstance(value, float):
             rows.append((_REPORT_KEYS[key], f"{value:.4g}"))
+    from .runner import get_problem
+
+    rows += get_problem(summary["problem"]).summary_rows(summary)
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
 

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 from torch import nn
 
 from . import distributed
-from ._components import format_validation_error
+from ._components import format_validation_error, refuse_bools_for_numbers
 from ._errors import ConfigError
 from ._io import atomic_write_text, strict_json_dumps
 from ._registry import Registry
@@ -90,6 +90,8 @@ class ProblemSpec:
             ``--controller NAME`` switches controllers.
         params: The pydantic model of the problem's hyperparameters (``--set
             problem.KEY=VALUE``), listed by ``constrain show``; ``None`` if not declared.
+            :func:`build_solver` refuses a bool for any of its numeric fields before
+            :meth:`build` runs (true and false are not 1 and 0).
         derived_params: Fields of ``params`` that the spec sets from its data (not
             settable; hidden by ``constrain show``).
         validates: Whether ``constrain validate`` applies: the problem is declared from
@@ -130,6 +132,12 @@ class ProblemSpec:
 
     def figures(self, setup: Setup, solver: Solver, out: Path) -> list[Path]:
         """Extra figures written under ``out``; returns their paths."""
+        return []
+
+    def summary_rows(self, summary: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Extra ``(label, text)`` rows of the printed run summary (``constrain run``
+        without ``--json``), read from ``summary`` (the run's JSON summary, with the
+        :meth:`report` fields); none by default."""
         return []
 
     def compare_figures(self, entries: list[dict[str, Any]], out: Path) -> list[Path]:
@@ -228,8 +236,12 @@ def build_solver(spec: ProblemSpec, config: RunConfig) -> tuple[Setup, Solver]:
 
     Raises:
         ConfigError: If the problem's hyperparameters (``config.problem``) are invalid,
-            naming each offending key.
+            naming each offending key (a bool for a numeric field of ``spec.params``
+            included: true and false are not 1 and 0).
     """
+    if spec.params is not None:
+        hyperparameters = {k: v for k, v in config.problem.items() if k != "name"}
+        refuse_bools_for_numbers(spec.params, hyperparameters, f"problem {spec.name!r}")
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % (2**32))
     previous = torch.get_default_dtype()

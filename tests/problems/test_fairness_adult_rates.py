@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
+from _figures import record_figures, unreadable
 from constrain_problems.fairness_adult_rates import AdultRates, ToleranceSchedule, _rates
 
 from constrain import ConfigError, RunConfig, get_problem, run
@@ -45,7 +46,8 @@ def test_schedule_tightens_linearly_then_stays() -> None:
     assert [c.rhs for c in problem.all_constraints] == [0.07, 0.03]
 
 
-def test_smoke_run_reports_every_solution(tmp_path: Path) -> None:
+def test_smoke_run_reports_every_solution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn = record_figures(monkeypatch)
     result = run(_config(), out=tmp_path, progress=False)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["steps"] == 40
@@ -66,6 +68,8 @@ def test_smoke_run_reports_every_solution(tmp_path: Path) -> None:
     assert summary["final_schedule_tolerance"] == pytest.approx(0.05)
     assert summary["smallest_group"] == "sex=Female & race=other"
     assert (tmp_path / "fairness_rates_test.png").stat().st_size > 5000
+    assert "fairness_rates_test.png" in drawn
+    assert not [p for name, fig in drawn.items() for p in unreadable(fig, name)]
 
     # The randomized accuracy is sum_j p_j accuracy_j (rates are linear in p).
     snapshots = result.setup.extras["snapshots"]

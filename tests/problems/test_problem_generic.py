@@ -1,6 +1,7 @@
 """The contract every registered problem meets: its default configuration round trips, its
 recommended controller settings name registered controllers, bad hyperparameters are
-refused naming the field, a run resumes exactly from a checkpoint, and the exact check
+refused naming the field (a bool for a number included), ``constrain show`` lists its
+hyperparameters, a run resumes exactly from a checkpoint, and the exact check
 (``constrain validate``) applies exactly where the table says.
 
 Parametrized from the registry through tests/problems/_problem_db.py.
@@ -8,6 +9,8 @@ Parametrized from the registry through tests/problems/_problem_db.py.
 
 from __future__ import annotations
 
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from torch import Tensor
 
 from constrain import (
     ConfigError,
+    ConstrainedProblem,
     History,
     RunConfig,
     blocks,
@@ -27,10 +31,14 @@ from constrain import (
     get_problem,
     problem_names,
 )
+from constrain._components import bools_for_numbers
+from constrain._show import format_problem_info, hyperparameters, problem_info
 from constrain.checkpoint import load_checkpoint, save_checkpoint
 from constrain.runner import build_solver
 
 pytest.importorskip("sklearn")  # the data of iris-svm and the studies
+
+from constrain_problems._study import study_params
 
 pytest_generate_tests = parametrize
 
@@ -154,3 +162,85 @@ def test_validate_passes_with_the_defaults(validated_problem: str) -> None:
     report = validate_registered(get_problem(validated_problem), config(validated_problem))
     assert report["passed"], report["failures"]
     assert report["multiplier_error"] < 1e-3 and report["primal_error"] < 1e-3
+
+
+def _settable(spec: Any) -> dict[str, Any]:
+    """The annotations of ``spec.params``'s settable fields (``--set problem.NAME=...``)."""
+    hidden = set(spec.derived_params)
+    if issubclass(spec.params, ConstrainedProblem):
+        hidden |= set(ConstrainedProblem.model_fields)
+    return {n: f.annotation for n, f in spec.params.model_fields.items() if n not in hidden}
+
+
+def _alternatives(annotation: Any) -> set[Any]:
+    """``int | None`` -> ``{int, NoneType}``; ``Annotated[float, ...]`` -> ``{float}``."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _alternatives(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return {a for arg in typing.get_args(annotation) for a in _alternatives(arg)}
+    return {annotation}
+
+
+def _takes_numbers(annotation: Any) -> bool:
+    """An ``int`` or ``float`` field (optionally nullable): a bool is not a value of it."""
+    parts = _alternatives(annotation) - {type(None)}
+    return bool(parts) and parts <= {int, float}
+
+
+def _takes_number_lists(annotation: Any) -> bool:
+    parts = _alternatives(annotation) - {type(None)}
+    return bool(parts) and all(
+        typing.get_origin(p) in (list, tuple)
+        and {a for a in typing.get_args(p) if a is not Ellipsis} <= {int, float}
+        for p in parts
+    )
+
+
+def test_every_problem_declares_its_hyperparameters(problem_name: str) -> None:
+    """``constrain show`` lists every option of the default configuration, with its type
+    and meaning (a spec without a ``params`` model shows "none declared")."""
+    spec = get_problem(problem_name)
+    assert spec.params is not None, f"{problem_name} declares no params model"
+    rows = {row["name"]: row for row in hyperparameters(spec)}
+    assert rows, f"constrain show {problem_name} lists no hyperparameter"
+    options = set(spec.default_config().problem) - {"name"}
+    assert options <= set(rows), f"not listed by show: {options - set(rows)}"
+    for name, row in rows.items():
+        assert row["type"] and row["description"], f"{problem_name}.{name}: {row}"
+        if name in options:
+            assert row["default"] == spec.default_config().problem[name]
+    text = format_problem_info(problem_info(spec), spec.default_config().to_yaml())
+    assert "none declared" not in text
+    assert all(f"\n  {name} " in text for name in rows)
+
+
+def test_a_bool_for_a_number_is_refused_naming_the_field(problem_name: str) -> None:
+    """``--set problem.NAME=true`` for an int or float hyperparameter (or a list of them)
+    is refused, naming the field: true and false are not 1 and 0."""
+    spec = get_problem(problem_name)
+    fields = _settable(spec)
+    numeric = {n: True for n, a in fields.items() if _takes_numbers(a)}
+    numeric |= {n: [True] for n, a in fields.items() if _takes_number_lists(a)}
+    for field, value in numeric.items():
+        with pytest.raises(ConfigError) as info:
+            build_solver(spec, config(problem_name, **{field: value}))
+        message = str(info.value)
+        assert f"\n  {field}:" in message and "true/false is not 1/0" in message, message
+        assert repr(problem_name) in message
+    bools = [n for n, a in fields.items() if _alternatives(a) == {bool}]
+    for field in bools:  # a bool field still takes a bool
+        assert not bools_for_numbers(spec.params, {field: True})
+
+
+def test_study_parameters_refuse_bools_when_built_directly(problem_name: str) -> None:
+    """The studies' own parameter models (not ConstrainedProblem subclasses, which refuse
+    bools themselves) go through ``study_params``, which is just as strict."""
+    spec = get_problem(problem_name)
+    if issubclass(spec.params, ConstrainedProblem):
+        pytest.skip("a ConstrainedProblem refuses bools for numbers itself")
+    numeric = [n for n, a in _settable(spec).items() if _takes_numbers(a)]
+    assert numeric
+    for field in numeric:
+        with pytest.raises(ConfigError, match=rf"\n  {field}: .*not a bool"):
+            study_params(spec.params, config(problem_name, **{field: False}))

@@ -11,6 +11,7 @@ import torch
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
+from _figures import record_figures, unreadable
 from constrain_problems.proxsparse_digits import PRUNED, DigitsMLP, apply_masks
 
 from constrain import RunConfig, get_problem, run
@@ -40,7 +41,8 @@ def test_hidden_must_be_a_multiple_of_four() -> None:
         run(RunConfig.parse(data), progress=False, figures=False)
 
 
-def test_study_smoke(tmp_path: Path) -> None:
+def test_study_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn = record_figures(monkeypatch)
     data = get_problem("proxsparse-digits").default_config().model_dump()
     data["steps"] = 10
     data["problem"] = {**data["problem"], "seeds": 2, "pretrain_steps": 30, "hidden": 8}
@@ -52,6 +54,8 @@ def test_study_smoke(tmp_path: Path) -> None:
     assert len(summary["per_seed"]) == 2
     assert summary["test_accuracy"] == summary["proxsparse_accuracy"]
     assert (tmp_path / "proxsparse_accuracy.png").is_file()
+    assert "proxsparse_accuracy.png" in drawn
+    assert not [p for name, fig in drawn.items() for p in unreadable(fig, name)]
 
 
 @pytest.mark.slow

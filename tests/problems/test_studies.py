@@ -13,6 +13,7 @@ import torch
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
+from _figures import record_figures, unreadable
 from constrain_problems._data import Minibatches, load_adult, make_feasible_dataset
 
 from constrain import ConfigError, RunConfig, get_problem, run
@@ -79,7 +80,10 @@ def _config(name: str, controller: str | None = None, **changes: Any) -> RunConf
 
 
 @pytest.mark.parametrize("name", STUDIES)
-def test_study_smoke_run_writes_its_report_and_figures(name: str, tmp_path: Path) -> None:
+def test_study_smoke_run_writes_its_report_and_figures(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drawn = record_figures(monkeypatch)
     result = run(_config(name, **SMOKE[name]), out=tmp_path, progress=False)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["steps"] == 15
@@ -88,6 +92,8 @@ def test_study_smoke_run_writes_its_report_and_figures(name: str, tmp_path: Path
     pngs = [p for p in figures if p.suffix == ".png"]
     assert pngs and all(p.stat().st_size > 5000 for p in pngs)
     assert all(p.suffix in (".png", ".md") and p.exists() for p in figures)
+    assert {p.name for p in pngs} <= set(drawn)
+    assert not [p for file, fig in drawn.items() for p in unreadable(fig, file)]
     expected_fields = {
         "fairness-adult": {"test_accuracy", "max_parity_gap", "unconstrained_test_accuracy"},
         "sparsity-digits": {"density", "expected_density", "test_accuracy", "sweep"},
@@ -149,9 +155,12 @@ def test_weight_sharing_reduces_the_number_of_distinct_weights() -> None:
     assert summary["test_accuracy"] > summary["mlp_test_accuracy"] - 0.02
 
 
-def test_study_comparison_figures_show_the_outcome(tmp_path: Path) -> None:
+def test_study_comparison_figures_show_the_outcome(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Fairness: accuracy against parity gap per entry (seed dots, mean and spread) with the
     unconstrained model; sparsity: accuracy against density. Synthetic run summaries."""
+    drawn = record_figures(monkeypatch)
     fair_runs = [
         {
             "test_accuracy": 0.83 + 0.001 * k,
@@ -184,6 +193,8 @@ def test_study_comparison_figures_show_the_outcome(tmp_path: Path) -> None:
         [{"label": "nupi", "seeds": [0, 1], "runs": sparse_runs}], tmp_path
     )
     assert path.name == "sparsity_tradeoff.png" and path.stat().st_size > 5000
+    assert set(drawn) == {"fairness_outcome.png", "sparsity_tradeoff.png"}
+    assert not [p for file, fig in drawn.items() for p in unreadable(fig, file)]
     assert (
         get_problem("fairness-adult").compare_figures([{"label": "x", "runs": [{}]}], tmp_path)
         == []

@@ -13,6 +13,7 @@ import torch
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
+from _figures import record_figures, unreadable
 from constrain_problems.weight_sharing_torus import (
     PIXELS,
     CircularCNN,
@@ -28,6 +29,7 @@ from constrain_problems.weight_sharing_torus import (
 )
 
 from constrain import ConfigError, RunConfig, get_problem, run
+from constrain.cli import _summary_table
 from constrain.prox import count_clusters, weight_sharing
 
 
@@ -126,7 +128,8 @@ def _smoke_config(**problem: object) -> RunConfig:
     return RunConfig.parse(data)
 
 
-def test_study_smoke_with_options(tmp_path: Path) -> None:
+def test_study_smoke_with_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn = record_figures(monkeypatch)
     result = run(_smoke_config(rho=0.3, retrain_steps=3), out=tmp_path, progress=False)
     summary = result.summary
     for model in ("ws", "fc", "cnn"):
@@ -141,6 +144,29 @@ def test_study_smoke_with_options(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["conv_score_ws"] == summary["conv_score_ws"]
     assert (tmp_path / "torus_filters.png").is_file() and (tmp_path / "torus_summary.png").is_file()
+
+    # The printed summary compares 2FC + WS with both baselines, on both views.
+    rows = dict(get_problem("weight-sharing-torus").summary_rows(summary))
+    assert rows["test acc, permuted px"] == (
+        f"2FC+WS {summary['accuracy_ws']:.4f}  2FC {summary['accuracy_fc']:.4f}  "
+        f"CNN {summary['accuracy_cnn']:.4f}"
+    )
+    assert rows["conv score, natural px"].startswith(
+        f"2FC+WS {summary['conv_score_ws_natural']:.3f}  2FC "
+        f"{summary['conv_score_fc_natural']:.3f}  CNN 1.000"
+    )
+    assert f"random init {summary['conv_score_chance']:.3f}" in rows["conv score, permuted px"]
+    assert "2FC+WS retrained, natural" in rows
+    printed = _summary_table(summary)
+    assert all(label in printed and text in printed for label, text in rows.items())
+    interrupted = {k: v for k, v in summary.items() if k not in ("seeds", "table")}
+    assert get_problem("weight-sharing-torus").summary_rows(interrupted) == []
+
+    # Labelled axes, and one colour bar per row of filters.
+    assert all(ax.get_ylabel() for ax in drawn["torus_summary.png"].axes)
+    bars = [ax for ax in drawn["torus_filters.png"].axes if ax.get_ylabel() == "weight"]
+    assert len(bars) == 3
+    assert not [p for name, fig in drawn.items() for p in unreadable(fig, name)]
 
 
 @pytest.mark.slow
