@@ -10,7 +10,15 @@ import pytest
 import torch
 from torch import Tensor
 
-from constrain import ConfigError, ConstrainedProblem, Constraint, Regularizer, Solver, Variables
+from constrain import (
+    ConfigError,
+    ConstrainedProblem,
+    Constraint,
+    NonFiniteError,
+    Regularizer,
+    Solver,
+    Variables,
+)
 
 DTYPE = torch.float64
 TARGET = torch.tensor([2.0, -1.0, 0.5], dtype=DTYPE)
@@ -175,9 +183,7 @@ def test_signal_never_aliases_a_parameter() -> None:
         model = Variables(x=torch.ones(1, dtype=DTYPE))
         problem = ConstrainedProblem(
             objective=lambda m, b: m.x.sum() * 0,
-            constraints=[
-                Constraint("pin", "==", fn=lambda m, b: m.x.clone() if clone else m.x)
-            ],
+            constraints=[Constraint("pin", "==", fn=lambda m, b: m.x.clone() if clone else m.x)],
         )
         solver = Solver(
             problem, model, torch.optim.SGD(model.parameters(), lr=0.1),
@@ -333,7 +339,9 @@ def test_autocast_bf16_with_a_grad_scaler() -> None:
     model = Variables(x=torch.zeros(1))
     problem = ConstrainedProblem(
         objective=lambda m, b: (m.x * torch.ones(1, 1)).sum().sub(3).pow(2),
-        constraints=[Constraint("cap", "<=", rhs=1.0, fn=lambda m, b: (m.x * torch.ones(1, 1)).sum())],
+        constraints=[
+            Constraint("cap", "<=", rhs=1.0, fn=lambda m, b: (m.x * torch.ones(1, 1)).sum())
+        ],
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     solver = Solver(problem, model, optimizer, controller={"name": "nupi", "lr": 0.1, "kp": 1.0})
@@ -353,3 +361,16 @@ def test_autocast_bf16_with_a_grad_scaler() -> None:
     assert solver.multiplier_store.dense.dtype == torch.float32
     assert solver.multipliers["cap"].item() == pytest.approx(4.0, abs=0.05)
     assert model.x.item() == pytest.approx(1.0, abs=0.02)
+
+
+def test_a_non_finite_gradient_of_the_own_loop_is_named_at_its_step() -> None:
+    model = Variables(x=torch.zeros(2, dtype=DTYPE))
+    problem = ConstrainedProblem(
+        objective=lambda m, b: m.x.abs().sqrt().sum(),  # infinite slope at 0
+        constraints=[Constraint("cap", "<=", rhs=1.0, fn=lambda m, b: m.x.sum())],
+    )
+    solver = Solver(problem, model, torch.optim.SGD(model.parameters(), lr=0.1))
+    solver.lagrangian().backward()
+    solver.optimizer.step()
+    with pytest.raises(NonFiniteError, match=r"gradient of parameter\(s\) \['x'\] .* step 0"):
+        solver.dual_step()

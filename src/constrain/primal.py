@@ -118,8 +118,9 @@ class PrimalSide:
             return True
         message = (
             f"the gradient of parameter(s) {bad} is not finite at step {step} "
-            "although the objective and the constraints are finite (e.g. sqrt or log at 0, "
-            "or an overflow in backward); guard the offending operation or lower the lr."
+            "although the objective and the constraints are finite (e.g. a NaN/Inf proxy, "
+            "sqrt or log at 0, or an overflow in backward); guard the offending operation or "
+            "lower the lr."
         )
         if self.on_nonfinite == "raise":
             raise NonFiniteError(message)

@@ -444,9 +444,9 @@ class Recorder:
             if bad:
                 return NonFiniteError(
                     f"the gradient of parameter(s) {bad} is not finite at step {step} "
-                    "although the objective and the constraints are finite (e.g. sqrt or log "
-                    "at 0, or an overflow in backward); guard the offending operation or "
-                    "lower the lr."
+                    "although the objective and the constraints are finite (e.g. a NaN/Inf "
+                    "proxy, sqrt or log at 0, or an overflow in backward); guard the "
+                    "offending operation or lower the lr."
                 )
         if not row.dual_ok:
             message = (

@@ -420,6 +420,9 @@ class Solver:
                 f"prox_step() was called twice in step {self.step_count}; a step runs {ORDER}."
             )
         pending.prox_done = True
+        if pending.gradients is None and self.on_nonfinite != "skip":
+            # the user's own backward: check its gradients too (on the device, no sync)
+            pending.gradients = self.primal.gradient_norms()
         if not pending.skipped:
             self.regularizers.apply()
 
@@ -436,7 +439,7 @@ class Solver:
         """
         pending = expect(self._pending, "dual_step", self.step_count)
         if not pending.prox_done:
-            self.regularizers.apply()
+            self.prox_step()
         if not pending.dual_done:
             assert self.layout is not None
             stacked = pending.evaluation(self.layout)
