@@ -85,3 +85,18 @@ def test_a_problem_whose_only_constraint_group_is_empty_runs() -> None:
     result = solve(problem, model, steps=5, lr=0.1)
     assert result.history.max_violation().tolist() == [0.0] * 5
     torch.testing.assert_close(model.x.detach(), torch.full((3,), 0.8**5, dtype=DTYPE))
+
+
+def test_value_functions_take_model_and_batch() -> None:
+    with pytest.raises(ValueError, match=r"callable of two arguments fn\(model, batch\)"):
+        Constraint("c", "<=", rhs=1.0, fn=lambda m: m.x.sum())
+    with pytest.raises(ValueError, match=r"objective must take two arguments"):
+        ConstrainedProblem(objective=lambda m: m.x.sum())
+
+
+def test_a_penalty_must_be_a_scalar_and_solve_needs_a_module() -> None:
+    problem = _problem(regularizers=[Regularizer(penalty=lambda p: p.abs(), strength=0.1)])
+    with pytest.raises(ConfigError, match=r"its penalty returned a tensor of shape \(2,\)"):
+        solve(problem, Variables(x=torch.ones(2, dtype=DTYPE)), steps=1)
+    with pytest.raises(ConfigError, match=r"model must be a torch\.nn\.Module"):
+        solve(_problem(), lambda: 0, steps=1)  # type: ignore[arg-type]

@@ -18,6 +18,7 @@ one vector so that the cost of a step does not grow with the number of groups.
 from __future__ import annotations
 
 import decimal
+import inspect
 import math
 import numbers
 import re
@@ -272,6 +273,11 @@ class Constraint(BaseModel):
     def _callable(cls, value: object) -> object:
         if value is not None and not callable(value):
             raise ValueError(f"expected a callable fn(model, batch) or None; got {describe(value)}")
+        if value is not None and not _takes_two_arguments(value):
+            raise ValueError(
+                f"expected a callable of two arguments fn(model, batch); got {describe(value)} "
+                "(write lambda m, b: ... even when the batch is not used)"
+            )
         return value
 
     @model_validator(mode="after")
@@ -505,6 +511,11 @@ class ConstrainedProblem(BaseModel):
     def _objective_callable(cls, value: object) -> object:
         if value is not None and not callable(value):
             raise ValueError(f"objective must be a callable f(model, batch); got {describe(value)}")
+        if value is not None and not _takes_two_arguments(value):
+            raise ValueError(
+                f"objective must take two arguments f(model, batch); got {describe(value)} "
+                "(write lambda m, b: ... even when the batch is not used)"
+            )
         return value
 
     def model_post_init(self, context: Any, /) -> None:
@@ -772,3 +783,14 @@ def check_names(problem: ConstrainedProblem, state: ProblemState) -> None:
             f"{type(problem).__name__}.evaluate() returned constraints {sorted(got)} but "
             f"{sorted(declared)} are declared (missing: {missing}, undeclared: {extra})."
         )
+
+
+def _takes_two_arguments(fn: object) -> bool:
+    """Whether ``fn(model, batch)`` binds (True when the signature cannot be read)."""
+    try:
+        inspect.signature(fn).bind(None, None)  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    except ValueError:  # builtins without a signature
+        return True
+    return True

@@ -98,7 +98,13 @@ class RegularizerStage:
         """``loss`` plus every smooth penalty ``strength * penalty(p)``."""
         for reg, params in self._penalties:
             for p in params:
-                loss = loss + reg.strength * reg.penalty(p)
+                value = reg.penalty(p)
+                if not isinstance(value, Tensor) or value.dim() != 0:
+                    raise ConfigError(
+                        f"regularizer {reg.label!r}: its penalty returned {_shape_text(value)}; "
+                        "a penalty must return a scalar tensor (sum it, e.g. p.abs().sum())."
+                    )
+                loss = loss + reg.strength * value
         return loss
 
     def apply(self) -> None:

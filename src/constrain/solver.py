@@ -802,6 +802,7 @@ def solve(
         >>> result = solve(problem, constrain.Variables(x=torch.zeros(3)), steps=500,
         ...                controller="nupi")  # doctest: +SKIP
     """
+    _check_arguments(problem, model, order, "raise", 1)
     opt = make_optimizer(optimizer, model.parameters(), lr=lr, **optimizer_options)
     solver = Solver(
         problem,
