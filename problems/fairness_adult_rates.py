@@ -31,8 +31,9 @@ Report (``--json``): for the randomized solution at top level and under ``last_i
 ``test_fpr_gap`` (largest ``|rate_g - rate|``), ``test_equalized_odds_gap`` (the larger of
 the two), ``test_smallest_group_fpr``, and the same on the training set (``train_*``).
 
-The run uses one controller for all constraints; ``controller`` may later map constraint
-names (``equalized_odds``, ``fpr_smallest``) to controllers.
+The run uses one controller for all constraints unless ``controller`` maps the constraint
+names (``equalized_odds``, ``fpr_smallest``) to controllers of their own, e.g. ``--set
+'controller={equalized_odds: {name: nupi, kp: 10, ki: 1}, fpr_smallest: gda}'``.
 """
 
 from __future__ import annotations
