@@ -606,7 +606,8 @@ class ConstraintLayout:
         self, objective: Tensor | None, stacked: StackedConstraints, step: int
     ) -> None:
         """Raise :class:`NonFiniteError` naming the first non-finite quantity (the
-        objective is not checked when ``None``).
+        objective is not checked when ``None``), or :class:`ConfigError` for non-finite
+        features of a group with a multiplier model.
 
         One device synchronisation in the common (all finite) case: the solver calls it
         only where the host must decide (``on_nonfinite="skip"``) or when it reports an
