@@ -378,3 +378,26 @@ def test_exported_and_repr() -> None:
     mm = MultiplierModel(nn.Linear(2, 1), lr=0.1, features=2)
     assert constrain.MultiplierModel is MultiplierModel
     assert "lr=0.1" in repr(mm) and "SGD" in repr(mm)
+
+
+@pytest.mark.parametrize("order", ["simultaneous", "dual_primal", "primal_dual"])
+def test_steps_between_checks_do_not_synchronise(order: str) -> None:
+    """check_every=4: the model's prediction and ascent step add no synchronising call
+    (item, bool, tolist, ...) to the steps between checks."""
+    from test_sync_free import CountSyncs
+
+    mm = MultiplierModel(_module(), lr=0.05, features=D, momentum=0.9)
+    problem, _, _, _ = _problem(mm)
+    model = _primal()
+    solver = Solver(
+        problem, model, torch.optim.SGD(model.parameters(), lr=0.02), check_every=4, order=order
+    )
+    batches = _batches()
+    solver.step(next(batches))
+    solver.step(next(batches))
+    counts = []
+    for _ in range(8):
+        with CountSyncs() as mode:
+            solver.step(next(batches))
+        counts.append(sum(mode.calls.values()))
+    assert counts == [0, 1, 0, 0, 0, 1, 0, 0]
