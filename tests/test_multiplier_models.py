@@ -401,3 +401,19 @@ def test_steps_between_checks_do_not_synchronise(order: str) -> None:
             solver.step(next(batches))
         counts.append(sum(mode.calls.values()))
     assert counts == [0, 1, 0, 0, 0, 1, 0, 0]
+
+
+def test_refuses_a_model_shared_by_two_groups() -> None:
+    mm = MultiplierModel(_module(), lr=0.1, features=D)
+    X, _, F = _data()
+
+    def fn(model: nn.Module, batch: Tensor) -> ConstraintValue:
+        return ConstraintValue(model(X[batch]).squeeze(1), indices=batch, features=F[batch])
+
+    groups = [
+        Constraint(name, "<=", per_sample=True, size=N, fn=fn, multiplier_model=mm)
+        for name in ("a", "b")
+    ]
+    problem = ConstrainedProblem(objective=lambda m, b: m(X[b]).mean(), constraints=groups)
+    with pytest.raises(ConfigError, match="'a' and 'b' share one MultiplierModel"):
+        _first_step(problem)

@@ -154,9 +154,17 @@ class ConstraintLayout:
                 f"{type(problem).__name__}: the objective must be a scalar; got a tensor of "
                 f"shape {tuple(reference.shape)}. Reduce it with .mean() or .sum()."
             )
+        modelled: dict[int, str] = {}
         for c in problem.all_constraints:
             if c.multiplier_model is not None:
                 _check_model(c)
+                other = modelled.setdefault(id(c.multiplier_model), c.name)
+                if other != c.name:
+                    raise ConfigError(
+                        f"per-sample constraints {other!r} and {c.name!r} share one "
+                        "MultiplierModel; give each group its own (its own module and "
+                        "optimizer)."
+                    )
             if c.per_sample:
                 self.per_sample.append(c)
                 continue
