@@ -37,6 +37,7 @@ FAST_PAGES = {
     "how-it-works.md",
     "tutorials/proxy-constraints.md",
     "tutorials/per-sample-constraints.md",
+    "tutorials/multiplier-models.md",
 }
 
 

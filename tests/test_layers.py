@@ -20,7 +20,7 @@ LAYERS: dict[str, int] = {
     "_errors": 0, "_io": 0, "_registry": 0, "_components": 0, "_validation": 0,
     "reference": 0, "_resume": 0, "_state_schema": 0, "_timing": 0, "_patterns": 0,
     "schedules": 0,
-    "problem": 1, "variables": 1, "multipliers": 1,
+    "problem": 1, "variables": 1, "multipliers": 1, "multiplier_models": 1,
     "layout": 2, "blocks": 2, "history": 2,
     "formulations": 3, "controllers": 3, "prox": 3, "regularization": 3, "recording": 3,
     "studies": 3, "loggers": 3,

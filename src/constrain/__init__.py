@@ -20,6 +20,7 @@ from .formulations import AugmentedLagrangian, Formulation, Lagrangian, Quadrati
 from .history import History, StepRecord
 from .layout import ConstraintLayout
 from .loggers import Logger, TensorBoardLogger
+from .multiplier_models import MultiplierModel
 from .multipliers import Multipliers
 from .problem import (
     ConstrainedProblem,
@@ -59,6 +60,7 @@ __all__ = [
     "History",
     "Lagrangian",
     "Logger",
+    "MultiplierModel",
     "Multipliers",
     "NonFiniteError",
     "ProblemSpec",

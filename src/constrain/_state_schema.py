@@ -430,6 +430,9 @@ SOLVER_STATE: dict[str, Check] = {
     "controller_state": mapping(values=tensor_tree),
     "indexed_state": mapping(values=tensor_tree),
     "formulation_state": mapping(values=tensor_tree),
+    "multiplier_models": mapping(
+        values=mapping({"module": mapping(values=tensor()), "optimizer": _optimizer})
+    ),
     "history": _history,
     "history_position": mapping({"records": integer(0), "bytes": integer(0)}),
     "schedules": mapping(values=mapping(values=_extra_state)),
@@ -439,7 +442,9 @@ SOLVER_STATE: dict[str, Check] = {
 }
 """Checks of every entry of ``Solver.state_dict()`` (all required, no others allowed;
 ``extra``, the registered objects' states, is absent from version-1 states; version 3
-holds ``history_position`` and ``schedules`` instead of versions 1 and 2's ``history``)."""
+holds ``history_position`` and ``schedules`` instead of versions 1 and 2's ``history``;
+``multiplier_models``, the modules and optimizer states of the per-sample groups'
+multiplier models, is absent from states written before multiplier models)."""
 
 _BY_VERSION = {
     1: ("history_position", "schedules", "extra"),
@@ -464,7 +469,7 @@ def check_solver_state(state: Mapping[str, Any]) -> None:
     version = state.get("version") if isinstance(state, Mapping) else None
     absent = _BY_VERSION.get(version, ("history",))  # type: ignore[arg-type]
     fields = {k: v for k, v in SOLVER_STATE.items() if k not in absent or k == "extra"}
-    optional = ("extra",) if "extra" in absent else ()
+    optional = (("extra",) if "extra" in absent else ()) + ("multiplier_models",)
     mapping(fields, optional=optional)(state, "")
     if isinstance(state["optimizer"], list) != isinstance(state["optimizer_type"], list) or (
         isinstance(state["optimizer"], list)

@@ -55,7 +55,8 @@ from ._errors import CheckpointError, ConfigError, describe
 from ._patterns import resolve
 from .controllers import Controller, ControllerMap, ControllerState
 from .formulations import Formulation, FormulationState
-from .layout import ConstraintLayout, StackedConstraints
+from .layout import ConstraintLayout, IndexedViolation, StackedConstraints
+from .multiplier_models import MultiplierModel
 from .multipliers import Multipliers
 
 __all__ = ["DualEvery", "DualReport", "Duals", "MaxMultiplier", "NonFinitePolicy", "Restart"]
@@ -157,6 +158,7 @@ class Duals:
         self._restart_mask: Tensor | None = None
         self._restart_indexed: set[str] = set()
         self._every: dict[str, int] = {}
+        self._models: dict[str, MultiplierModel] = {}
         self._deferred: Mapping[str, Any] | None = None
 
     # -- set-up -------------------------------------------------------------------------
@@ -205,11 +207,22 @@ class Duals:
             start = ctrl.initial_multipliers(zeros)
             per_sample[c.name] = zeros if start is None else start.to(zeros).clone()
             self._indexed[c.name] = controllers[c.name]
+        self._models = {
+            c.name: c.multiplier_model
+            for c in layout.per_sample
+            if isinstance(c.multiplier_model, MultiplierModel)
+        }
+        if self._models and not self.formulation.uses_multipliers:
+            raise ConfigError(
+                f"formulation {self.formulation.name!r} has no multipliers, so the multiplier "
+                f"model(s) of {sorted(self._models)} would never be used; drop them or use "
+                "'lagrangian' or 'augmented_lagrangian'."
+            )
         self.multipliers = Multipliers(dense, per_sample)
         self._initial_dense = dense.clone()
         self._states = {b.key: self._controller_of(b.key).init(b.take(dense)) for b in self._blocks}
         self.indexed_state = {
-            name: self._controller_of(self._indexed[name]).init(lam)
+            name: {} if name in self._models else self._controller_of(self._indexed[name]).init(lam)
             for name, lam in per_sample.items()
         }
         self._set_safeguards(layout)
@@ -292,6 +305,13 @@ class Duals:
                 mask = torch.ones(layout.num_dense, dtype=torch.bool, device=layout.device)
             self._restart_mask = mask
         self._restart_indexed = {c.name for c in layout.per_sample if c.name in restarted}
+        modelled = sorted(self._restart_indexed.intersection(self._models))
+        if modelled:
+            raise ConfigError(
+                f"restart: per-sample constraint(s) {modelled} take their multipliers from a "
+                "multiplier model, which has no per-entry multiplier to reset; leave them out "
+                "of restart (e.g. restart={'other_group': True})."
+            )
         every = resolve(self.dual_every, names, 1, what="dual_every")
         self._every = {n: k for n, k in every.items() if k != 1}
 
@@ -342,11 +362,36 @@ class Duals:
 
     # -- the primal player's view --------------------------------------------------------
     def primal_loss(self, objective: Tensor, stacked: StackedConstraints) -> Tensor:
-        """The formulation's primal loss at the current multipliers."""
+        """The formulation's primal loss at the current multipliers.
+
+        The entries of a group with a multiplier model first take the model's prediction
+        for the batch's features (stored at the batch's indices, O(batch); a non-finite
+        prediction keeps the stored value)."""
         assert self.multipliers is not None
+        self._predict(stacked)
         return self.formulation.primal_loss(
             objective, stacked, self.multipliers, self.formulation_state
         )
+
+    def _predict(self, stacked: StackedConstraints) -> None:
+        """Store the model multipliers of the batch's entries of every modelled group."""
+        assert self.multipliers is not None
+        for name, model in self._models.items():
+            iv = stacked.per_sample.get(name)
+            store = self.multipliers.per_sample.get(name)
+            if iv is None or iv.features is None or store is None:
+                continue
+            with torch.no_grad():
+                upper = self._upper_indexed.get(name)
+                lam = model.forward(iv.features).to(store.dtype)
+                lam = self._bound(lam, upper)
+                old = store[iv.indices]
+                store[iv.indices] = torch.where(torch.isfinite(lam), lam, old)
+
+    @property
+    def multiplier_models(self) -> dict[str, MultiplierModel]:
+        """The multiplier models by per-sample group name (empty without any)."""
+        return dict(self._models)
 
     # -- the multiplier step -------------------------------------------------------------
     def active(self, stacked: StackedConstraints, step: int) -> StackedConstraints | None:
@@ -431,6 +476,9 @@ class Duals:
         }
         report = DualReport(ok, dense)
         for name, iv in current.per_sample.items():
+            if name in self._models:
+                report.ok = report.ok & self._model_step(name, iv, signals[name], report)
+                continue
             controller = self._controller_of(self._indexed[name])
             store, state = lam.per_sample[name], self.indexed_state[name]
             before = {k: v[..., iv.indices] for k, v in state.items()}
@@ -448,6 +496,23 @@ class Duals:
             report.ok = report.ok & ok
         self.formulation_state = new_fstate
         return report
+
+    def _model_step(
+        self, name: str, iv: IndexedViolation, signal: Tensor, report: DualReport
+    ) -> Tensor:
+        """The ascent step of group ``name``'s multiplier model on its observed entries;
+        their stored multipliers take the model's new predictions (see
+        :meth:`MultiplierModel.ascent_step`). Returns whether the step was taken."""
+        assert self.multipliers is not None and iv.features is not None
+        model = self._models[name]
+        if iv.first is not None:  # a sample drawn twice counts once
+            signal = torch.where(iv.first, signal, 0)
+        proposal, ok = model.ascent_step(iv.features, signal, self._upper_indexed.get(name))
+        store = self.multipliers.per_sample[name]
+        proposal = proposal.to(store.dtype)
+        store[iv.indices] = torch.where(ok, proposal, store[iv.indices])
+        report.per_sample[name] = torch.where(ok, proposal, math.nan)
+        return ok
 
     def _update_dense(
         self, lam: Tensor, signal: Tensor, mask: Tensor | None
@@ -535,6 +600,8 @@ class Duals:
                 dense.index_copy_(0, block.index, ahead.to(dense.dtype))
         per_sample = dict(lam.per_sample)
         for name, iv in current.per_sample.items():
+            if name in self._models:  # the model's multipliers are not extrapolated
+                continue
             controller = self._controller_of(self._indexed[name])
             sig = self.formulation.indexed_signal(
                 iv.violation, self.formulation.group_state(fstate, name, iv)
@@ -578,6 +645,7 @@ class Duals:
             "controller_state": clone_tree(self.controller_state),
             "indexed_state": clone_tree(self.indexed_state),
             "formulation_state": clone_tree(self.formulation_state),
+            "multiplier_models": {name: m.state_dict() for name, m in self._models.items()},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -613,6 +681,25 @@ class Duals:
             self._states = {b.key: controller_state for b in self._blocks}
         self.indexed_state = clone_tree(state["indexed_state"], device)
         self.formulation_state = clone_tree(state["formulation_state"], device)
+        self._load_models(state.get("multiplier_models", {}))
+
+    def _load_models(self, saved: Any) -> None:
+        """Restore the multiplier models' modules and optimizers (a checkpoint written
+        before multiplier models holds none)."""
+        if not isinstance(saved, Mapping) or set(saved) != set(self._models):
+            keys = sorted(saved) if isinstance(saved, Mapping) else describe(saved)
+            raise CheckpointError(
+                f"multiplier models: this run has models for {sorted(self._models)}; the "
+                f"checkpoint holds {keys}. Resume with the same multiplier models."
+            )
+        for name, model in self._models.items():
+            try:
+                model.load_state_dict(saved[name])
+            except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+                raise CheckpointError(
+                    f"multiplier model of {name!r}: the checkpoint's module or optimizer "
+                    f"state does not fit this model ({exc}). Resume with the same module."
+                ) from None
 
 
 @dataclass

@@ -25,6 +25,7 @@ from torch import Tensor
 from . import schedules as _schedules
 from ._errors import ConfigError, NonFiniteError, ShapeError, describe
 from ._patterns import match_patterns
+from .multiplier_models import MultiplierModel
 from .multipliers import Multipliers
 from .problem import (
     ConstrainedProblem,
@@ -64,6 +65,8 @@ class IndexedViolation:
         size: Number of samples of the group.
         observed: False when the step gave only a proxy (``ConstraintValue.proxy_only``):
             the violation reads 0 and the multipliers do not move.
+        features: ``(batch, d)`` per-entry features of a group with a multiplier model
+            (``None`` otherwise), one row per entry of ``indices``.
     """
 
     violation: Tensor
@@ -74,6 +77,7 @@ class IndexedViolation:
     raw_indices: Tensor | None = None
     size: int = 0
     observed: bool = True
+    features: Tensor | None = None
 
 
 @dataclass
@@ -150,7 +154,17 @@ class ConstraintLayout:
                 f"{type(problem).__name__}: the objective must be a scalar; got a tensor of "
                 f"shape {tuple(reference.shape)}. Reduce it with .mean() or .sum()."
             )
+        modelled: dict[int, str] = {}
         for c in problem.all_constraints:
+            if c.multiplier_model is not None:
+                _check_model(c)
+                other = modelled.setdefault(id(c.multiplier_model), c.name)
+                if other != c.name:
+                    raise ConfigError(
+                        f"per-sample constraints {other!r} and {c.name!r} share one "
+                        "MultiplierModel; give each group its own (its own module and "
+                        "optimizer)."
+                    )
             if c.per_sample:
                 self.per_sample.append(c)
                 continue
@@ -369,6 +383,12 @@ class ConstraintLayout:
                     self._raise_size_mismatch(values)
                 continue
             value = as_constraint_value(c.name, raw)
+            if value.features is not None:
+                raise ConfigError(
+                    f"constraint {c.name!r} returned features, which only a per-sample group "
+                    "with a multiplier model reads; drop features=... or declare the group "
+                    "per_sample=True with multiplier_model=MultiplierModel(...)."
+                )
             if value.value.device != device:
                 raise ShapeError(
                     f"constraint {c.name!r} is on {value.value.device} but the model and the "
@@ -486,11 +506,21 @@ class ConstraintLayout:
         observed = value.observed is not False
         if not observed:
             v = torch.zeros_like(v)
+        features = None
+        model = c.multiplier_model
+        if model is not None:
+            features = model.check_features(c.name, value.features, given.numel())
+        elif value.features is not None:
+            raise ConfigError(
+                f"per-sample constraint {c.name!r} returned features but has no multiplier "
+                "model to read them; drop features=... or give the constraint "
+                "multiplier_model=MultiplierModel(...)."
+            )
         first = None
         if indices.numel() > 1:
             v, p, first = _merge_repeats(indices, v, p)
         return IndexedViolation(
-            v.detach().clone(), p, indices, c.is_equality, first, given, size, observed
+            v.detach().clone(), p, indices, c.is_equality, first, given, size, observed, features
         )
 
     def merge(self, evaluations: list[StackedConstraints]) -> StackedConstraints:
@@ -532,8 +562,19 @@ class ConstraintLayout:
             mask = None
             if given.numel() > 1:
                 values, _, mask = _merge_repeats(given, values, values)
+            features = None
+            if all(iv.features is not None for iv in parts):
+                features = torch.cat([iv.features for iv in parts])  # type: ignore[misc]
             per_sample[name] = IndexedViolation(
-                values, values, given, first.equality, mask, raw, first.size, first.observed
+                values,
+                values,
+                given,
+                first.equality,
+                mask,
+                raw,
+                first.size,
+                first.observed,
+                features,
             )
         unobserved = frozenset.intersection(*(e.unobserved for e in evaluations))
         return StackedConstraints(
@@ -573,7 +614,8 @@ class ConstraintLayout:
         self, objective: Tensor | None, stacked: StackedConstraints, step: int
     ) -> None:
         """Raise :class:`NonFiniteError` naming the first non-finite quantity (the
-        objective is not checked when ``None``).
+        objective is not checked when ``None``), or :class:`ConfigError` for non-finite
+        features of a group with a multiplier model.
 
         One device synchronisation in the common (all finite) case: the solver calls it
         only where the host must decide (``on_nonfinite="skip"``) or when it reports an
@@ -583,8 +625,21 @@ class ConstraintLayout:
         if objective is not None:
             parts.append(objective.detach().reshape(1).to(self.dtype))
         parts += [iv.violation for iv in stacked.per_sample.values()]
+        features = {
+            n: iv.features for n, iv in stacked.per_sample.items() if iv.features is not None
+        }
+        parts += [f.detach().reshape(-1).to(self.dtype) for f in features.values()]
         if bool(torch.isfinite(torch.cat(parts)).all()):
             return
+        for name, f in features.items():
+            bad = ~torch.isfinite(f).all(dim=1)
+            if bool(bad.any()):
+                raise ConfigError(
+                    f"the features of per-sample constraint {name!r} are not finite at step "
+                    f"{step} (samples {stacked.per_sample[name].indices[bad][:5].tolist()}); "
+                    "a multiplier model cannot predict multipliers from NaN/Inf features. "
+                    "Impute or drop the offending features before returning them."
+                )
         hint = NONFINITE_HINT
         if objective is not None and not bool(torch.isfinite(objective.detach()).all()):
             raise NonFiniteError(f"the objective is {objective.item()} at step {step} ({hint}).")
@@ -604,6 +659,24 @@ class ConstraintLayout:
                     f"(samples {iv.indices[bad][:5].tolist()}; values "
                     f"{iv.violation[bad][:5].tolist()}; {hint})."
                 )
+
+
+def _check_model(c: Constraint) -> None:
+    """A constraint's ``multiplier_model`` is a :class:`MultiplierModel` of a per-sample
+    group (:class:`ConfigError` otherwise)."""
+    if not isinstance(c.multiplier_model, MultiplierModel):
+        raise ConfigError(
+            f"constraint {c.name!r}: multiplier_model must be a constrain.MultiplierModel; "
+            f"got {describe(c.multiplier_model)}."
+        )
+    if not c.per_sample:
+        raise ConfigError(
+            f"constraint {c.name!r} is a dense group but has a multiplier model: a "
+            "multiplier model predicts the multipliers of a per-sample group from per-entry "
+            "features. Declare it per_sample=True (values with indices and features), or "
+            "drop multiplier_model to keep one multiplier per entry."
+        )
+    c.multiplier_model.equality = c.is_equality
 
 
 def index_message(name: str, size: int, low: float, high: float, step: int | None) -> str:

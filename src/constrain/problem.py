@@ -91,18 +91,25 @@ class ConstraintValue:
             violation. Its value may be anything, NaN included, as long as it carries no
             gradient: a NaN inside the graph would still reach the gradient (compute group
             means with ``counts.clamp_min(1)``, as the fairness helpers do).
+        features: For a per-sample group with a :class:`~constrain.MultiplierModel`: the
+            features of the batch's entries, shape ``(batch, d)``, in the dtype and on the
+            device of the model's parameters; the model maps them to the entries'
+            multipliers. Required by such groups, refused by the others.
     """
 
     value: Tensor
     proxy: Tensor | None = None
     indices: Tensor | None = None
     observed: Tensor | bool | None = None
+    features: Tensor | None = None
 
     @classmethod
-    def proxy_only(cls, proxy: Tensor, indices: Tensor | None = None) -> ConstraintValue:
+    def proxy_only(
+        cls, proxy: Tensor, indices: Tensor | None = None, features: Tensor | None = None
+    ) -> ConstraintValue:
         """A step that only gives the primal player a differentiable surrogate: the true
         value is not measured (``observed=False``), so the multipliers stay put."""
-        return cls(proxy.detach(), proxy, indices, observed=False)
+        return cls(proxy.detach(), proxy, indices, observed=False, features=features)
 
 
 @dataclass
@@ -200,6 +207,10 @@ class Constraint(BaseModel):
         intermittent: The group is measured on some steps only: ``evaluate()`` may leave it
             out (a ``fn`` may return ``None``); on those steps its multipliers, controller
             state and penalties stay put and it adds nothing to the primal loss.
+        multiplier_model: For a per-sample group: a :class:`~constrain.MultiplierModel`
+            giving the multipliers as ``link(module(features))`` instead of one stored
+            multiplier per entry (see docs/algorithms.md, 'Multiplier models'); the value
+            function then returns ``ConstraintValue(..., features=F)``. ``None``: a table.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
@@ -214,6 +225,7 @@ class Constraint(BaseModel):
     description: str = ""
     max_multiplier: float | None = Field(default=None, ge=0)
     intermittent: bool = False
+    multiplier_model: Any = None
 
     def __init__(self, name: str | None = None, sense: str | None = None, /, **data: Any):
         if name is not None:
