@@ -22,6 +22,7 @@ from constrain import (
     solve,
 )
 from constrain.config import RunConfig
+from constrain.primal import LocalReducer
 
 DTYPE = torch.float64
 
@@ -233,6 +234,7 @@ def test_refusals() -> None:
         ({"optimizer": lambda m: _sgd(m, 0.1, weight_decay=1e-3)}, "weight_decay=0.001"),
         ({"optimizer": lambda m: _sgd(m, 0.1, maximize=True)}, "maximize=True"),
         ({"dual_every": 2}, "dual_every=2"),
+        ({"reducer": type("Combine", (LocalReducer,), {})()}, "single process"),
         ({"cgd_tol": 0.0}, "cgd_tol"),
         ({"cgd_tol": float("nan")}, "cgd_tol"),
         ({"cgd_tol": "1e-8"}, "cgd_tol"),

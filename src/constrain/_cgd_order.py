@@ -35,6 +35,7 @@ from ._stepping import Micro, StepInProgress, expect
 from .controllers import ControllerMap, ControllerState
 from .controllers.gda import GDA
 from .layout import StackedConstraints
+from .primal import LocalReducer
 from .problem import ProblemState
 
 if TYPE_CHECKING:
@@ -150,6 +151,13 @@ def check_cgd_solver(solver: Solver) -> None:
                     f"has {option}={group[option]!r}."
                 )
     _primal_lr(solver)
+    if type(solver.primal.reducer) is not LocalReducer:
+        raise ConfigError(
+            "order='cgd' differentiates one process's Lagrangian twice and does not combine "
+            "Hessian-vector products across processes; got the reducer "
+            f"{type(solver.primal.reducer).__name__}. Run it in a single process, without a "
+            "reducer."
+        )
     if solver.duals.dual_every != 1:
         raise ConfigError(
             "order='cgd' moves the multipliers at every step (the primal player anticipates "
