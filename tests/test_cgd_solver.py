@@ -179,17 +179,40 @@ def _qp_solver(**options: Any) -> Solver:
     return Solver(_qp_problem(*tensors), model, optimizer, **settings)
 
 
-def test_checkpoint_resume_is_bit_exact() -> None:
+class _Noisy(ConstrainedProblem):
+    """A stochastic objective: each evaluation draws from torch's random generator."""
+
+    def objective(self, model: Any, batch: Any) -> Tensor:
+        noise = 1e-2 * torch.randn(model.x.shape, dtype=DTYPE)
+        return 0.5 * (model.x - 1.0).pow(2).sum() + noise @ model.x
+
+    @constraint("<=", rhs=1.0)
+    def total(self, model: Any, batch: Any) -> Tensor:
+        return model.x.sum()
+
+
+def _noisy_solver() -> Solver:
+    model = Variables(x=torch.zeros(3, dtype=DTYPE))
+    return Solver(
+        _Noisy(), model, _sgd(model, 0.3), controller={"name": "gda", "lr": 0.3}, order="cgd"
+    )
+
+
+@pytest.mark.parametrize("build", [_qp_solver, _noisy_solver], ids=["qp", "stochastic"])
+def test_checkpoint_resume_is_bit_exact(build: Any) -> None:
     import io
 
-    straight = _qp_solver()
+    torch.manual_seed(0)
+    straight = build()
     straight.fit(None, 10)
-    first = _qp_solver()
+    torch.manual_seed(0)
+    first = build()
     first.fit(None, 4)
     buffer = io.BytesIO()
     torch.save(first.state_dict(), buffer)
     buffer.seek(0)
-    resumed = _qp_solver()
+    torch.manual_seed(123)  # the checkpoint's random state replaces this one
+    resumed = build()
     resumed.load_state_dict(torch.load(buffer, weights_only=True))
     resumed.fit(None, 6)
     assert torch.equal(resumed.model.x, straight.model.x)

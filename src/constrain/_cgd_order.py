@@ -195,7 +195,10 @@ def cgd_solver_step(solver: Solver, batch: Any) -> StepRecord | None:
     step = solver.step_count
     expect(solver._pending, "step", step, idle=True)
     if not solver.duals.ready:
-        with torch.random.fork_rng(devices=[]):  # the set-up evaluation draws nothing
+        # The set-up evaluation leaves the random state as it found it, so that a resumed
+        # run (which sets up again) draws the same numbers as the run it continues.
+        cuda = {p.device.index or 0 for p in solver.model.parameters() if p.device.type == "cuda"}
+        with torch.random.fork_rng(devices=sorted(cuda)):
             solver.initialise(batch)
     layout, duals = solver.layout, solver.duals
     assert layout is not None and duals.multipliers is not None
