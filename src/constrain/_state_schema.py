@@ -421,7 +421,7 @@ SOLVER_STATE: dict[str, Check] = {
     "controller": _component,
     "formulation": _component,
     "optimizer_type": one_or_list(string()),
-    "order": string("simultaneous", "dual_primal", "primal_dual"),
+    "order": string("simultaneous", "dual_primal", "primal_dual", "cgd"),
     "record_every": integer(1),
     "step_count": integer(0),
     "model": mapping(values=tensor()),

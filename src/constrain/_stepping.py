@@ -51,6 +51,9 @@ class StepInProgress:
         report: What the multiplier step did (device tensors).
         extra: Further evaluations of the constraints (look-ahead, ``"primal_dual"``).
         gradients: Parameter names and their gradients' max-norms (device tensors).
+        rule_metrics: What the step's update rule reports (0-d device tensors, e.g. the
+            ``"cgd/hvp"`` count of the ``"cgd"`` order), recorded with the problem's
+            metrics.
     """
 
     micro: list[Micro]
@@ -62,6 +65,7 @@ class StepInProgress:
     extra: list[StackedConstraints] = field(default_factory=list)
     gradients: tuple[tuple[str, ...], list[Tensor]] | None = None
     combined: StackedConstraints | None = None
+    rule_metrics: dict[str, Tensor] = field(default_factory=dict)
 
     def evaluation(self, layout: ConstraintLayout) -> StackedConstraints:
         """The step's constraints: the mean over the micro-batches."""
@@ -80,15 +84,16 @@ class StepInProgress:
         return values[0] if len(values) == 1 else torch.stack(values).mean()
 
     def metrics(self) -> dict[str, Tensor | float]:
-        """The problem's metrics (the mean over the micro-batches of those all report)."""
+        """The problem's metrics (the mean over the micro-batches of those all report),
+        then :attr:`rule_metrics`."""
         if len(self.micro) == 1:
-            return dict(self.micro[0].state.metrics)
+            return {**self.micro[0].state.metrics, **self.rule_metrics}
         names = set.intersection(*(set(m.state.metrics) for m in self.micro))
         out: dict[str, Tensor | float] = {}
         for name in (n for n in self.micro[0].state.metrics if n in names):
             values = [torch.as_tensor(m.state.metrics[name]).detach() for m in self.micro]
             out[name] = torch.stack([v.reshape(()).double() for v in values]).mean()
-        return out
+        return {**out, **self.rule_metrics}
 
 
 def expect(

@@ -77,7 +77,7 @@ class RunConfig(BaseModel):
     controller: Component = Field(default_factory=lambda: {"name": "gda"})
     formulation: Component = Field(default_factory=lambda: {"name": "lagrangian"})
     optimizer: Component = Field(default_factory=lambda: {"name": "sgd", "lr": 1e-2})
-    order: Literal["simultaneous", "dual_primal", "primal_dual"] = "simultaneous"
+    order: Literal["simultaneous", "dual_primal", "primal_dual", "cgd"] = "simultaneous"
     steps: int = Field(default=1000, ge=0)
     batch_size: int | None = Field(default=None, ge=1)
     seed: int = Field(default=0, ge=0, le=MAX_SEED)

@@ -1,5 +1,5 @@
 """The solver: sequences problem -> formulation -> controller -> primal optimizer -> prox ->
-history, in one of three orders.
+history, in one of four orders.
 
 Each stage is its own object and the solver only calls them in order:
 
@@ -32,8 +32,9 @@ history.
 In the default *simultaneous* order the multiplier step uses ``g(x_t)`` (evaluated by
 ``lagrangian``); in ``"dual_primal"`` it happens inside ``lagrangian`` (the primal loss
 then uses ``lam_{t+1}``: the order of the nuPI paper's experiments); in ``"primal_dual"``
-``dual_step`` evaluates the constraints again at ``x_{t+1}``. See docs/algorithms.md,
-'Update orders'.
+``dual_step`` evaluates the constraints again at ``x_{t+1}``; in ``"cgd"`` each step is
+one competitive-gradient-descent step (:mod:`constrain._cgd_order`). See
+docs/algorithms.md, 'Update orders'.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from torch import Tensor, nn
 
 from . import controllers as _controllers
 from . import formulations as _formulations
+from ._cgd_order import cgd_solver_step, check_cgd_options, check_cgd_solver
 from ._checkpoint_state import load_solver_state, solver_state
 from ._dual_schedules import DualSchedules
 from ._errors import ConfigError, NonFiniteError, describe
@@ -81,8 +83,8 @@ __all__ = [
 logger = logging.getLogger("constrain")
 T = TypeVar("T")
 
-Order = Literal["simultaneous", "dual_primal", "primal_dual"]
-_ORDERS = ("simultaneous", "dual_primal", "primal_dual")
+Order = Literal["simultaneous", "dual_primal", "primal_dual", "cgd"]
+_ORDERS = ("simultaneous", "dual_primal", "primal_dual", "cgd")
 
 
 class Stateful(Protocol):
@@ -129,7 +131,13 @@ class Solver:
             matched by exactly one pattern).
         formulation: ``"lagrangian"`` (default), ``"augmented_lagrangian"``,
             ``"quadratic_penalty"``, a mapping or a :class:`Formulation` instance.
-        order: ``"simultaneous"``, ``"dual_primal"`` or ``"primal_dual"``.
+        order: ``"simultaneous"``, ``"dual_primal"``, ``"primal_dual"`` or ``"cgd"``
+            (competitive gradient descent, Schäfer & Anandkumar 2019: each step is the Nash
+            equilibrium of the regularised bilinear game, solved by conjugate gradient on
+            mixed Hessian-vector products; needs the ``lagrangian`` formulation, one
+            ``gda`` controller whose ``lr`` is the multipliers' step size, one plain
+            ``torch.optim.SGD`` whose ``lr`` is the primal step size, dense constraints
+            only, and whole steps: :meth:`step` / :meth:`fit`).
         on_nonfinite: ``"raise"`` (default) stops with :class:`NonFiniteError` naming the
             constraint and the step when the step is checked (see ``check_every``; the
             multipliers keep their last finite values); ``"skip"`` skips such steps, which
@@ -162,10 +170,16 @@ class Solver:
         dual_every: Multiplier step every ``k`` steps: an int or ``{pattern: k}``.
         rhs_schedule: Right-hand sides by constraint-name pattern that replace the
             declared ones: schedules (:mod:`constrain.schedules`) or numbers.
+        cgd_tol: ``order="cgd"``: relative residual tolerance of conjugate gradient,
+            ``> 0``.
+        cgd_max_iter: ``order="cgd"``: cap on conjugate-gradient iterations per step
+            (default ``None``: twice the solved player's size plus 10).
 
     Raises:
-        ConfigError: For an unknown order/controller/formulation, optimizers that own no
-            parameter of the model, a controller that cannot handle the problem, a bad
+        ConfigError: For an unknown order/controller/formulation, ``order="cgd"`` with
+            a formulation, controller, optimizer or ``dual_every`` it cannot run (or
+            ``cgd_tol``/``cgd_max_iter`` that are invalid or given without it),
+            optimizers that own no parameter of the model, a controller that cannot handle the problem, a bad
             interval, ``on_nonfinite="skip"`` with ``check_every > 1``, or a schedule of
             the wrong kind.
     """
@@ -192,8 +206,11 @@ class Solver:
         restart: Restart = False,
         dual_every: DualEvery = 1,
         rhs_schedule: Mapping[str, Any] | None = None,
+        cgd_tol: float = 1e-10,
+        cgd_max_iter: int | None = None,
     ) -> None:
         _check_arguments(problem, model, order, on_nonfinite, record_every)
+        check_cgd_options(order, cgd_tol, cgd_max_iter)
         _check_interval("vectors_every", vectors_every, allow_none=True)
         _check_interval("check_every", check_every)
         if on_nonfinite == "skip" and check_every != 1:
@@ -247,6 +264,9 @@ class Solver:
         self.extra_state: dict[str, Stateful] = {}
         self._pending: StepInProgress | None = None
         self._trainable_checked = False
+        self.cgd_tol, self.cgd_max_iter = float(cgd_tol), cgd_max_iter
+        if order == "cgd":
+            check_cgd_solver(self)
 
     # -- public state (read-only views of the stages) -------------------------------------
     optimizers = _View[list[torch.optim.Optimizer]](
@@ -374,7 +394,7 @@ class Solver:
             ConfigError: If the previous step was not finished with :meth:`dual_step`, or
                 ``accumulate=True`` comes after the optimizer or multiplier step, or in the
                 ``"dual_primal"`` order, or the controller extrapolates (extragradient:
-                use :meth:`step`).
+                use :meth:`step`), or the order is ``"cgd"`` (whole steps only).
             NonFiniteError: With ``on_nonfinite="raise"``, a NaN/Inf objective or
                 constraint is reported when the step is checked (:meth:`dual_step` with
                 ``check_every=1``).
@@ -383,6 +403,12 @@ class Solver:
             raise ConfigError(
                 f"the {self.duals.controller.name!r} controller evaluates the problem twice "
                 "per step (a look-ahead, then the step); run it with Solver.step() or "
+                "Solver.fit(), not with lagrangian()/dual_step()."
+            )
+        if self.order == "cgd":
+            raise ConfigError(
+                "order='cgd' computes both players' updates together from one evaluation "
+                "(the equilibrium of the local game); run it with Solver.step() or "
                 "Solver.fit(), not with lagrangian()/dual_step()."
             )
         pending = self._pending
@@ -479,6 +505,8 @@ class Solver:
                 proposal is NaN/Inf and ``on_nonfinite="raise"``; the message names the
                 constraint (or parameter) and the step.
         """
+        if self.order == "cgd":
+            return cgd_solver_step(self, batch)
         if self.duals.controller.extrapolates:
             return _extragradient_step(self, batch)
         loss = self.lagrangian(batch)
@@ -774,6 +802,8 @@ def solve(
     restart: Restart = False,
     dual_every: DualEvery = 1,
     rhs_schedule: Mapping[str, Any] | None = None,
+    cgd_tol: float = 1e-10,
+    cgd_max_iter: int | None = None,
     **optimizer_options: Any,
 ) -> SolveResult:
     """Full-batch (or minibatch, with ``data``) convenience around :class:`Solver`.
@@ -796,6 +826,8 @@ def solve(
         restart: Dual restarts (see :class:`Solver`).
         dual_every: Multiplier step every ``k`` steps (see :class:`Solver`).
         rhs_schedule: Right-hand-side overrides by pattern (see :class:`Solver`).
+        cgd_tol: CG tolerance of ``order="cgd"`` (see :class:`Solver`).
+        cgd_max_iter: CG iteration cap of ``order="cgd"`` (see :class:`Solver`).
         **optimizer_options: Extra optimizer arguments (e.g. ``momentum=0.9``).
 
     Example:
@@ -815,6 +847,8 @@ def solve(
         restart=restart,
         dual_every=dual_every,
         rhs_schedule=rhs_schedule,
+        cgd_tol=cgd_tol,
+        cgd_max_iter=cgd_max_iter,
     )
     history = solver.fit(data, steps, batch=batch, progress=progress)
     return SolveResult(model, solver.multipliers, history, solver)
