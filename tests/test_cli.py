@@ -67,6 +67,7 @@ def test_list_json(capsys: pytest.CaptureFixture[str]) -> None:
         "prox",
         "penalty_updaters",
         "rhs_schedules",
+        "orders",
     }
     # Exactly what is registered (so registering an entry changes the listing, not this test).
     assert set(data["problems"]) == set(problem_names())
@@ -76,6 +77,7 @@ def test_list_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert set(data["validate"]) == {n for n in problem_names() if get_problem(n).validates}
     assert set(data["penalty_updaters"]) == set(PENALTY_UPDATERS.names())
     assert set(data["rhs_schedules"]) == set(schedules.names())
+    assert data["orders"] == ["simultaneous", "dual_primal", "primal_dual", "cgd"]
     assert {"iris-svm", "simplex", "random-qp"} <= set(data["problems"])
     assert {"iris-svm", "simplex", "random-qp"} <= set(data["validate"])
     assert {"gda", "nupi", "pid", "momentum", "nesterov", "adam"} <= set(data["controllers"])

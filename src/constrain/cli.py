@@ -26,6 +26,7 @@ import argparse
 import logging
 import os
 import sys
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -327,6 +328,7 @@ def _print_group_tables(summary: dict[str, Any]) -> None:
 def _cmd_list(args: argparse.Namespace) -> int:
     from . import controllers, formulations, prox, schedules
     from .runner import get_problem, problem_names
+    from .solver import Order
 
     specs = {name: get_problem(name) for name in problem_names()}
     problems = {name: spec.description for name, spec in specs.items()}
@@ -338,6 +340,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         "prox": prox.names(),
         "penalty_updaters": formulations.PENALTY_UPDATERS.names(),
         "rhs_schedules": schedules.names(),
+        "orders": list(typing.get_args(Order)),
     }
     if args.json:
         _print_json(data)
@@ -347,7 +350,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
     print(f"  {'name':<24} {'validate':<9} description")
     for name, text in problems.items():
         print(f"  {name:<24} {'yes' if specs[name].validates else 'no':<9} {text}")
-    for key in ("controllers", "formulations", "prox", "penalty_updaters", "rhs_schedules"):
+    for key in (
+        "controllers",
+        "formulations",
+        "prox",
+        "orders",
+        "penalty_updaters",
+        "rhs_schedules",
+    ):
         print(f"{key.replace('_', ' ')}: {', '.join(data[key])}")
     return 0
 

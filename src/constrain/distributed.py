@@ -535,6 +535,12 @@ class DistributedReducer:
                 disagree in a way that is neither sharded nor replicated.
         """
         for c in problem.all_constraints:
+            if getattr(c, "multiplier_model", None) is not None:
+                raise ConfigError(
+                    f"constraint {c.name!r} has a multiplier model, which a distributed run does "
+                    "not support yet (the features are not gathered across ranks); train it in "
+                    "one process, or give the group table multipliers (no multiplier_model)."
+                )
             raw = state.constraints.get(c.name)
             if (raw is None and c.intermittent) or (
                 isinstance(raw, ConstraintValue) and raw.observed is False
