@@ -117,6 +117,8 @@ def _three_support(z: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
     coeffs = torch.stack([c5, c4, c3, c2, c1, c0], dim=1)  # highest degree first
     # Companion matrix of the monic polynomial (rows with c5 = 0 cannot occur: lam > 0).
     monic = coeffs[:, 1:] / coeffs[:, :1]
+    usable = torch.isfinite(monic).all(dim=1)  # never hand LAPACK a NaN/Inf matrix
+    monic = torch.where(usable[:, None], monic, torch.zeros_like(monic))
     companion = torch.zeros(n, 5, 5, dtype=z.dtype, device=z.device)
     companion[:, 0, :] = -monic
     companion[:, 1:, :-1] = torch.eye(4, dtype=z.dtype, device=z.device)
@@ -137,7 +139,7 @@ def _three_support(z: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
         t = torch.where(safe, t - value / torch.where(safe, slope, torch.ones_like(slope)), t)
     at = a[:, None] * t
     det = 1 - at**2
-    ok = is_real & (t > 0) & (t <= z3[:, None]) & (at < 1) & (det > 0)
+    ok = usable[:, None] & is_real & (t > 0) & (t <= z3[:, None]) & (at < 1) & (det > 0)
     safe_det = torch.where(ok, det, torch.ones_like(det))
     u1 = (z1[:, None] - at * z2[:, None]) / safe_det
     u2 = (z2[:, None] - at * z1[:, None]) / safe_det
@@ -220,8 +222,15 @@ def _prox_sorted(z: Tensor, lam: Tensor) -> Tensor:
         return best
     rows = active.nonzero().squeeze(1)
     weak = lam[rows] < _FIXED_POINT_BELOW
+    # The closed forms only on the rows they serve: for weak rows lam^4 may underflow, and
+    # LAPACK's eigenvalue routine must never see the resulting non-finite companion matrix.
+    closed = (~weak).nonzero().squeeze(1)
     for size, solver in ((3, _three_support), (4, _four_support)):
-        u_rows, value_rows = solver(z[rows], lam[rows])
+        u_rows = torch.zeros_like(z[rows])
+        value_rows = torch.full_like(lam[rows], float("inf"))
+        if closed.numel():
+            u_closed, value_closed = solver(z[rows[closed]], lam[rows[closed]])
+            u_rows[closed], value_rows[closed] = u_closed, value_closed
         if bool(weak.any()):
             u_weak, value_weak = _fixed_point(z[rows], lam[rows], size)
             u_rows = torch.where(weak[:, None], u_weak, u_rows)
