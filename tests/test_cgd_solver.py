@@ -317,3 +317,17 @@ def test_nonfinite_steps_raise_or_are_skipped() -> None:
     record = solver.step()
     assert record is not None and record.skipped
     assert float(model.x.detach()) == -1.0 and solver.step_count == 1
+
+
+def test_cgd_refuses_proximal_regularizers() -> None:
+    """The multiplier step anticipates the gradient step that a prox would change."""
+    from constrain import Constraint, Regularizer, Variables
+
+    problem = ConstrainedProblem(
+        objective=lambda m, b: (m.x - 1).pow(2).sum(),
+        constraints=[Constraint("cap", "<=", rhs=1.0, fn=lambda m, b: m.x.sum())],
+        regularizers=[Regularizer(prox="l1", strength=0.3)],
+    )
+    model = Variables(x=torch.zeros(3, dtype=torch.float64))
+    with pytest.raises(ConfigError, match=r"order='cgd' cannot run proximal regularizers"):
+        Solver(problem, model, torch.optim.SGD(model.parameters(), lr=0.1), order="cgd")

@@ -163,6 +163,23 @@ def test_max_multiplier_bounds_the_model() -> None:
     assert float(solver.multipliers["fit"][:4].max()) == 0.5
 
 
+def test_a_model_above_the_bound_still_learns_inwards() -> None:
+    """Satisfied constraints (rhs far above every loss) must shrink the multipliers even
+    when the model's output starts above max_multiplier (projected ascent, not the clamp's
+    zero gradient)."""
+    module = _module()
+    nn.init.constant_(module.bias, 3.0)
+    nn.init.zeros_(module.weight)
+    mm = MultiplierModel(module, lr=0.5, features=D)
+    problem, _, _, _ = _problem(mm, rhs=100.0)
+    model = _primal()
+    solver = Solver(problem, model, torch.optim.SGD(model.parameters(), lr=0.0), max_multiplier=1.0)
+    for batch in [torch.arange(s, s + 4) for s in (0, 4, 8)] * 10:
+        solver.step(batch)
+    assert float(module.bias) < 0.0
+    assert float(solver.multipliers["fit"].max()) < 0.5
+
+
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_non_finite_step_is_dropped_on_the_device(momentum: float) -> None:
     """A NaN violation gives a NaN gradient: parameters, optimizer state and the store

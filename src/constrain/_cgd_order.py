@@ -158,6 +158,13 @@ def check_cgd_solver(solver: Solver) -> None:
             f"{type(solver.primal.reducer).__name__}. Run it in a single process, without a "
             "reducer."
         )
+    if solver.regularizers.has_prox:
+        raise ConfigError(
+            "order='cgd' cannot run proximal regularizers: the multiplier step anticipates "
+            "the primal gradient step, which the prox then changes, so the game settles on "
+            "an infeasible point. Give the regularizer as a smooth penalty "
+            "(Regularizer(penalty=...)), or use another order with the prox."
+        )
     if solver.duals.dual_every != 1:
         raise ConfigError(
             "order='cgd' moves the multipliers at every step (the primal player anticipates "

@@ -184,7 +184,8 @@ class MultiplierModel:
 
     def predict(self, features: Tensor) -> Tensor:
         """The multipliers ``link(module(features))`` of any entries (e.g. entries never
-        observed), detached; ``features`` of shape ``(n, d)``."""
+        observed), detached, unclamped (the solver applies ``max_multiplier`` to what it
+        stores); ``features`` of shape ``(n, d)``."""
         with torch.no_grad():
             return self.forward(features.to(device=self.device, dtype=self.dtype)).detach()
 
@@ -206,7 +207,8 @@ class MultiplierModel:
         Args:
             features: ``(batch, d)`` features of the observed entries.
             signal: ``(batch,)`` dual signal (e.g. the violations ``g_i``).
-            upper: Optional bound ``M``: the multipliers are clamped to ``[-M, M]``.
+            upper: Optional bound ``M``: the multipliers are clamped to ``[-M, M]``; the
+                step still moves a model whose output lies beyond the bound back inwards.
 
         Returns:
             ``(proposal, ok)``: the multipliers of the batch after the step (detached,
@@ -223,8 +225,14 @@ class MultiplierModel:
         }
         self.optimizer.zero_grad(set_to_none=True)
         with torch.enable_grad():
-            lam = self._bounded(self.forward(features), upper)
-            ascent = -(lam * signal.detach().to(lam.dtype)).sum()
+            raw = self.forward(features)
+            direction = signal.detach().to(raw.dtype)
+            if upper is not None:
+                # Projected ascent: a multiplier at its bound only stops moving outwards; the
+                # clamp's zero gradient would otherwise freeze a model above the bound.
+                outward = ((raw >= upper) & (direction > 0)) | ((raw <= -upper) & (direction < 0))
+                direction = torch.where(outward, torch.zeros_like(direction), direction)
+            ascent = -(raw * direction).sum()
             grads = torch.autograd.grad(ascent, params, allow_unused=True)
         for p, g in zip(params, grads, strict=True):
             p.grad = torch.zeros_like(p) if g is None else g
