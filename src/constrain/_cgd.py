@@ -327,37 +327,36 @@ def cgd_step(
         y_links = [k for k, g in enumerate(gy_parts) if g is not None and g.requires_grad]
         hvps = 0
 
-        def d_yx(u: Tensor) -> Tensor:
-            """``D_yx u = grad_y (grad_x L . u)`` (dual-sized)."""
+        def mixed(
+            parts: Sequence[Tensor],
+            links: list[int],
+            wrt: Sequence[Tensor],
+            given: Sequence[Tensor],
+            u: Tensor,
+            zeros: Tensor,
+        ) -> Tensor:
+            """``grad_wrt (grad_given L . u)``: one mixed Hessian-vector product."""
             nonlocal hvps
             hvps += 1
-            if not x_links:
-                return torch.zeros_like(gy)
-            weights = _split(u, xs)
+            if not links:
+                return torch.zeros_like(zeros)
+            weights = _split(u, given)
             out = torch.autograd.grad(
-                [gx_parts[k] for k in x_links],
-                ys,
-                grad_outputs=[weights[k] for k in x_links],
+                [parts[k] for k in links],
+                wrt,
+                grad_outputs=[weights[k] for k in links],
                 retain_graph=True,
                 allow_unused=True,
             )
-            return _flat(out, ys).detach()
+            return _flat(out, wrt).detach()
+
+        def d_yx(u: Tensor) -> Tensor:
+            """``D_yx u = grad_y (grad_x L . u)`` (dual-sized)."""
+            return mixed(gx_parts, x_links, ys, xs, u, gy)
 
         def d_xy(v: Tensor) -> Tensor:
             """``D_xy v = grad_x (grad_y L . v)`` (primal-sized)."""
-            nonlocal hvps
-            hvps += 1
-            if not y_links:
-                return torch.zeros_like(gx)
-            weights = _split(v, ys)
-            out = torch.autograd.grad(
-                [gy_parts[k] for k in y_links],
-                xs,
-                grad_outputs=[weights[k] for k in y_links],
-                retain_graph=True,
-                allow_unused=True,
-            )
-            return _flat(out, xs).detach()
+            return mixed(gy_parts, y_links, xs, ys, v, gx)
 
         gx_d, gy_d = gx.detach(), gy.detach()
         free = _free_dual(ys, gy_d, nonnegative)
