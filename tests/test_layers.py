@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "studies": 3, "loggers": 3,
     "duals": 4, "primal": 4, "distributed": 4, "_cgd": 4,
     "_checkpoint_state": 5, "_stepping": 5, "_cgd_order": 5, "_step_log": 5, "_dual_schedules": 5,
+    "_step_runner": 5, "_arguments": 5,
     "solver": 6,
     "config": 7, "runner": 7, "checkpoint": 7, "plots": 7, "bench": 7, "exact": 7, "validation": 7,
     "_run_folder": 7, "randomized": 7, "comparison": 7, "_show": 7,

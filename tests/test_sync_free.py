@@ -253,7 +253,7 @@ def test_a_non_finite_block_proposal_is_dropped_on_the_device() -> None:
     assert duals.layout is not None and duals.multipliers is not None
     before = duals.multipliers.dense.clone()
     states = {k: {n: v.clone() for n, v in s.items()} for k, s in duals._states.items()}
-    _, stacked, _ = solver._evaluate(None)
+    _, stacked, _ = solver.runner.evaluate(None)
     stacked.violation = stacked.violation.clone()
     stacked.violation[0] = float("nan")  # an entry of 'cap'
     report = duals.step(stacked, 6)

@@ -39,8 +39,8 @@ from .primal import LocalReducer
 from .problem import ProblemState
 
 if TYPE_CHECKING:
+    from ._step_runner import StepRunner
     from .history import StepRecord
-    from .solver import Solver
 
 __all__ = ["CGD_METRICS", "check_cgd_options", "check_cgd_solver", "cgd_solver_step"]
 
@@ -102,7 +102,7 @@ def check_cgd_options(order: object, cgd_tol: object, cgd_max_iter: object) -> N
         )
 
 
-def check_cgd_solver(solver: Solver) -> None:
+def check_cgd_solver(runner: StepRunner) -> None:
     """Refuse what ``order="cgd"`` cannot run (called when the solver is built).
 
     CGD replaces both update rules: it needs the ``lagrangian`` formulation, one plain
@@ -113,14 +113,14 @@ def check_cgd_solver(solver: Solver) -> None:
     Raises:
         ConfigError: Naming the part that does not fit and what is expected.
     """
-    formulation = solver.duals.formulation
+    formulation = runner.duals.formulation
     if formulation.name != "lagrangian":
         raise ConfigError(
             f"order='cgd' plays the game min_x max_lam L(x, lam) = f + lam . g of the "
             f"'lagrangian' formulation; got formulation {formulation.name!r}. Use "
             "formulation='lagrangian' (or another order for penalty formulations)."
         )
-    controller = solver.duals.controller
+    controller = runner.duals.controller
     if isinstance(controller, ControllerMap) or type(controller) is not GDA:
         name = controller.name if not isinstance(controller, ControllerMap) else "per-group"
         raise ConfigError(
@@ -128,7 +128,7 @@ def check_cgd_solver(solver: Solver) -> None:
             f"one 'gda' controller (lr = eta of the multipliers); got controller {name!r}. "
             "Use controller={'name': 'gda', 'lr': ...}."
         )
-    optimizers = solver.primal.optimizers
+    optimizers = runner.primal.optimizers
     expected = (
         "one torch.optim.SGD with momentum=0, weight_decay=0, nesterov=False, "
         "maximize=False and one lr for every parameter group (its lr is CGD's primal step "
@@ -150,30 +150,30 @@ def check_cgd_solver(solver: Solver) -> None:
                     f"order='cgd' needs {expected}; parameter group {k} of the SGD optimizer "
                     f"has {option}={group[option]!r}."
                 )
-    _primal_lr(solver)
-    if type(solver.primal.reducer) is not LocalReducer:
+    _primal_lr(runner)
+    if type(runner.primal.reducer) is not LocalReducer:
         raise ConfigError(
             "order='cgd' differentiates one process's Lagrangian twice and does not combine "
             "Hessian-vector products across processes; got the reducer "
-            f"{type(solver.primal.reducer).__name__}. Run it in a single process, without a "
+            f"{type(runner.primal.reducer).__name__}. Run it in a single process, without a "
             "reducer."
         )
-    if solver.regularizers.has_prox:
+    if runner.regularizers.has_prox:
         raise ConfigError(
             "order='cgd' cannot run proximal regularizers: the multiplier step anticipates "
             "the primal gradient step, which the prox then changes, so the game settles on "
             "an infeasible point. Give the regularizer as a smooth penalty "
             "(Regularizer(penalty=...)), or use another order with the prox."
         )
-    if solver.duals.dual_every != 1:
+    if runner.duals.dual_every != 1:
         raise ConfigError(
             "order='cgd' moves the multipliers at every step (the primal player anticipates "
-            f"their move); got dual_every={solver.duals.dual_every!r}. Drop dual_every."
+            f"their move); got dual_every={runner.duals.dual_every!r}. Drop dual_every."
         )
 
 
-def _primal_lr(solver: Solver) -> float:
-    groups = solver.primal.optimizers[0].param_groups
+def _primal_lr(runner: StepRunner) -> float:
+    groups = runner.primal.optimizers[0].param_groups
     rates = {float(g["lr"]) for g in groups}
     if len(rates) != 1:
         raise ConfigError(
@@ -189,8 +189,9 @@ def _primal_lr(solver: Solver) -> float:
     return lr
 
 
-def cgd_solver_step(solver: Solver, batch: Any) -> StepRecord | None:
-    """One ``"cgd"`` step of ``solver`` on ``batch`` (see the module docstring).
+def cgd_solver_step(runner: StepRunner, batch: Any) -> StepRecord | None:
+    """One ``"cgd"`` step of the solver's ``runner`` on ``batch`` (see the module
+    docstring).
 
     Raises:
         ConfigError: For per-sample constraints, or a scheduled multiplier step size or an
@@ -199,15 +200,15 @@ def cgd_solver_step(solver: Solver, batch: Any) -> StepRecord | None:
             or gradient of ``L``, naming the constraint (or the quantity) and the step.
     """
     start = time.perf_counter()
-    step = solver.step_count
-    expect(solver._pending, "step", step, idle=True)
-    if not solver.duals.ready:
+    step = runner.step_count
+    expect(runner.pending, "step", step, idle=True)
+    if not runner.duals.ready:
         # The set-up evaluation leaves the random state as it found it, so that a resumed
         # run (which sets up again) draws the same numbers as the run it continues.
-        cuda = {p.device.index or 0 for p in solver.model.parameters() if p.device.type == "cuda"}
+        cuda = {p.device.index or 0 for p in runner.model.parameters() if p.device.type == "cuda"}
         with torch.random.fork_rng(devices=sorted(cuda)):
-            solver.initialise(batch)
-    layout, duals = solver.layout, solver.duals
+            runner.initialise(batch)
+    layout, duals = runner.layout, runner.duals
     assert layout is not None and duals.multipliers is not None
     if layout.per_sample:
         raise ConfigError(
@@ -215,22 +216,22 @@ def cgd_solver_step(solver: Solver, batch: Any) -> StepRecord | None:
             f"group(s) {[c.name for c in layout.per_sample]} are not supported. Use another "
             "order for problems with per-sample constraints."
         )
-    eta = _primal_lr(solver)
-    solver.schedules.apply_penalty(duals, step)
-    params = [p for group in solver.primal.optimizers[0].param_groups for p in group["params"]]
+    eta = _primal_lr(runner)
+    runner.schedules.apply_penalty(duals, step)
+    params = [p for group in runner.primal.optimizers[0].param_groups for p in group["params"]]
     params = [p for p in params if p.requires_grad]
     evaluated: list[tuple[Tensor, StackedConstraints, ProblemState]] = []
     formulation, fstate = duals.formulation, duals.formulation_state
 
     def lagrangian(xs: list[Tensor], ys: list[Tensor]) -> Tensor:
-        objective, stacked, state = solver._evaluate(batch)
+        objective, stacked, state = runner.evaluate(batch)
         evaluated.append((objective, stacked, state))
         lam = ys[0].to(stacked.primal.dtype)
         value = objective + formulation.terms(lam, stacked.primal, stacked.equality, fstate)
         value = value + lam @ (stacked.violation - stacked.primal.detach())  # grad_lam = g
-        return solver.regularizers.penalty(value)
+        return runner.regularizers.penalty(value)
 
-    with solver.schedules.controller(duals, step):
+    with runner.schedules.controller(duals, step):
         controller = duals.controller
         assert isinstance(controller, GDA)
         eta_dual = float(controller.lr)
@@ -248,8 +249,8 @@ def cgd_solver_step(solver: Solver, batch: Any) -> StepRecord | None:
                 lagrangian,
                 eta,
                 eta_dual=eta_dual,
-                tol=solver.cgd_tol,
-                max_iter=solver.cgd_max_iter,
+                tol=runner.cgd_tol,
+                max_iter=runner.cgd_max_iter,
                 nonnegative=[~layout.equality],
             )
         except NonFiniteError as exc:
@@ -259,13 +260,13 @@ def cgd_solver_step(solver: Solver, batch: Any) -> StepRecord | None:
         objective, stacked, state = evaluated[0]
         pending = StepInProgress([Micro(batch, objective, stacked, state)], start)
         pending.prox_done = pending.dual_done = True
-        solver._pending = pending
+        runner.pending = pending
         if failure is not None or result is None:
-            if solver.on_nonfinite == "skip":
+            if runner.on_nonfinite == "skip":
                 logger.warning("step %d skipped: non-finite Lagrangian or gradient", step)
                 pending.skipped = True
-                return solver.dual_step()
-            solver._pending = None
+                return runner.finish()
+            runner.pending = None
             layout.check_finite(objective, stacked, step)  # names a non-finite constraint
             raise NonFiniteError(
                 f"step {step} (order='cgd'): {failure}; expected finite values of the "
@@ -274,7 +275,7 @@ def cgd_solver_step(solver: Solver, batch: Any) -> StepRecord | None:
         with torch.no_grad():
             for p, dx in zip(params, result.primal, strict=True):
                 p.add_(dx)
-        solver.regularizers.apply()
+        runner.regularizers.apply()
         given = _GivenUpdate(lr=eta_dual)
         given._delta = result.dual[0]
         duals.controller = given
@@ -289,8 +290,8 @@ def cgd_solver_step(solver: Solver, batch: Any) -> StepRecord | None:
             step,
             result.residual,
             result.cg_iterations,
-            solver.cgd_tol,
-            solver.cgd_max_iter,
+            runner.cgd_tol,
+            runner.cgd_max_iter,
         )
     values = (
         result.hvps,
@@ -303,4 +304,4 @@ def cgd_solver_step(solver: Solver, batch: Any) -> StepRecord | None:
         name: torch.tensor(float(v), dtype=layout.dtype, device=layout.device)
         for name, v in zip(CGD_METRICS, values, strict=True)
     }
-    return solver.dual_step()
+    return runner.finish()

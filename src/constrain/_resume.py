@@ -152,6 +152,11 @@ class DataCursor:
         self.position += 1
         return batch
 
+    def batches(self, data: Iterable[Any]) -> Iterator[Any]:
+        """Endless batches of ``data`` (:meth:`next_batch` after :meth:`next_batch`)."""
+        while True:
+            yield self.next_batch(data)
+
     def state_dict(self) -> dict[str, Any]:
         """The position (tensors and primitives only); ``{}`` if no data was used."""
         if self._pending is not None:

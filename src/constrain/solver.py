@@ -12,8 +12,11 @@ Each stage is its own object and the solver only calls them in order:
 * the recorder (:mod:`constrain.recording`) turns the stages' reports into a record, and
   the step log (:mod:`constrain._step_log`) checks the records and writes the history.
 
-The step in progress and the order of its pieces live in :mod:`constrain._stepping`; the
-dual-side schedules in :mod:`constrain._dual_schedules`.
+The solver is the public face of the loop; the step runner
+(:mod:`constrain._step_runner`) builds the stages from the solver's arguments (validated
+up front by :mod:`constrain._arguments`) and takes the steps. The step in progress and
+the order of its pieces live in :mod:`constrain._stepping`; the dual-side schedules in
+:mod:`constrain._dual_schedules`.
 
 One step can also be taken in pieces by the user's own loop (gradient clipping, AMP,
 accumulation, several optimizers)::
@@ -39,35 +42,29 @@ docs/algorithms.md, 'Update orders'.
 
 from __future__ import annotations
 
+import functools
 import itertools
-import logging
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, Protocol, TypeVar, overload
+from typing import Any, Generic, Protocol, TypeVar, overload
 
 import torch
 from torch import Tensor, nn
 
-from . import controllers as _controllers
-from . import formulations as _formulations
-from ._cgd_order import cgd_solver_step, check_cgd_options, check_cgd_solver
+from ._arguments import Order, check_arguments, check_stateful
 from ._checkpoint_state import load_solver_state, solver_state
-from ._dual_schedules import DualSchedules
-from ._errors import ConfigError, NonFiniteError, describe
+from ._errors import ConfigError
 from ._resume import DataCursor
-from ._step_log import StepLog
-from ._stepping import ORDER, Micro, StepInProgress, check_accumulate, expect
+from ._step_runner import StepRunner
 from .controllers import Controller, ControllerMap, ControllerSpec, ControllerState
-from .duals import DualEvery, Duals, MaxMultiplier, NonFinitePolicy, Restart
+from .duals import DualEvery, MaxMultiplier, NonFinitePolicy, Restart
 from .formulations import Formulation
 from .history import History, StepRecord
-from .layout import ConstraintLayout, StackedConstraints
+from .layout import ConstraintLayout
 from .loggers import Logger
 from .multipliers import Multipliers
-from .primal import LocalReducer, OptimizerSpec, PrimalSide, SignalReducer, make_optimizer
-from .problem import ConstrainedProblem, ProblemState, check_names, check_trainable
-from .regularization import RegularizerStage
+from .primal import OptimizerSpec, SignalReducer, make_optimizer
+from .problem import ConstrainedProblem
 from .schedules import Schedule
 
 __all__ = [
@@ -80,11 +77,7 @@ __all__ = [
     "solve",
 ]
 
-logger = logging.getLogger("constrain")
 T = TypeVar("T")
-
-Order = Literal["simultaneous", "dual_primal", "primal_dual", "cgd"]
-_ORDERS = ("simultaneous", "dual_primal", "primal_dual", "cgd")
 
 
 class Stateful(Protocol):
@@ -209,64 +202,42 @@ class Solver:
         cgd_tol: float = 1e-10,
         cgd_max_iter: int | None = None,
     ) -> None:
-        _check_arguments(problem, model, order, on_nonfinite, record_every)
-        check_cgd_options(order, cgd_tol, cgd_max_iter)
-        _check_interval("vectors_every", vectors_every, allow_none=True)
-        _check_interval("check_every", check_every)
-        if on_nonfinite == "skip" and check_every != 1:
-            raise ConfigError(
-                f"on_nonfinite='skip' decides on the host inside each step and needs "
-                f"check_every=1; got check_every={check_every}. Use on_nonfinite='raise' "
-                "for steps without host synchronisation."
-            )
-        if history is not None and not isinstance(history, History):
-            raise ConfigError(f"history must be a constrain.History; got {describe(history)}.")
-        for k, sink in enumerate(loggers):
-            if not (
-                callable(getattr(sink, "log", None)) and callable(getattr(sink, "flush", None))
-            ):
-                raise ConfigError(
-                    f"loggers[{k}] must have log(record, history) and flush() methods (e.g. a "
-                    f"constrain.TensorBoardLogger); got {describe(sink)}."
-                )
+        self.runner = StepRunner.build(
+            problem,
+            model,
+            optimizer,
+            controller=controller,
+            formulation=formulation,
+            order=order,
+            on_nonfinite=on_nonfinite,
+            record_every=record_every,
+            vectors_every=vectors_every,
+            check_every=check_every,
+            history=history,
+            loggers=loggers,
+            dual_lr_schedule=dual_lr_schedule,
+            penalty_schedule=penalty_schedule,
+            reducer=reducer,
+            max_multiplier=max_multiplier,
+            restart=restart,
+            dual_every=dual_every,
+            rhs_schedule=rhs_schedule,
+            cgd_tol=cgd_tol,
+            cgd_max_iter=cgd_max_iter,
+        )
         self.problem, self.model, self.order = problem, model, order
         self.on_nonfinite: NonFinitePolicy = on_nonfinite
         self.record_every = record_every
         self.vectors_every = vectors_every
         self.check_every = check_every
         self.rhs_schedule = rhs_schedule
-        self.duals = Duals(
-            _controllers.build_controllers(controller),
-            _formulations.build(formulation),
-            on_nonfinite=on_nonfinite,
-            max_multiplier=max_multiplier,
-            restart=restart,
-            dual_every=dual_every,
-        )
-        self.primal = PrimalSide(model, optimizer, reducer or _default_reducer(), on_nonfinite)
-        self.regularizers = RegularizerStage(
-            problem.regularizers, model, self.primal.group_of, self.primal.optimizers
-        )
-        self.schedules = DualSchedules(
-            self.duals.controller, self.duals.formulation, dual_lr_schedule, penalty_schedule
-        )
-        self.loggers: list[Logger] = list(loggers)
-        self.step_log = StepLog(
-            history if history is not None else History(),
-            self.loggers,
-            record_every=record_every,
-            vectors_every=vectors_every,
-            check_every=check_every,
-            on_nonfinite=on_nonfinite,
-        )
-        self.step_count = 0
+        self.cgd_tol, self.cgd_max_iter = float(cgd_tol), cgd_max_iter
+        self.duals, self.primal = self.runner.duals, self.runner.primal
+        self.regularizers, self.schedules = self.runner.regularizers, self.runner.schedules
+        self.step_log = self.runner.step_log
+        self.loggers: list[Logger] = self.step_log.loggers
         self.cursor = DataCursor()
         self.extra_state: dict[str, Stateful] = {}
-        self._pending: StepInProgress | None = None
-        self._trainable_checked = False
-        self.cgd_tol, self.cgd_max_iter = float(cgd_tol), cgd_max_iter
-        if order == "cgd":
-            check_cgd_solver(self)
 
     # -- public state (read-only views of the stages) -------------------------------------
     optimizers = _View[list[torch.optim.Optimizer]](
@@ -305,6 +276,15 @@ class Solver:
     def history(self, history: History) -> None:
         self.step_log.history = history
 
+    @property
+    def step_count(self) -> int:
+        """The number of finished steps (the index of the next step)."""
+        return self.runner.step_count
+
+    @step_count.setter
+    def step_count(self, step_count: int) -> None:
+        self.runner.step_count = step_count
+
     def register_state(self, name: str, obj: Stateful) -> None:
         """Save and restore ``obj`` (an LR scheduler, a GradScaler, ...) with the solver.
 
@@ -312,7 +292,7 @@ class Solver:
             ConfigError: If ``obj`` lacks ``state_dict``/``load_state_dict`` or ``name`` is
                 taken.
         """
-        _check_stateful(name, obj, self.extra_state)
+        check_stateful(name, obj, self.extra_state)
         self.extra_state[name] = obj
 
     def constraint_values(self, batch: Any = None) -> dict[str, Tensor]:
@@ -328,15 +308,7 @@ class Solver:
         Raises:
             ConfigError: If ``data`` yields no batch.
         """
-        if self.duals.ready:
-            return
-        if data is not None:
-            try:
-                batch = next(iter(data))
-            except StopIteration:
-                raise ConfigError("the data iterable yielded no batch; it is empty.") from None
-        with torch.no_grad():
-            self._evaluate(batch)
+        self.runner.initialise(batch, data)
 
     def state_dict(self) -> dict[str, Any]:
         """The whole solver state, as copies, made only of tensors and plain containers
@@ -350,7 +322,7 @@ class Solver:
             ConfigError: If called in the middle of a step (between :meth:`lagrangian` and
                 :meth:`dual_step`).
         """
-        if self._pending is not None:
+        if self.runner.pending is not None:
             raise ConfigError(
                 f"state_dict() was called in the middle of step {self.step_count} (after "
                 "lagrangian(), before dual_step()); a resumed run could not continue it. "
@@ -399,58 +371,14 @@ class Solver:
                 constraint is reported when the step is checked (:meth:`dual_step` with
                 ``check_every=1``).
         """
-        if self.duals.controller.extrapolates:
-            raise ConfigError(
-                f"the {self.duals.controller.name!r} controller evaluates the problem twice "
-                "per step (a look-ahead, then the step); run it with Solver.step() or "
-                "Solver.fit(), not with lagrangian()/dual_step()."
-            )
-        if self.order == "cgd":
-            raise ConfigError(
-                "order='cgd' computes both players' updates together from one evaluation "
-                "(the equilibrium of the local game); run it with Solver.step() or "
-                "Solver.fit(), not with lagrangian()/dual_step()."
-            )
-        pending = self._pending
-        if accumulate and pending is not None:
-            check_accumulate(pending, self.order, self.step_count)
-        else:
-            expect(pending, "lagrangian", self.step_count, idle=True)
-        start = time.perf_counter()
-        objective, stacked, state = self._evaluate(batch)
-        if not self._trainable_checked and torch.is_grad_enabled() and self.primal.group_of:
-            check_trainable(self.problem, state)
-            self._trainable_checked = True
-        micro = Micro(batch, objective, stacked, state)
-        if pending is None:  # a new step
-            self.schedules.apply_penalty(self.duals, self.step_count)
-            pending = self._pending = StepInProgress([micro], start)
-        else:
-            pending.add(micro)
-        if not self._host_check(objective, stacked):
-            pending.skipped = pending.dual_done = True
-            return objective.new_zeros((), requires_grad=objective.requires_grad)
-        if self.order == "dual_primal":
-            self._dual_update(pending, stacked)
-            pending.dual_done = True
-        return self._loss(objective, stacked)
+        return self.runner.start(batch, accumulate=accumulate)
 
     def prox_step(self) -> None:
         """Run the regularizers' proximal steps (after the optimizer step).
 
         Raises:
             ConfigError: If called outside a step or twice in one step."""
-        pending = expect(self._pending, "prox_step", self.step_count)
-        if pending.prox_done:
-            raise ConfigError(
-                f"prox_step() was called twice in step {self.step_count}; a step runs {ORDER}."
-            )
-        pending.prox_done = True
-        if pending.gradients is None and self.on_nonfinite != "skip":
-            # the user's own backward: check its gradients too (on the device, no sync)
-            pending.gradients = self.primal.gradient_norms()
-        if not pending.skipped:
-            self.regularizers.apply()
+        self.runner.prox()
 
     def dual_step(self) -> StepRecord | None:
         """The multiplier step; finishes the step and returns its record (``None`` when the
@@ -463,35 +391,7 @@ class Solver:
                 constraint, gradient or multiplier proposal; names the first one.
             ShapeError: If per-sample indices left their range.
         """
-        pending = expect(self._pending, "dual_step", self.step_count)
-        if not pending.prox_done:
-            self.prox_step()
-        if not pending.dual_done:
-            assert self.layout is not None
-            stacked = pending.evaluation(self.layout)
-            if self.order == "primal_dual":
-                with torch.no_grad():
-                    again = [self._evaluate(m.batch)[1] for m in pending.micro]
-                stacked = self.layout.merge(again)
-                pending.extra.append(stacked)
-                if not self._host_check(None, stacked):
-                    pending.skipped = True
-            if not pending.skipped:
-                self._dual_update(pending, stacked)
-        self._pending = None
-        assert self.layout is not None and self.duals.multipliers is not None
-        record = self.step_log.add(
-            self.step_count,
-            pending,
-            self.layout,
-            self.duals.multipliers,
-            self.duals.diagnostics(),
-            self.regularizers.diagnostics,
-            self.duals.controller.name,
-        )
-        self.step_count += 1
-        self.schedules.advance()
-        return record
+        return self.runner.finish()
 
     # -- one step -----------------------------------------------------------------------
     def step(self, batch: Any = None) -> StepRecord | None:
@@ -505,18 +405,7 @@ class Solver:
                 proposal is NaN/Inf and ``on_nonfinite="raise"``; the message names the
                 constraint (or parameter) and the step.
         """
-        if self.order == "cgd":
-            return cgd_solver_step(self, batch)
-        if self.duals.controller.extrapolates:
-            return _extragradient_step(self, batch)
-        loss = self.lagrangian(batch)
-        pending = self._pending
-        assert pending is not None
-        if not pending.skipped:
-            self._backward(loss)
-            self._optimizer_step(lambda: self._closure_loss(pending))
-        self.prox_step()
-        return self.dual_step()
+        return self.runner.step(batch)
 
     def flush(self) -> list[StepRecord]:
         """Copy the buffered steps to the host (one synchronisation), check them for
@@ -527,76 +416,6 @@ class Solver:
             NonFiniteError: As :meth:`dual_step`.
         """
         return self.step_log.flush(self.step_count, None, self.duals.controller.name)
-
-    def _loss(self, objective: Tensor, stacked: StackedConstraints) -> Tensor:
-        return self.regularizers.penalty(self.duals.primal_loss(objective, stacked))
-
-    def _primal_and_prox(self) -> None:
-        self._optimizer_step(None)
-        if self._pending is None or not self._pending.skipped:
-            self.regularizers.apply()
-
-    # -- helpers ------------------------------------------------------------------------
-    def _evaluate(self, batch: Any) -> tuple[Tensor, StackedConstraints, ProblemState]:
-        state = self.problem.evaluate(self.model, batch)
-        if not isinstance(state, ProblemState):
-            raise ConfigError(
-                f"{type(self.problem).__name__}.evaluate() must return a ProblemState; got "
-                f"{describe(state)}."
-            )
-        state = self.primal.reducer.reduce_state(self.problem, state)
-        if not self.duals.ready:
-            check_names(self.problem, state)
-            layout = ConstraintLayout(self.problem, state, rhs_schedule=self.rhs_schedule)
-            self.duals.initialise(layout)
-            history = self.step_log.history
-            if not history.labels:
-                history.labels = layout.labels()
-            if not history.groups:
-                history.groups = list(layout.names)
-        assert self.layout is not None
-        return state.objective, self.layout.stack(state, self.step_count), state
-
-    def _host_check(self, objective: Tensor | None, stacked: StackedConstraints) -> bool:
-        """``on_nonfinite="skip"``: check an evaluation on the host (one synchronisation)
-        and return False (with a warning) if the step must be skipped. Otherwise nothing
-        is checked here: the step's record carries the facts to the next flush."""
-        if self.on_nonfinite != "skip":
-            return True
-        assert self.layout is not None
-        try:
-            self.layout.check_finite(objective, stacked, self.step_count)
-        except NonFiniteError:
-            logger.warning("step %d skipped: non-finite objective or constraint", self.step_count)
-            return False
-        return True
-
-    def _dual_update(self, pending: StepInProgress, stacked: StackedConstraints) -> None:
-        with self.schedules.controller(self.duals, self.step_count):
-            pending.report = self.duals.step(stacked, self.step_count)
-
-    def _backward(self, loss: Tensor) -> None:
-        self.primal.backward(loss)
-        pending = self._pending
-        if pending is None:
-            return
-        if self.on_nonfinite == "skip":
-            if not self.primal.check_gradients(self.step_count):
-                pending.skipped = True
-        else:
-            pending.gradients = self.primal.gradient_norms()
-
-    def _optimizer_step(self, closure: Callable[[], Tensor] | None) -> None:
-        if self._pending is None or not self._pending.skipped:
-            self.primal.step(closure)
-
-    def _closure_loss(self, pending: StepInProgress) -> Tensor:
-        """Re-evaluate the primal loss at the current point (for closure optimizers)."""
-        with torch.enable_grad():
-            objective, stacked, _ = self._evaluate(pending.micro[0].batch)
-            loss = self._loss(objective, stacked)
-            self._backward(loss)
-        return loss.detach()
 
     # -- loops --------------------------------------------------------------------------
     def fit(
@@ -624,138 +443,9 @@ class Solver:
         """
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
             raise ConfigError(f"steps must be a non-negative integer; got {steps!r}.")
-        batches = self._batches(data) if data is not None else itertools.repeat(batch)
-        self.step_log.last_step = self.step_count + steps - 1
-        try:
-            with _Progress(steps, progress) as bar:
-                for _ in range(steps):
-                    record = self.step(next(batches))
-                    if callback is not None:
-                        callback(self, record)
-                    bar.update(self.step_count, record)
-        finally:
-            self.step_log.close()
-        return self.step_log.history
-
-    def _batches(self, data: Iterable[Any]) -> Iterator[Any]:
-        """Endless batches of ``data`` through the resumable data cursor."""
-        while True:
-            yield self.cursor.next_batch(data)
-
-
-def _extragradient_step(solver: Solver, batch: Any) -> StepRecord | None:
-    """Extragradient (any order): look ahead with both players, then step from the
-    original point with the look-ahead gradient and signal."""
-    start = time.perf_counter()
-    expect(solver._pending, "step", solver.step_count, idle=True)
-    objective, stacked, state = solver._evaluate(batch)
-    solver.schedules.apply_penalty(solver.duals, solver.step_count)
-    pending = StepInProgress([Micro(batch, objective, stacked, state)], start, dual_done=True)
-    pending.prox_done = True
-    solver._pending = pending
-    if not solver._host_check(objective, stacked):
-        pending.skipped = True
-        return solver.dual_step()
-    snapshot = [p.detach().clone() for p in solver.model.parameters()]
-    with solver.schedules.controller(solver.duals, solver.step_count):
-        lookahead = solver.duals.lookahead(stacked, solver.step_count)
-    solver._backward(solver._loss(objective, stacked))
-    solver._primal_and_prox()
-    with solver.duals.swapped(lookahead):
-        objective_half, stacked_half, _ = solver._evaluate(batch)
-        pending.extra.append(stacked_half)
-        finite = solver._host_check(objective_half, stacked_half)
-        if finite:
-            solver._backward(solver._loss(objective_half, stacked_half))
-    with torch.no_grad():
-        for p, saved in zip(solver.model.parameters(), snapshot, strict=True):
-            p.copy_(saved)
-    if finite and not pending.skipped:
-        solver._primal_and_prox()
-        solver._dual_update(pending, stacked_half)
-    else:
-        pending.skipped = True
-    return solver.dual_step()
-
-
-def _check_interval(name: str, value: object, *, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer; got {value!r}.")
-
-
-def _check_arguments(
-    problem: object, model: object, order: object, on_nonfinite: object, record_every: object
-) -> None:
-    """Validate the solver's arguments up front (:class:`ConfigError` naming each)."""
-    if not isinstance(problem, ConstrainedProblem):
-        raise ConfigError(
-            f"problem must be a constrain.ConstrainedProblem; got {describe(problem)}."
-        )
-    if not isinstance(model, nn.Module):
-        raise ConfigError(
-            f"model must be a torch.nn.Module (wrap plain tensors in constrain.Variables); "
-            f"got {describe(model)}."
-        )
-    if order not in _ORDERS:
-        raise ConfigError(f"order must be one of {list(_ORDERS)}; got {order!r}.")
-    if on_nonfinite not in ("raise", "skip"):
-        raise ConfigError(f"on_nonfinite must be 'raise' or 'skip'; got {on_nonfinite!r}.")
-    if not isinstance(record_every, int) or isinstance(record_every, bool) or record_every < 1:
-        raise ConfigError(f"record_every must be a positive integer; got {record_every!r}.")
-
-
-def _check_stateful(name: str, obj: object, taken: Iterable[str]) -> None:
-    if not (
-        callable(getattr(obj, "state_dict", None))
-        and callable(getattr(obj, "load_state_dict", None))
-    ):
-        raise ConfigError(
-            f"register_state({name!r}, ...): expected an object with state_dict() and "
-            f"load_state_dict(); got {describe(obj)}."
-        )
-    if name in taken:
-        raise ConfigError(f"register_state: the name {name!r} is already registered.")
-
-
-def _default_reducer() -> SignalReducer:
-    """:class:`~constrain.distributed.DistributedReducer` when torch.distributed runs
-    several ranks, else the no-op reducer."""
-    from . import distributed
-
-    if distributed.is_distributed():
-        return distributed.DistributedReducer()
-    return LocalReducer()
-
-
-class _Progress:
-    """A tqdm progress bar (only on a terminal by default, and only if tqdm is installed)."""
-
-    def __init__(self, total: int, enabled: bool | None) -> None:
-        import sys
-
-        self.bar: Any = None
-        if enabled if enabled is not None else sys.stderr.isatty():
-            try:
-                from tqdm.auto import tqdm
-            except ImportError:
-                return
-            self.bar = tqdm(total=total, desc="constrain", unit="step", leave=False)
-
-    def __enter__(self) -> _Progress:
-        return self
-
-    def update(self, step_count: int, record: StepRecord | None) -> None:
-        if self.bar is None:
-            return
-        self.bar.update(1)
-        if record is not None and step_count % 50 == 0:
-            self.bar.set_postfix(obj=f"{record.objective:.4g}", viol=f"{record.max_violation:.3g}")
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        batches = self.cursor.batches(data) if data is not None else itertools.repeat(batch)
+        after_step = None if callback is None else functools.partial(callback, self)
+        return self.runner.run(batches, steps, progress=progress, after_step=after_step)
 
 
 @dataclass
@@ -834,7 +524,7 @@ def solve(
         >>> result = solve(problem, constrain.Variables(x=torch.zeros(3)), steps=500,
         ...                controller="nupi")  # doctest: +SKIP
     """
-    _check_arguments(problem, model, order, "raise", 1)
+    check_arguments(problem, model, order, "raise", 1)
     opt = make_optimizer(optimizer, model.parameters(), lr=lr, **optimizer_options)
     solver = Solver(
         problem,
