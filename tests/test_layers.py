@@ -97,6 +97,23 @@ def test_every_module_has_a_layer() -> None:
     assert heads <= set(LAYERS), sorted(heads - set(LAYERS))
 
 
+SOLVER_CLASS_LINES = 350
+
+
+def test_the_solver_class_stays_small() -> None:
+    """``Solver`` keeps the public methods and the loop; the step's sequencing lives in
+    ``_step_runner``, argument checks in ``_arguments``, the state format in
+    ``_checkpoint_state``. A class that grows past the limit is taking a job back."""
+    tree = ast.parse((SRC / "solver.py").read_text(encoding="utf-8"))
+    (solver,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Solver"]
+    assert solver.end_lineno is not None
+    lines = solver.end_lineno - solver.lineno + 1
+    assert lines < SOLVER_CLASS_LINES, (
+        f"class Solver is {lines} lines (limit {SOLVER_CLASS_LINES}); move a responsibility "
+        "into its own module instead of growing it."
+    )
+
+
 @pytest.mark.parametrize(
     ("old", "name", "new"),
     [
