@@ -106,6 +106,12 @@ class _View(Generic[T]):
         value: T = getattr(getattr(obj, self.stage), self.attribute)
         return value
 
+    def __set__(self, obj: object, value: object) -> None:
+        raise AttributeError(
+            f"Solver.{self.attribute} is fixed when the solver is built (its stages hold "
+            "it); build a new Solver with the setting you want."
+        )
+
 
 class Solver:
     """Minibatch solver for a :class:`~constrain.problem.ConstrainedProblem`.
@@ -225,13 +231,7 @@ class Solver:
             cgd_tol=cgd_tol,
             cgd_max_iter=cgd_max_iter,
         )
-        self.problem, self.model, self.order = problem, model, order
-        self.on_nonfinite: NonFinitePolicy = on_nonfinite
-        self.record_every = record_every
-        self.vectors_every = vectors_every
-        self.check_every = check_every
-        self.rhs_schedule = rhs_schedule
-        self.cgd_tol, self.cgd_max_iter = float(cgd_tol), cgd_max_iter
+        self.problem, self.model = problem, model
         self.duals, self.primal = self.runner.duals, self.runner.primal
         self.regularizers, self.schedules = self.runner.regularizers, self.runner.schedules
         self.step_log = self.runner.step_log
@@ -253,6 +253,16 @@ class Solver:
     indexed_state = _View[dict[str, ControllerState]](
         "duals", "indexed_state", "Controller state of each per-sample group."
     )
+    order = _View[Order]("runner", "order", "The update order.")
+    on_nonfinite = _View[NonFinitePolicy]("runner", "on_nonfinite", "The NaN/Inf policy.")
+    rhs_schedule = _View[Mapping[str, Any] | None](
+        "runner", "rhs_schedule", "Right-hand sides replacing the declared ones."
+    )
+    cgd_tol = _View[float]("runner", "cgd_tol", "order='cgd': conjugate-gradient tolerance.")
+    cgd_max_iter = _View[int | None]("runner", "cgd_max_iter", "order='cgd': CG iteration cap.")
+    record_every = _View[int]("step_log", "record_every", "Record every k-th step.")
+    vectors_every = _View[int | None]("step_log", "vectors_every", "Vectors every k-th step.")
+    check_every = _View[int]("step_log", "check_every", "Host check every k-th step.")
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
