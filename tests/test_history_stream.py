@@ -21,6 +21,7 @@ from constrain import (
     History,
     ProblemState,
     Solver,
+    StepRecord,
     Variables,
 )
 
@@ -221,3 +222,20 @@ def test_window_must_be_positive() -> None:
 
     with pytest.raises(ConfigError, match="window must be a positive integer"):
         History(window=0)
+
+
+def test_the_spill_reads_back_every_record_across_its_chunks() -> None:
+    """Without a stream file, records leaving the window are spilled in chunks (by count
+    and by vector size); every record reads back in order, the last ones still buffered."""
+    history = History(window=3)
+    sent = []
+    for step in range(700):
+        vectors = [float(step)] * 30_000 if step % 97 == 0 else None
+        record = StepRecord(step, float(step), 0.5, violation=vectors, multipliers=vectors)
+        history.append(record)
+        sent.append(record)
+    assert len(history.records) == 3 and len(history) == 700
+    assert list(history) == sent
+    assert history[0] == sent[0] and history[500] == sent[500] and history[-1] == sent[-1]
+    assert history.steps().tolist() == list(range(700))
+    assert history.vector_steps().tolist() == list(range(0, 700, 97))
