@@ -173,6 +173,10 @@ class Duals:
         controllers = self._assign(layout)
         self.layout = layout
         dtype, device = layout.dtype, layout.device
+        # the projection's mask (None: every dense entry is an inequality) and the
+        # "update taken" flag of steps without an update, made once
+        self._equality = layout.equality if bool(layout.equality.any()) else None
+        self._taken = torch.ones((), dtype=torch.bool, device=device)
         dense = torch.zeros(layout.num_dense, dtype=dtype, device=device)
         keys = list(dict.fromkeys(controllers[n] for n in layout.names))
         if not keys and not isinstance(self.controller, ControllerMap):
@@ -446,7 +450,7 @@ class Duals:
         """
         assert self.multipliers is not None and self.layout is not None
         formulation = self.formulation
-        taken = torch.ones((), dtype=torch.bool, device=self.layout.device)
+        taken = self._taken
         current = self.active(stacked, step)
         if current is None:
             return DualReport(taken)
@@ -466,7 +470,7 @@ class Duals:
         new_fstate = formulation.after_dual_step(current, fstate, lam)
         dense, states = self._update_dense(lam.dense, signal, current.observed)
         ok = _all_finite(dense)
-        projected = self._bound(formulation.project(dense, self.layout.equality), self._upper)
+        projected = self._bound(formulation.project(dense, self._equality), self._upper)
         projected, states = self._restart_dense(
             projected, states, current.violation, current.observed
         )
@@ -485,7 +489,7 @@ class Duals:
             old = store[iv.indices]
             updated, after = controller.update(old, signals[name], before)
             ok = _all_finite(updated)
-            mask = torch.full_like(updated, iv.equality, dtype=torch.bool)
+            mask = torch.ones_like(updated, dtype=torch.bool) if iv.equality else None
             new = self._bound(formulation.project(updated, mask), self._upper_indexed.get(name))
             if name in self._restart_indexed:
                 new, after = _restart(controller, new, after, iv.violation < 0)
@@ -608,13 +612,13 @@ class Duals:
             )
             observed = {k: v[..., iv.indices] for k, v in self.indexed_state[name].items()}
             ahead = controller.extrapolate(lam.per_sample[name][iv.indices], sig, observed)
-            mask = torch.full_like(ahead, iv.equality, dtype=torch.bool)
+            mask = torch.ones_like(ahead, dtype=torch.bool) if iv.equality else None
             copy = lam.per_sample[name].clone()
             copy[iv.indices] = self._bound(
                 self.formulation.project(ahead, mask), self._upper_indexed.get(name)
             )
             per_sample[name] = copy
-        dense = self._bound(self.formulation.project(dense, self.layout.equality), self._upper)
+        dense = self._bound(self.formulation.project(dense, self._equality), self._upper)
         return Multipliers(dense, per_sample)
 
     @contextmanager
@@ -719,9 +723,11 @@ class DualReport:
 
 
 def _all_finite(values: Tensor) -> Tensor:
-    """0-dim bool tensor: every entry of ``values`` is finite (their float64 sum is
-    non-finite exactly then; no host synchronisation)."""
-    return torch.isfinite(values.sum(dtype=torch.float64))
+    """0-dim bool tensor: every entry of ``values`` is finite (no host synchronisation).
+
+    ``x - x`` is 0 for a finite entry and NaN for NaN/Inf, so the sum is exactly 0 when all
+    are finite (no overflow, whatever their size) and NaN otherwise."""
+    return (values - values).sum() == 0
 
 
 def _keep_unless(ok: Tensor, new: ControllerState, old: ControllerState) -> ControllerState:

@@ -112,13 +112,16 @@ class Formulation(BaseModel):
         """Error signal for observed per-sample multipliers (default: the violation)."""
         return violation
 
-    def project(self, multipliers: Tensor, equality: Tensor) -> Tensor:
+    def project(self, multipliers: Tensor, equality: Tensor | None) -> Tensor:
         """Project onto the multiplier domain: ``max(lam, 0)`` for inequalities.
 
         Args:
             multipliers: Multipliers after a controller update.
-            equality: Boolean mask, True where the constraint is an equality.
+            equality: Boolean mask, True where the constraint is an equality; ``None``
+                when every entry is an inequality.
         """
+        if equality is None:
+            return multipliers.clamp_min(0)
         return torch.where(equality, multipliers, multipliers.clamp_min(0))
 
     def after_dual_step(
