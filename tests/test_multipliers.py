@@ -267,3 +267,48 @@ def test_inequality_multipliers_stay_nonnegative_and_equalities_go_negative(
     assert (lam[:, inequality] >= 0).all()
     assert (lam[:, inequality] > 0).any()  # the projection did not just zero everything
     assert (lam[:, ~inequality] < 0).any()  # equality multipliers may be negative
+
+
+@pytest.mark.parametrize("scalar", [False, True])
+def test_many_plain_groups_stack_like_one_group_at_a_time(scalar: bool) -> None:
+    """Groups that all return plain tensors of their size (or all 0-d numbers) are stacked
+    in one go; the result is the standard form of each group in order."""
+    size = 1 if scalar else 3
+    problem = _problem(
+        *[Constraint(f"g{k}", "<=" if k % 2 else ">=", size=size, rhs=0.5) for k in range(6)]
+    )
+    values = {
+        f"g{k}": torch.full((), float(k), dtype=DTYPE)
+        if scalar
+        else torch.arange(3, dtype=DTYPE) + k
+        for k in range(6)
+    }
+    layout = ConstraintLayout(problem, _state(**values))
+    got = layout.stack(_state(**values)).violation
+    expected = torch.cat(
+        [(1 if k % 2 else -1) * (values[f"g{k}"].reshape(-1) - 0.5) for k in range(6)]
+    )
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (torch.zeros(4, dtype=DTYPE), r"'g3'.*3 entries|'g3'.*size"),
+        (torch.zeros(3, dtype=torch.int64), r"'g3'.*floating-point"),
+        (torch.zeros(1, 3, dtype=DTYPE), None),
+        (torch.zeros(3, dtype=torch.complex128), r"'g3'.*floating-point"),
+    ],
+)
+def test_one_bad_group_among_many_is_named(bad: Tensor, message: str | None) -> None:
+    """The shared pass over plain groups never lets a bad group through: the group-by-group
+    checks run and name it (a 1 x 3 value is the right size and is flattened)."""
+    problem = _problem(*[Constraint(f"g{k}", "<=", size=3) for k in range(6)])
+    values = {f"g{k}": torch.zeros(3, dtype=DTYPE) for k in range(6)}
+    layout = ConstraintLayout(problem, _state(**values))
+    values["g3"] = bad
+    if message is None:
+        assert layout.stack(_state(**values)).violation.shape == (18,)
+        return
+    with pytest.raises(ShapeError, match=message):
+        layout.stack(_state(**values))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import torch
 from torch import Tensor
@@ -42,6 +42,8 @@ __all__ = [
     "StackedConstraints",
     "index_message",
 ]
+
+_FLOATS = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
 
 
 @dataclass
@@ -221,6 +223,8 @@ class ConstraintLayout:
         self._rhs_moves = False
         self._set_rhs(self._current_rhs(0))
         self.has_equality = bool(self.equality.any()) or any(c.is_equality for c in self.per_sample)
+        self._shapes = [torch.Size([n]) for n in sizes]
+        self._scalars = [torch.Size([])] * len(sizes) if set(sizes) == {1} else None
 
     # -- right-hand sides -------------------------------------------------------------
     def rhs_of(
@@ -362,7 +366,11 @@ class ConstraintLayout:
         unobserved: set[str] = set()  # no measurement: violation 0, multipliers frozen
         absent: set[str] = set()  # neither value nor proxy: no primal term either
         device = self.device
-        for c, n in zip(self.dense, self.sizes, strict=True):
+        plain = self._plain(constraints) if len(self.dense) > 1 else None
+        if plain is not None:
+            values = primals = [plain]
+            masks = [None]
+        for c, n in zip(self.dense if plain is None else (), self.sizes, strict=False):
             raw = constraints.get(c.name)
             if raw is None:
                 if not c.intermittent:
@@ -460,6 +468,30 @@ class ConstraintLayout:
             observed,
             frozenset(unobserved),
         )
+
+    def _plain(self, constraints: Mapping[str, object]) -> Tensor | None:
+        """The dense values concatenated, when every group returned a plain 1-d
+        floating-point tensor of its size (or every group of size 1 a 0-d one) on the
+        layout's device: the common case, checked in a few passes over the groups instead
+        of one group at a time. Else ``None``, and
+        :meth:`stack` checks each group and names the one that is wrong."""
+        raws = [constraints.get(name) for name in self.names]
+        if not all(type(raw) is Tensor for raw in raws):
+            return None
+        tensors = cast(list[Tensor], raws)
+        if not {t.dtype for t in tensors} <= _FLOATS:
+            return None
+        shapes = [t.shape for t in tensors]
+        try:
+            if shapes == self._shapes:
+                flat = torch.cat(tensors)
+            elif shapes == self._scalars:  # one number per group
+                flat = torch.stack(tensors)
+            else:
+                return None
+        except RuntimeError:  # e.g. groups on different devices
+            return None
+        return flat if flat.device == self.device else None
 
     def _raise_names(self, state: ProblemState) -> NoReturn:
         declared = [c.name for c in self.dense + self.per_sample]
