@@ -3,7 +3,8 @@
 problem/layout <- formulations, controllers, prox, regularization <- duals, primal,
 distributed <- solver <- runner, checkpoint <- cli. Every ``import`` statement of
 ``src/constrain`` is checked, including those inside functions (``if TYPE_CHECKING``
-blocks, which never run, are exempt).
+blocks, which never run, are exempt), and ``from constrain import X`` or ``import constrain``
+counts as importing the top package (the highest layer) unless ``X`` is a submodule.
 """
 
 from __future__ import annotations
@@ -58,21 +59,29 @@ def _imports(path: Path) -> list[tuple[int, str]]:
             if node.level:
                 base = list(package[: len(package) - node.level])
                 parts = [*base, *(node.module.split(".") if node.module else [])]
-                names = [".".join(parts)] if parts and node.module else [
-                    ".".join([*parts, a.name]) for a in node.names
-                ]
-            elif node.module and node.module.startswith("constrain."):
-                names = [node.module.removeprefix("constrain.")]
+            elif node.module is not None and node.module.split(".")[0] == "constrain":
+                parts = node.module.split(".")[1:]
             else:
                 continue
+            if parts and node.module:
+                names = [".".join(parts)]
+            elif parts:  # from .sub import module_or_name
+                names = [".".join([*parts, a.name]) for a in node.names]
+            else:  # from the package itself: a submodule, or a name of its __init__
+                names = [a.name if _is_module(a.name) else "__init__" for a in node.names]
             found += [(node.lineno, n) for n in names if n]
         elif isinstance(node, ast.Import):
             found += [
-                (node.lineno, a.name.removeprefix("constrain."))
+                (node.lineno, a.name.removeprefix("constrain.") if "." in a.name else "__init__")
                 for a in node.names
-                if a.name.startswith("constrain.")
+                if a.name == "constrain" or a.name.startswith("constrain.")
             ]
     return found
+
+
+def _is_module(name: str) -> bool:
+    """Whether ``constrain.<name>`` is a module or subpackage (not a name of ``__init__``)."""
+    return (SRC / f"{name}.py").is_file() or (SRC / name / "__init__.py").is_file()
 
 
 MODULES = sorted(p for p in SRC.rglob("*.py"))
