@@ -127,7 +127,12 @@ def test_the_solver_class_stays_small() -> None:
     ("old", "name", "new"),
     [
         ("constrain.multipliers", "ConstraintLayout", "constrain.layout"),
+        ("constrain.multipliers", "IndexedViolation", "constrain.layout"),
+        ("constrain.multipliers", "StackedConstraints", "constrain.layout"),
         ("constrain.validation", "validate", "constrain.exact"),
+        ("constrain.validation", "validate_registered", "constrain.exact"),
+        ("constrain.validation", "KKTResiduals", "constrain.exact"),
+        ("constrain.validation", "CONVENTIONS", "constrain.exact"),
         ("constrain._validation", "build_component", "constrain._components"),
         ("constrain.distributed", "shard_setup", "constrain.runner"),
     ],

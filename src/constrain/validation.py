@@ -4,15 +4,28 @@ from __future__ import annotations
 
 import warnings
 
-from .exact import Tolerances, ValidationReport, kkt_residuals, solve_reference, to_cvxpy, validate
+from .exact import (
+    CONVENTIONS,
+    KKTResiduals,
+    Tolerances,
+    ValidationReport,
+    kkt_residuals,
+    solve_reference,
+    to_cvxpy,
+    validate,
+    validate_registered,
+)
 
 __all__ = [
+    "CONVENTIONS",
+    "KKTResiduals",
     "Tolerances",
     "ValidationReport",
     "kkt_residuals",
     "solve_reference",
     "to_cvxpy",
     "validate",
+    "validate_registered",
 ]
 
 warnings.warn(
