@@ -666,18 +666,6 @@ class DistributedReducer:
             at[r] += n
         return torch.cat(chunks)
 
-    def reduce_objective(self, value: Tensor) -> Tensor:
-        """Identity: :meth:`reduce_state` already made the objective the rank mean."""
-        return value
-
-    def reduce_dense(self, signal: Tensor) -> Tensor:
-        """Identity: :meth:`reduce_state` already made the dense values global."""
-        return signal
-
-    def reduce_indexed(self, indices: Tensor, signal: Tensor) -> tuple[Tensor, Tensor]:
-        """Identity: :meth:`reduce_state` already gathered every rank's samples."""
-        return indices, signal
-
     def reduce_gradients(self, model: nn.Module) -> None:
         """Average the gradients of ``model``'s parameters over ranks (in place).
 
