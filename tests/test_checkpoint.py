@@ -385,6 +385,9 @@ def test_solver_state_mismatches_are_named() -> None:
     other, _ = _solver("gda")
     with pytest.raises(CheckpointError, match=r"controller differs.*'gda'.*'nupi'"):
         other.load_state_dict(state)
+    reordered, _ = _solver("nupi", order="dual_primal")
+    with pytest.raises(CheckpointError, match=r"update order differs.*'dual_primal'.*'simult"):
+        reordered.load_state_dict(state)
     wide_model = Variables(w=torch.zeros(4, dtype=DTYPE), b=torch.zeros((), dtype=DTYPE))
     wide = Solver(
         NoisyRegression(), wide_model, torch.optim.Adam(wide_model.parameters()), controller="nupi"

@@ -120,6 +120,8 @@ def _load(solver: Solver, state: Mapping[str, Any]) -> None:
     expect_equal("problem", type(solver.problem).__name__, state["problem"])
     expect_equal("controller", duals.controller.name, _name_of(state["controller"]))
     expect_equal("formulation", duals.formulation.name, _name_of(state["formulation"]))
+    # the update order is part of the algorithm (the steps differ, so would the run)
+    expect_equal("update order", solver.order, state.get("order", solver.order))
     expect_equal(
         "optimizer type",
         _one_or_list([type(o).__name__ for o in solver.optimizers]),
