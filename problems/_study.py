@@ -9,13 +9,14 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from constrain import ConstrainedProblem, RunConfig, Solver, make_optimizer
 from constrain._components import build_model
 
 __all__ = [
+    "StudyParams",
     "cached",
     "config_key",
     "evaluating",
@@ -32,6 +33,13 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 _CACHE: dict[str, Any] = {}
 _CACHE_LIMIT = 8
+
+
+class StudyParams(BaseModel):
+    """Base of the studies' parameter models: unknown keys and NaN/Inf numbers are refused
+    (naming the field), like a :class:`ConstrainedProblem`'s hyperparameters."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def study_params(cls: type[P], config: RunConfig) -> P:

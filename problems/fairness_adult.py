@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
 
 from constrain import ConstrainedProblem, ProblemSpec, RunConfig, Setup, Solver
@@ -51,10 +51,19 @@ from constrain.studies import (
 )
 
 from ._data import Minibatches, load_adult
-from ._study import DTYPES, cached, config_key, evaluating, seeded_model, study_params, train_plain
+from ._study import (
+    DTYPES,
+    StudyParams,
+    cached,
+    config_key,
+    evaluating,
+    seeded_model,
+    study_params,
+    train_plain,
+)
 
 
-class AdultParams(BaseModel):
+class AdultParams(StudyParams):
     """Hyperparameters of the ``fairness-adult`` study (``--set problem.KEY=VALUE``).
 
     Attributes:
@@ -70,7 +79,6 @@ class AdultParams(BaseModel):
         max_train_samples: Use a fixed random subset of the training rows (quick runs).
     """
 
-    model_config = ConfigDict(extra="forbid")
 
     model: Literal["logistic", "mlp"] = "logistic"
     hidden: int = Field(default=32, ge=1)

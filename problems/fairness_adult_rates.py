@@ -44,7 +44,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from constrain import ConstrainedProblem, ProblemSpec, RunConfig, Setup, Snapshots, Solver
@@ -57,7 +57,16 @@ from constrain.studies import (
     rate_constraint,
 )
 
-from ._study import DTYPES, cached, config_key, evaluating, seeded_model, study_params, train_plain
+from ._study import (
+    DTYPES,
+    StudyParams,
+    cached,
+    config_key,
+    evaluating,
+    seeded_model,
+    study_params,
+    train_plain,
+)
 from .fairness_adult import (
     ADULT_CONTROLLER_DEFAULTS,
     ADULT_RUN_DEFAULTS,
@@ -67,7 +76,7 @@ from .fairness_adult import (
 )
 
 
-class AdultRatesParams(BaseModel):
+class AdultRatesParams(StudyParams):
     """Hyperparameters of the ``fairness-adult-rates`` study (``--set problem.KEY=VALUE``).
 
     Attributes:
@@ -87,7 +96,6 @@ class AdultRatesParams(BaseModel):
         predictor_seed: Seed of the randomized predictor's sampling.
     """
 
-    model_config = ConfigDict(extra="forbid")
 
     model: Literal["logistic", "mlp"] = "logistic"
     hidden: int = Field(default=32, ge=1)

@@ -25,19 +25,28 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
 
 from constrain import ConstrainedProblem, ProblemSpec, RunConfig, Setup, Solver
 from constrain.studies import FeasibleLearning, SampleSlack, per_sample_losses
 
 from ._data import Minibatches, make_feasible_dataset
-from ._study import DTYPES, cached, config_key, evaluating, seeded_model, study_params, train_plain
+from ._study import (
+    DTYPES,
+    StudyParams,
+    cached,
+    config_key,
+    evaluating,
+    seeded_model,
+    study_params,
+    train_plain,
+)
 
 _QUANTILES = (0.5, 0.9, 0.99, 0.999)
 
 
-class FeasibleParams(BaseModel):
+class FeasibleParams(StudyParams):
     """Hyperparameters of ``feasible-learning`` (``--set problem.KEY=VALUE``).
 
     Attributes:
@@ -52,7 +61,6 @@ class FeasibleParams(BaseModel):
             norm), or ``None`` for the hard constraints.
     """
 
-    model_config = ConfigDict(extra="forbid")
 
     num_samples: int = Field(default=20_000, ge=256)
     num_test: int = Field(default=5_000, ge=100)

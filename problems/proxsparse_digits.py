@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from constrain import (
@@ -44,12 +44,21 @@ from constrain import (
 from constrain.prox import two_four_fraction, two_four_mask
 
 from ._data import Minibatches, load_digits_split
-from ._study import DTYPES, cached, config_key, evaluating, seeded_model, study_params, train_plain
+from ._study import (
+    DTYPES,
+    StudyParams,
+    cached,
+    config_key,
+    evaluating,
+    seeded_model,
+    study_params,
+    train_plain,
+)
 
 PRUNED = ("fc1.weight", "fc2.weight")
 
 
-class ProxSparseParams(BaseModel):
+class ProxSparseParams(StudyParams):
     """Hyperparameters of ``proxsparse-digits`` (``--set problem.KEY=VALUE``).
 
     Attributes:
@@ -61,7 +70,6 @@ class ProxSparseParams(BaseModel):
         seeds: Seeds (``seed``, ``seed + 1``, ...): initialisation and batch order.
     """
 
-    model_config = ConfigDict(extra="forbid")
 
     hidden: int = Field(default=32, ge=4)
     strength: float = Field(default=20.0, ge=0)

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from constrain import (
@@ -44,10 +44,19 @@ from constrain.studies import (
 )
 
 from ._data import Minibatches, load_digits_split
-from ._study import DTYPES, cached, config_key, evaluating, seeded_model, study_params, train_plain
+from ._study import (
+    DTYPES,
+    StudyParams,
+    cached,
+    config_key,
+    evaluating,
+    seeded_model,
+    study_params,
+    train_plain,
+)
 
 
-class DigitsSparsityParams(BaseModel):
+class DigitsSparsityParams(StudyParams):
     """Hyperparameters of ``sparsity-digits`` (``--set problem.KEY=VALUE``).
 
     Attributes:
@@ -58,7 +67,6 @@ class DigitsSparsityParams(BaseModel):
         init_density: Initial ``P(gate != 0)``.
     """
 
-    model_config = ConfigDict(extra="forbid")
 
     density: float = Field(default=0.1, gt=0, lt=1)
     sweep: list[float] = Field(default_factory=lambda: [0.3])

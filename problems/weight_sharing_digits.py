@@ -25,16 +25,25 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
 
 from constrain import ConstrainedProblem, ProblemSpec, Regularizer, RunConfig, Setup, Solver
 
 from ._data import Minibatches, load_digits_split
-from ._study import DTYPES, cached, config_key, evaluating, seeded_model, study_params, train_plain
+from ._study import (
+    DTYPES,
+    StudyParams,
+    cached,
+    config_key,
+    evaluating,
+    seeded_model,
+    study_params,
+    train_plain,
+)
 
 
-class WeightSharingParams(BaseModel):
+class WeightSharingParams(StudyParams):
     """Hyperparameters of ``weight-sharing-digits`` (``--set problem.KEY=VALUE``).
 
     Attributes:
@@ -44,7 +53,6 @@ class WeightSharingParams(BaseModel):
         cnn_channels: Channels of the CNN's two convolutions.
     """
 
-    model_config = ConfigDict(extra="forbid")
 
     strength: float = Field(default=0.5, ge=0)
     hidden: int = Field(default=64, ge=1)

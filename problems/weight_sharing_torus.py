@@ -47,7 +47,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
 
 from constrain import (
@@ -62,7 +62,16 @@ from constrain import (
 from constrain.prox import weight_sharing
 
 from ._data import Minibatches, load_digits_split
-from ._study import DTYPES, cached, config_key, evaluating, seeded_model, study_params, train_plain
+from ._study import (
+    DTYPES,
+    StudyParams,
+    cached,
+    config_key,
+    evaluating,
+    seeded_model,
+    study_params,
+    train_plain,
+)
 
 SIDE = 8
 PIXELS = SIDE * SIDE
@@ -70,7 +79,7 @@ MODELS = ("ws", "fc", "cnn")
 VIEWS = ("permuted", "natural")
 
 
-class TorusParams(BaseModel):
+class TorusParams(StudyParams):
     """Hyperparameters of ``weight-sharing-torus`` (``--set problem.KEY=VALUE``).
 
     Attributes:
@@ -88,7 +97,6 @@ class TorusParams(BaseModel):
             structure in the training data).
     """
 
-    model_config = ConfigDict(extra="forbid")
 
     alpha1: int = Field(default=4, ge=1)
     alpha2: int = Field(default=8, ge=1)

@@ -498,6 +498,9 @@ class ConstrainedProblem(BaseModel):
         arbitrary_types_allowed=True,
         populate_by_name=True,
         validate_assignment=True,
+        # a NaN/Inf hyperparameter is refused by name (a field that may be infinite says
+        # so with Field(allow_inf_nan=True))
+        allow_inf_nan=False,
     )
 
     objective_fn: Any = Field(default=None, alias="objective", exclude=True)

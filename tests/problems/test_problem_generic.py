@@ -9,6 +9,7 @@ Parametrized from the registry through tests/problems/_problem_db.py.
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -244,3 +245,16 @@ def test_study_parameters_refuse_bools_when_built_directly(problem_name: str) ->
     for field in numeric:
         with pytest.raises(ConfigError, match=rf"\n  {field}: .*not a bool"):
             study_params(spec.params, config(problem_name, **{field: False}))
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_number_is_refused_naming_the_field(problem_name: str, value: float) -> None:
+    """``--set problem.NAME=.nan`` (or inf) for a float hyperparameter is refused naming
+    that field, not a constraint or a layer it later flows into."""
+    spec = get_problem(problem_name)
+    floats = [n for n, a in _settable(spec).items() if float in _alternatives(a)]
+    for field in floats:
+        with pytest.raises(ConfigError) as info:
+            build_solver(spec, config(problem_name, **{field: value}))
+        message = str(info.value)
+        assert f"\n  {field}:" in message and "finite number" in message, message
