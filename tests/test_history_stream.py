@@ -15,6 +15,7 @@ import torch
 
 from constrain import (
     CheckpointError,
+    ConfigError,
     ConstrainedProblem,
     Constraint,
     ConstraintValue,
@@ -239,3 +240,18 @@ def test_the_spill_reads_back_every_record_across_its_chunks() -> None:
     assert history[0] == sent[0] and history[500] == sent[500] and history[-1] == sent[-1]
     assert history.steps().tolist() == list(range(700))
     assert history.vector_steps().tolist() == list(range(0, 700, 97))
+
+
+def test_one_history_records_one_solver_at_a_time() -> None:
+    """A second live solver given the same History is refused (the two would interleave
+    their records); a history handed over with ``solver.history = ...`` is free again."""
+    shared = History()
+    first = _solver(history=shared)
+    first.fit(steps=2)
+    with pytest.raises(ConfigError, match=r"already records the steps of another Solver"):
+        _solver(history=shared)
+    with pytest.raises(ConfigError, match=r"already records the steps of another Solver"):
+        _solver().history = shared
+    first.history = History()
+    second = _solver(history=shared)
+    assert second.history is shared and len(shared) == 2

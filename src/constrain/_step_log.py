@@ -49,12 +49,27 @@ class StepLog:
         check_every: int,
         on_nonfinite: str,
     ) -> None:
-        self.history, self.loggers = history, loggers
+        self._history = history
+        history.claim(self)
+        self.loggers = loggers
         self.record_every, self.vectors_every = record_every, vectors_every
         self.check_every, self.on_nonfinite = check_every, on_nonfinite
         self.recorder: Recorder | None = None
         self.last_step = -1
         """The last step of the running ``fit`` (always recorded); -1 outside one."""
+
+    @property
+    def history(self) -> History:
+        """The history records go to (one step log per history; see
+        :meth:`History.claim`)."""
+        return self._history
+
+    @history.setter
+    def history(self, history: History) -> None:
+        history.claim(self)
+        if history is not self._history:
+            self._history.release(self)
+        self._history = history
 
     def buffered(self) -> bool:
         """Whether steps wait in the device buffer."""

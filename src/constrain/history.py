@@ -211,6 +211,30 @@ class History:
         self._last_flush = 0.0
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._spill = _Spill()
+        self._owner: weakref.ref[object] | None = None
+
+    def claim(self, owner: object) -> None:
+        """Let ``owner`` (a solver's step log) record into this history; one at a time.
+
+        Raises:
+            ConfigError: If another live solver records into it (the two would interleave
+                their records and steps in one history and one stream).
+        """
+        holder = self._owner() if self._owner is not None else None
+        if holder is not None and holder is not owner:
+            from ._errors import ConfigError
+
+            raise ConfigError(
+                "history: this History already records the steps of another Solver; "
+                "expected a History of its own for each solver (two solvers writing one "
+                "would interleave their records). Pass history=History(...) per solver."
+            )
+        self._owner = weakref.ref(owner)
+
+    def release(self, owner: object) -> None:
+        """``owner`` no longer records into this history."""
+        if self._owner is not None and self._owner() is owner:
+            self._owner = None
 
     # -- container protocol -------------------------------------------------------------
     def append(self, record: StepRecord, *, forced: bool = False) -> None:
