@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -553,6 +554,25 @@ def test_solve_convenience_converges_on_the_qp() -> None:
     lam = torch.cat(list(result.multipliers.values()))
     (grad,) = torch.autograd.grad(qp_objective(x) + lam @ qp_standard_form(x), x)
     assert float(grad.abs().max()) < 1e-9
+
+
+def test_solve_passes_the_nonfinite_policy() -> None:
+    """solve(on_nonfinite="skip") skips a step with a NaN constraint instead of raising;
+    an unknown policy is refused by name."""
+    calls = {"n": 0}
+
+    def flaky(model: Any, batch: Any) -> Tensor:
+        calls["n"] += 1
+        return model.x.sum() - 1 + (math.nan if calls["n"] == 2 else 0.0)
+
+    problem = ConstrainedProblem(
+        objective=lambda m, b: (m.x**2).sum(), constraints=[Constraint("c", "==", fn=flaky)]
+    )
+    model = Variables(x=torch.zeros(3, dtype=DTYPE))
+    result = solve(problem, model, steps=5, lr=0.1, on_nonfinite="skip")
+    assert [r.skipped for r in result.history] == [False, True, False, False, False]
+    with pytest.raises(ConfigError, match="on_nonfinite"):
+        solve(problem, model, steps=1, on_nonfinite="ignore")  # type: ignore[arg-type]
 
 
 def test_make_optimizer() -> None:

@@ -504,6 +504,7 @@ def solve(
     rhs_schedule: Mapping[str, Any] | None = None,
     cgd_tol: float = 1e-10,
     cgd_max_iter: int | None = None,
+    on_nonfinite: NonFinitePolicy = "raise",
     **optimizer_options: Any,
 ) -> SolveResult:
     """Full-batch (or minibatch, with ``data``) convenience around :class:`Solver`.
@@ -528,13 +529,14 @@ def solve(
         rhs_schedule: Right-hand-side overrides by pattern (see :class:`Solver`).
         cgd_tol: CG tolerance of ``order="cgd"`` (see :class:`Solver`).
         cgd_max_iter: CG iteration cap of ``order="cgd"`` (see :class:`Solver`).
+        on_nonfinite: ``"raise"`` or ``"skip"`` (see :class:`Solver`).
         **optimizer_options: Extra optimizer arguments (e.g. ``momentum=0.9``).
 
     Example:
         >>> result = solve(problem, constrain.Variables(x=torch.zeros(3)), steps=500,
         ...                controller="nupi")  # doctest: +SKIP
     """
-    check_arguments(problem, model, order, "raise", 1)
+    check_arguments(problem, model, order, on_nonfinite, 1)
     opt = make_optimizer(optimizer, model.parameters(), lr=lr, **optimizer_options)
     solver = Solver(
         problem,
@@ -549,6 +551,7 @@ def solve(
         rhs_schedule=rhs_schedule,
         cgd_tol=cgd_tol,
         cgd_max_iter=cgd_max_iter,
+        on_nonfinite=on_nonfinite,
     )
     history = solver.fit(data, steps, batch=batch, progress=progress)
     return SolveResult(model, solver.multipliers, history, solver)
