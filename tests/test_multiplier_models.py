@@ -221,6 +221,16 @@ def test_non_finite_step_is_dropped_on_the_device(momentum: float) -> None:
         strict.step(torch.arange(4, 8))
 
 
+def test_a_diverging_model_is_named_with_its_own_lr() -> None:
+    """A model ascent step that overflows is reported as the model's (its lr), not as the
+    controller's update."""
+    mm = MultiplierModel(_module(), lr=1e308, features=D)
+    problem, *_ = _problem(mm, rhs=-5.0)
+    solver = _solver(problem, 0.0)
+    with pytest.raises(NonFiniteError, match=r"multiplier model of per-sample constraint 'fit'.*lr"):
+        solver.step(torch.arange(4))
+
+
 def _resume_solver(path: Path | None = None) -> tuple[Solver, MultiplierModel]:
     mm = MultiplierModel(_module(), lr=0.05, features=D, optimizer=torch.optim.Adam)
     problem, _, _, _ = _problem(mm)

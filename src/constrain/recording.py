@@ -166,6 +166,7 @@ class Recorder:
         self._groups = _Groups(layout.sizes, layout.device)
         self._any_equality = any(c.is_equality for c in layout.dense)
         self._samples = [(c.name, int(c.size or 0), c.is_equality) for c in layout.per_sample]
+        self._modelled = {c.name for c in layout.per_sample if c.multiplier_model is not None}
         self._rows: list[_Row] = []
         self._tensors: list[Tensor] = []
 
@@ -449,11 +450,19 @@ class Recorder:
                     "offending operation or lower the lr."
                 )
         if not row.dual_ok:
-            message = (
-                f"the multipliers of constraint {self._proposal_group(row)!r} became "
-                f"non-finite at step {step} after the {controller!r} update; lower the "
-                "controller's lr (multiplicative rules overflow for large lr * violation)."
-            )
+            group = self._proposal_group(row)
+            if group in self._modelled:
+                message = (
+                    f"the multiplier model of per-sample constraint {group!r} predicted "
+                    f"non-finite multipliers at step {step} after its ascent step; lower "
+                    "its MultiplierModel lr or bound the multipliers (max_multiplier)."
+                )
+            else:
+                message = (
+                    f"the multipliers of constraint {group!r} became non-finite at step "
+                    f"{step} after the {controller!r} update; lower the controller's lr "
+                    "(multiplicative rules overflow for large lr * violation)."
+                )
             if policy == "raise":
                 return NonFiniteError(message)
             logger.warning("%s Multiplier update skipped.", message)
