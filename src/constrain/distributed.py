@@ -215,6 +215,13 @@ def init_from_env(backend: str | None = None, timeout_s: float | None = None) ->
             raise ConfigError(
                 f"CONSTRAIN_DIST_TIMEOUT must be a number of seconds; got {raw_timeout!r}."
             ) from None
+    # torch._dynamo (imported lazily, e.g. by the first torch.optim optimizer) keeps a
+    # reference to the process group that exists when it is imported; then
+    # destroy_process_group() at exit cannot free the group, its gloo threads outlive the
+    # exit hooks and race the interpreter's finalisation (the abort "terminate called
+    # without an active exception"). Imported before the group exists, it holds none.
+    import torch._dynamo  # noqa: F401
+
     dist.init_process_group(backend=chosen, init_method="env://", timeout=timeout)
     atexit.register(_destroy)
     return dist.get_rank(), dist.get_world_size()
