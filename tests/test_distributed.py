@@ -457,6 +457,38 @@ def test_collective_buffers_are_retained_until_the_backend_releases_them() -> No
     assert cd._IN_FLIGHT == []
 
 
+_EXIT_PROBE = """
+import os, torch, torch.distributed as dist
+from constrain import distributed as cd
+cd.init_from_env()
+model = torch.nn.Linear(2, 1)
+torch.optim.SGD(model.parameters(), lr=0.1).step()  # imports torch._dynamo lazily
+dist.all_reduce(torch.ones(3))
+cd._release_all()
+cd._destroy()  # what the exit hook does
+names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+with open(os.path.join(os.environ["PROBE_OUT"], "rank" + os.environ["RANK"]), "w") as f:
+    f.write(" ".join(names))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs /proc (Linux)")
+def test_the_exit_hook_leaves_no_backend_thread(tmp_path: Path) -> None:
+    """After init_from_env's exit hook the gloo threads are gone, so none can race the
+    interpreter's finalisation (the abort at exit). torch._dynamo, imported lazily by an
+    optimizer after the group exists, used to keep the group, and its threads, alive."""
+    script = tmp_path / "probe.py"
+    script.write_text(_EXIT_PROBE)
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PROBE_OUT": str(tmp_path)}
+    command = [str(bin_dir / "torchrun"), "--standalone", "--nproc_per_node=2", str(script)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    threads = {r: (tmp_path / f"rank{r}").read_text().split() for r in (0, 1)}
+    assert all(names and "gloo" not in " ".join(names) for names in threads.values()), threads
+
+
 @pytest.mark.slow
 def test_distributed_example_exits_cleanly_every_time() -> None:
     """`torchrun --standalone --nproc_per_node=2 examples/distributed_training.py`, 20

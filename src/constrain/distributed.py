@@ -118,7 +118,9 @@ def launched_distributed() -> bool:
 # ("terminate called without an active exception"). So every tensor handed to a collective
 # is private to this module (nothing else holds a view of it) and stays alive here until the
 # backend has let go of it (its TensorImpl use count is back to one); at exit, the process
-# waits for that before the interpreter finalises.
+# waits for that before the interpreter finalises. (The exit hook of init_from_env then
+# destroys the group; that joins the backend's threads only if nothing else holds the
+# group, which is why init_from_env imports torch._dynamo before creating it.)
 _IN_FLIGHT: list[Tensor] = []
 _release_registered = False
 
