@@ -175,7 +175,7 @@ class Duals:
         dtype, device = layout.dtype, layout.device
         # the projection's mask (None: every dense entry is an inequality) and the
         # "update taken" flag of steps without an update, made once
-        self._equality = layout.equality if bool(layout.equality.any()) else None
+        self._equality = layout.equality if layout.dense_equality else None
         self._taken = torch.ones((), dtype=torch.bool, device=device)
         dense = torch.zeros(layout.num_dense, dtype=dtype, device=device)
         keys = list(dict.fromkeys(controllers[n] for n in layout.names))

@@ -222,7 +222,8 @@ class ConstraintLayout:
         self._rhs_source: object = None
         self._rhs_moves = False
         self._set_rhs(self._current_rhs(0))
-        self.has_equality = bool(self.equality.any()) or any(c.is_equality for c in self.per_sample)
+        self.dense_equality = any(c.is_equality for c in self.dense)
+        self.has_equality = self.dense_equality or any(c.is_equality for c in self.per_sample)
         self._shapes = [torch.Size([n]) for n in sizes]
         self._scalars = [torch.Size([])] * len(sizes) if set(sizes) == {1} else None
 

@@ -164,7 +164,6 @@ class Recorder:
         self.layout = layout
         self.dtype = layout.dtype
         self._groups = _Groups(layout.sizes, layout.device)
-        self._any_equality = any(c.is_equality for c in layout.dense)
         self._samples = [(c.name, int(c.size or 0), c.is_equality) for c in layout.per_sample]
         self._modelled = {c.name for c in layout.per_sample if c.multiplier_model is not None}
         self._rows: list[_Row] = []
@@ -229,7 +228,9 @@ class Recorder:
         count = len(self.layout.sizes)
         many = count > 1
         if count:
-            positive = torch.where(stacked.equality, v.abs(), v) if self._any_equality else v
+            positive = (
+                torch.where(stacked.equality, v.abs(), v) if self.layout.dense_equality else v
+            )
             # NaN or +Inf where an entry is NaN or +Inf (a -Inf entry makes the multiplier
             # proposal non-finite, and the error check then looks at the evaluation).
             lam = multipliers.dense.to(dtype)
