@@ -257,7 +257,7 @@ def test_a_non_finite_block_proposal_is_dropped_on_the_device() -> None:
     stacked.violation = stacked.violation.clone()
     stacked.violation[0] = float("nan")  # an entry of 'cap'
     report = duals.step(stacked, 6)
-    assert isinstance(report.ok, Tensor) and not bool(report.ok)
+    assert isinstance(report.health, Tensor) and bool(report.health.isnan())
     assert torch.equal(duals.multipliers.dense, before)
     for key, state in states.items():
         for name, value in state.items():

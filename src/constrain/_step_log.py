@@ -116,7 +116,7 @@ class StepLog:
             multipliers,
             proposal=None if report is None else report.dense,
             proposals=None if report is None else report.per_sample,
-            dual_ok=None if report is None else report.ok,
+            dual_health=None if report is None else report.health,
             diagnostics=diagnostics,
             metrics=pending.metrics(),
             gradients=pending.gradients,

@@ -174,10 +174,11 @@ class Duals:
         self.layout = layout
         dtype, device = layout.dtype, layout.device
         # the projection's mask (None: every dense entry is an inequality) and the
-        # "update taken" flag of steps without an update, made once
+        # health of steps without an update, made once
         self._equality = layout.equality if layout.dense_equality else None
-        self._taken = torch.ones((), dtype=torch.bool, device=device)
+        self._healthy = torch.zeros((), dtype=dtype, device=device)
         dense = torch.zeros(layout.num_dense, dtype=dtype, device=device)
+        self._zeros = dense.clone()  # for the one-kernel health check (_health)
         keys = list(dict.fromkeys(controllers[n] for n in layout.names))
         if not keys and not isinstance(self.controller, ControllerMap):
             keys = [_ALL]  # a single controller keeps its (empty) dense state
@@ -407,6 +408,10 @@ class Duals:
         """
         assert self.layout is not None
         layout = self.layout
+        if not (self._every or stacked.unobserved) and all(
+            iv.observed for iv in stacked.per_sample.values()
+        ):
+            return stacked  # every group measured and due: the common case
         inactive = set(stacked.unobserved)
         inactive.update(n for n, k in self._every.items() if step % k)
         per_sample = {
@@ -450,14 +455,13 @@ class Duals:
         """
         assert self.multipliers is not None and self.layout is not None
         formulation = self.formulation
-        taken = self._taken
         current = self.active(stacked, step)
         if current is None:
-            return DualReport(taken)
+            return DualReport(self._healthy)
         fstate = self.formulation_state
         if not formulation.uses_multipliers:
             self.formulation_state = formulation.after_dual_step(current, fstate, None)
-            return DualReport(taken)
+            return DualReport(self._healthy)
         lam = self.multipliers
         signal = formulation.dual_signal(current, fstate)
         signals = {
@@ -469,26 +473,32 @@ class Duals:
         # Penalties move with the multipliers of this step's subproblem (before the update).
         new_fstate = formulation.after_dual_step(current, fstate, lam)
         dense, states = self._update_dense(lam.dense, signal, current.observed)
-        ok = _all_finite(dense)
+        health = _health(dense, self._zeros)
+        ok = health == 0
         projected = self._bound(formulation.project(dense, self._equality), self._upper)
         projected, states = self._restart_dense(
             projected, states, current.violation, current.observed
         )
         lam.dense = torch.where(ok, projected, lam.dense)
-        self._states = {
-            key: _keep_unless(ok, state, self._states[key]) for key, state in states.items()
-        }
-        report = DualReport(ok, dense)
+        if any(states.values()):
+            self._states = {
+                key: _keep_unless(ok, state, self._states[key]) for key, state in states.items()
+            }
+        else:
+            self._states = states
+        report = DualReport(health, dense)
         for name, iv in current.per_sample.items():
             if name in self._models:
-                report.ok = report.ok & self._model_step(name, iv, signals[name], report)
+                taken = self._model_step(name, iv, signals[name], report)
+                report.health = report.health + torch.where(taken, 0.0, math.nan)
                 continue
             controller = self._controller_of(self._indexed[name])
             store, state = lam.per_sample[name], self.indexed_state[name]
             before = {k: v[..., iv.indices] for k, v in state.items()}
             old = store[iv.indices]
             updated, after = controller.update(old, signals[name], before)
-            ok = _all_finite(updated)
+            health = _health(updated)
+            ok = health == 0
             mask = torch.ones_like(updated, dtype=torch.bool) if iv.equality else None
             new = self._bound(formulation.project(updated, mask), self._upper_indexed.get(name))
             if name in self._restart_indexed:
@@ -497,7 +507,7 @@ class Duals:
             for k, v in _keep_unless(ok, after, before).items():
                 state[k][..., iv.indices] = v
             report.per_sample[name] = updated
-            report.ok = report.ok & ok
+            report.health = report.health + health
         self.formulation_state = new_fstate
         return report
 
@@ -711,23 +721,28 @@ class DualReport:
     """What one multiplier update did, as device tensors (see :meth:`Duals.step`).
 
     Attributes:
-        ok: 0-dim bool tensor: every proposal was finite (else the non-finite ones were
-            dropped).
+        health: 0-dim float tensor: 0 when every proposal was finite, NaN otherwise (the
+            non-finite ones were dropped).
         dense: The proposed (unprojected) dense multipliers, ``None`` without multipliers.
         per_sample: The proposed multipliers of the observed entries of each group.
     """
 
-    ok: Tensor
+    health: Tensor
     dense: Tensor | None = None
     per_sample: dict[str, Tensor] = field(default_factory=dict)
 
 
-def _all_finite(values: Tensor) -> Tensor:
-    """0-dim bool tensor: every entry of ``values`` is finite (no host synchronisation).
+def _health(values: Tensor, zeros: Tensor | None = None) -> Tensor:
+    """0-dim tensor: 0 when every entry of ``values`` is finite, else NaN (no host
+    synchronisation).
 
-    ``x - x`` is 0 for a finite entry and NaN for NaN/Inf, so the sum is exactly 0 when all
-    are finite (no overflow, whatever their size) and NaN otherwise."""
-    return (values - values).sum() == 0
+    ``0 * x`` is 0 for a finite entry and NaN for NaN/Inf, so ``x . 0`` (one kernel, with
+    ``zeros`` of the shape and dtype of a 1-d ``values``) is exactly 0 when all are finite
+    (no overflow, whatever their size) and NaN otherwise; without ``zeros``, the sum of
+    ``x - x`` says the same."""
+    if zeros is not None and values.shape == zeros.shape and values.dtype == zeros.dtype:
+        return torch.dot(values, zeros)
+    return (values - values).sum()
 
 
 def _keep_unless(ok: Tensor, new: ControllerState, old: ControllerState) -> ControllerState:

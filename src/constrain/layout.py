@@ -32,6 +32,7 @@ from .problem import (
     Constraint,
     ProblemState,
     as_constraint_value,
+    declared,
 )
 from .schedules import RhsSchedule
 
@@ -349,8 +350,8 @@ class ConstraintLayout:
         if self.dense:
             # The declarations are rebuilt (a new list) whenever a field of the problem
             # changes; a schedule moves the rhs with the step. Otherwise nothing changes.
-            source = getattr(self.problem, "_declared", None)
-            if self._rhs_moves or source is None or source is not self._rhs_source:
+            source = declared(self.problem)
+            if self._rhs_moves or source is not self._rhs_source:
                 self._set_rhs(self._current_rhs(step))
                 self._rhs_source = source
         expected = len(self.dense) + len(self.per_sample)

@@ -128,6 +128,16 @@ class ProblemState:
     metrics: dict[str, float | Tensor] = field(default_factory=dict)
 
 
+def declared(problem: ConstrainedProblem) -> list[Constraint]:
+    """The constraints ``problem`` declares now (the list itself: it is rebuilt, never
+    changed in place, when a field changes). Read from pydantic's private storage
+    directly, as the step reads it every step."""
+    private = problem.__pydantic_private__
+    assert private is not None
+    result: list[Constraint] = private["_declared"]
+    return result
+
+
 def _check_finite_number(value: float, what: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{what} must be finite; got {value!r}")
@@ -646,7 +656,7 @@ class ConstrainedProblem(BaseModel):
         Override this for a shared forward pass; return every declared constraint.
         """
         values: dict[str, Tensor | ConstraintValue] = {}
-        for c in self._declared:
+        for c in declared(self):
             if c.fn is None:
                 raise ConfigError(
                     f"constraint {c.name!r} has no value function: pass fn=... to Constraint, "

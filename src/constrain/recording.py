@@ -181,7 +181,7 @@ class Recorder:
         *,
         proposal: Tensor | None = None,
         proposals: Mapping[str, Tensor] | None = None,
-        dual_ok: Tensor | None = None,
+        dual_health: Tensor | None = None,
         diagnostics: Mapping[str, Tensor] | None = None,
         metrics: Mapping[str, Tensor | float] | None = None,
         gradients: tuple[tuple[str, ...], Sequence[Tensor]] | None = None,
@@ -201,7 +201,7 @@ class Recorder:
             multipliers: The multipliers after the step.
             proposal: The proposed (unprojected) dense multipliers, if an update ran.
             proposals: The proposed multipliers of each per-sample group's observed entries.
-            dual_ok: 0-dim bool: the multiplier proposals were finite.
+            dual_health: 0-dim: 0 when the multiplier proposals were finite, else NaN.
             diagnostics: Stage reports (``"penalty"``, ``"clusters/<parameter>"``).
             metrics: The problem's metrics.
             gradients: Parameter names and their gradients' max-norms.
@@ -222,7 +222,7 @@ class Recorder:
         metrics = metrics or {}
         # The row: the 0-d facts stacked in one operation, then the per-group and
         # per-sample vectors (see _decode for the order).
-        scalars: list[Tensor] = [objective.detach().reshape(()).to(dtype)]
+        scalars: list[Tensor] = [_scalar(objective, dtype)]
         parts: list[Tensor] = []
         v = stacked.violation
         count = len(self.layout.sizes)
@@ -233,7 +233,8 @@ class Recorder:
             )
             # NaN or +Inf where an entry is NaN or +Inf (a -Inf entry makes the multiplier
             # proposal non-finite, and the error check then looks at the evaluation).
-            lam = multipliers.dense.to(dtype)
+            lam = multipliers.dense
+            lam = lam if lam.dtype is dtype else lam.to(dtype)
             if many:
                 group_max = self._groups.reduce(positive, "max")
                 scalars.append(group_max.max())  # one number for the host's scan
@@ -244,19 +245,21 @@ class Recorder:
                 # an empty group has no largest entry: -inf, as for empty groups of many
                 top = positive.max() if positive.numel() else positive.new_full((), -math.inf)
                 scalars += [top, torch.linalg.vector_norm(lam)]
-        scalars += [value.detach().reshape(()).to(dtype) for value in diagnostics.values()]
+        scalars += [_scalar(value, dtype) for value in diagnostics.values()]
         scalars += [_metric_scalar(name, value, v).reshape(()) for name, value in metrics.items()]
         names: tuple[str, ...] = ()
         if gradients is not None:
             names = gradients[0]
-            scalars += [norm.to(dtype) for norm in gradients[1]]
+            scalars += [_scalar(norm, dtype) for norm in gradients[1]]
         for other in extra:
             health = (other.violation - other.violation).sum()
             for iv in other.per_sample.values():
                 health = health + (iv.violation - iv.violation).sum()
             scalars.append(health.to(dtype))
-        ok = dual_ok if dual_ok is not None else torch.ones((), dtype=torch.bool, device=device)
-        scalars.append(ok.to(dtype))
+        if dual_health is None:
+            scalars.append(torch.zeros((), dtype=dtype, device=device))
+        else:
+            scalars.append(_scalar(dual_health, dtype))
         for name, size, equality in self._samples:
             parts.append(self._sample_row(name, size, equality, stacked, multipliers, proposals))
         head = torch.stack(scalars)
@@ -364,7 +367,7 @@ class Recorder:
         at += len(row.gradients)
         extra = values[at : at + row.extra]
         at += row.extra
-        dual_ok = values[at] != 0.0
+        dual_ok = values[at] == 0.0
         at += 1
         proposal = None
         if groups > 1:
@@ -550,6 +553,13 @@ def _metric_scalar(name: str, metric: object, like: Tensor) -> Tensor:
         f"metric {name!r} must be a real scalar (a number or a one-element tensor); got "
         f"{describe(metric)}. Reduce it (e.g. .mean()) or return one metric per entry."
     )
+
+
+def _scalar(value: Tensor, dtype: torch.dtype) -> Tensor:
+    """``value`` as a detached 0-d tensor of ``dtype`` (``value`` itself if it is one)."""
+    if value.dtype is dtype and not value.requires_grad and value.dim() == 0:
+        return value
+    return value.detach().reshape(()).to(dtype)
 
 
 def _bad(value: float) -> bool:
