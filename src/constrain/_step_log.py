@@ -55,6 +55,7 @@ class StepLog:
         self.record_every, self.vectors_every = record_every, vectors_every
         self.check_every, self.on_nonfinite = check_every, on_nonfinite
         self.recorder: Recorder | None = None
+        self._vectors_every = 1
         self.last_step = -1
         """The last step of the running ``fit`` (always recorded); -1 outside one."""
 
@@ -84,6 +85,7 @@ class StepLog:
         diagnostics: dict[str, Tensor],
         clusters: Callable[[], dict[str, Tensor]],
         controller: str,
+        restore: Callable[[], None] | None = None,
     ) -> StepRecord | None:
         """Buffer the finished step ``step``; flush when it is due. Returns the step's
         record when it was flushed and kept, else ``None``.
@@ -97,18 +99,24 @@ class StepLog:
             clusters: Cluster counts of the regularized parameters (called only for kept
                 records: one sort per parameter).
             controller: The controller's name (for messages).
+            restore: Undoes the step's multiplier update: called when the flush finds its
+                proposal non-finite (an update not guarded on the device; see
+                ``Duals.step``).
 
         Raises:
             NonFiniteError: With ``on_nonfinite="raise"``, for a non-finite flushed step.
         """
         if self.recorder is None or self.recorder.layout is not layout:
             self.recorder = Recorder(layout)
+            self._vectors_every = self.vectors_every or max(1, math.ceil(layout.num_dense / 128))
         at_end = step == self.last_step
         keep = step % self.record_every == 0 or at_end
-        vectors_every = self.vectors_every or max(1, math.ceil(layout.num_dense / 128))
+        vectors_every = self._vectors_every
         report = pending.report
         if keep:
-            diagnostics = {**diagnostics, **{f"clusters/{k}": v for k, v in clusters().items()}}
+            counts = clusters()
+            if counts:
+                diagnostics = {**diagnostics, **{f"clusters/{k}": v for k, v in counts.items()}}
         self.recorder.add(
             step,
             pending.objective(),
@@ -127,15 +135,27 @@ class StepLog:
             skipped=pending.skipped,
             seconds=time.perf_counter() - pending.start,
         )
-        if not (at_end or (step + 1) % self.check_every == 0):
+        if not self.due(step):
             return None
-        flushed = self.flush(step, pending, controller)
-        return next((r for r in flushed if r.step == step), None)
+        flushed = self.flush(step, pending, controller, restore)
+        return flushed[-1] if flushed and flushed[-1].step == step else None
 
-    def flush(self, step: int, current: StepInProgress | None, controller: str) -> list[StepRecord]:
+    def due(self, step: int) -> bool:
+        """Whether step ``step`` is flushed when it is added (every ``check_every``-th
+        step and the last step of a ``fit``)."""
+        return step == self.last_step or (step + 1) % self.check_every == 0
+
+    def flush(
+        self,
+        step: int,
+        current: StepInProgress | None,
+        controller: str,
+        restore: Callable[[], None] | None = None,
+    ) -> list[StepRecord]:
         """Copy the buffered steps to the host, check them and record the kept ones;
         returns the new records. ``current`` is the step ``step`` just buffered (its
-        evaluations name the offending constraint in messages).
+        evaluations name the offending constraint in messages; ``restore`` undoes its
+        multiplier update if the proposal was not finite).
 
         Raises:
             NonFiniteError: With ``on_nonfinite="raise"``, for a non-finite step.
@@ -143,7 +163,10 @@ class StepLog:
         if self.recorder is None:
             return []
         records: list[StepRecord] = []
-        for row in self.recorder.flush():
+        rows = self.recorder.flush()
+        if restore is not None and rows and rows[-1].step == step and not rows[-1].dual_ok:
+            restore()  # before any error is raised: the multipliers stay finite
+        for row in rows:
             evaluations: list[tuple[Tensor | None, StackedConstraints]] = []
             if current is not None and row.step == step:
                 evaluations = [(m.objective, m.stacked) for m in current.micro]

@@ -19,6 +19,7 @@ are in :mod:`constrain._stepping`; the ``"cgd"`` order's whole step is in
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
@@ -292,9 +293,10 @@ class StepRunner:
                 if not self.host_check(None, stacked):
                     pending.skipped = True
             if not pending.skipped:
-                self.dual_update(pending, stacked)
+                self.dual_update(pending, stacked, last=True)
         self.pending = None
         assert self.layout is not None and self.duals.multipliers is not None
+        report = pending.report
         record = self.step_log.add(
             self.step_count,
             pending,
@@ -303,6 +305,11 @@ class StepRunner:
             self.duals.diagnostics(),
             self.regularizers.diagnostics,
             self.duals.controller.name,
+            restore=(
+                None
+                if report is None or report.previous is None
+                else functools.partial(self.duals.restore, report)
+            ),
         )
         self.step_count += 1
         self.schedules.advance()
@@ -359,7 +366,7 @@ class StepRunner:
                 p.copy_(saved)
         if finite and not pending.skipped:
             self.primal_and_prox()
-            self.dual_update(pending, stacked_half)
+            self.dual_update(pending, stacked_half, last=True)
         else:
             pending.skipped = True
         return self.finish()
@@ -428,10 +435,15 @@ class StepRunner:
             return False
         return True
 
-    def dual_update(self, pending: StepInProgress, stacked: StackedConstraints) -> None:
-        """The multiplier step on ``stacked`` (under the scheduled step size)."""
+    def dual_update(
+        self, pending: StepInProgress, stacked: StackedConstraints, *, last: bool = False
+    ) -> None:
+        """The multiplier step on ``stacked`` (under the scheduled step size). ``last``:
+        nothing else runs before the step is recorded; if the step is then flushed, the
+        flush checks the update on the host (see ``Duals.step``'s ``guard``)."""
+        guard = not (last and self.step_log.due(self.step_count))
         with self.schedules.controller(self.duals, self.step_count):
-            pending.report = self.duals.step(stacked, self.step_count)
+            pending.report = self.duals.step(stacked, self.step_count, guard=guard)
 
     def backward(self, loss: Tensor) -> None:
         """Backward through ``loss``; check (``"skip"``) or note the gradients' norms."""

@@ -437,7 +437,7 @@ class Duals:
             observed=mask,
         )
 
-    def step(self, stacked: StackedConstraints, step: int) -> DualReport:
+    def step(self, stacked: StackedConstraints, step: int, *, guard: bool = True) -> DualReport:
         """One multiplier update from ``stacked``; returns what it proposed and whether
         it was taken, on the device (no host synchronisation).
 
@@ -452,6 +452,16 @@ class Duals:
         controller state keep their values); the solver reports it when the step is
         flushed (:class:`~constrain.NonFiniteError` naming the constraint, or a warning
         with ``on_nonfinite="skip"``).
+
+        Args:
+            stacked: The evaluation the update reads.
+            step: The step's number (for ``dual_every``).
+            guard: Drop a non-finite dense proposal on the device, as above (one select
+                per tensor). With ``guard=False`` the dense update is applied as proposed
+                and the caller must read the report's health on the host before the
+                multipliers are used again, and call :meth:`restore` if it is not 0: the
+                solver does so on the steps it flushes, which copy the report to the host
+                anyway. Per-sample groups are always guarded (their updates are in place).
         """
         assert self.multipliers is not None and self.layout is not None
         formulation = self.formulation
@@ -474,19 +484,22 @@ class Duals:
         new_fstate = formulation.after_dual_step(current, fstate, lam)
         dense, states = self._update_dense(lam.dense, signal, current.observed)
         health = _health(dense, self._zeros)
-        ok = health == 0
         projected = self._bound(formulation.project(dense, self._equality), self._upper)
         projected, states = self._restart_dense(
             projected, states, current.violation, current.observed
         )
-        lam.dense = torch.where(ok, projected, lam.dense)
-        if any(states.values()):
-            self._states = {
-                key: _keep_unless(ok, state, self._states[key]) for key, state in states.items()
-            }
-        else:
-            self._states = states
         report = DualReport(health, dense)
+        if guard:
+            ok = health == 0
+            lam.dense = torch.where(ok, projected, lam.dense)
+            if any(states.values()):
+                states = {
+                    key: _keep_unless(ok, state, self._states[key]) for key, state in states.items()
+                }
+        else:
+            report.previous = (lam.dense, self._states)  # references: nothing is copied
+            lam.dense = projected
+        self._states = states
         for name, iv in current.per_sample.items():
             if name in self._models:
                 taken = self._model_step(name, iv, signals[name], report)
@@ -510,6 +523,15 @@ class Duals:
             report.health = report.health + health
         self.formulation_state = new_fstate
         return report
+
+    def restore(self, report: DualReport) -> None:
+        """Undo the dense part of an unguarded update (``step(..., guard=False)``) whose
+        proposal was not finite: the dense multipliers and the controller states go back
+        to their values before it (the per-sample groups were guarded on the device)."""
+        if report.previous is not None:
+            assert self.multipliers is not None
+            self.multipliers.dense, self._states = report.previous
+            report.previous = None
 
     def _model_step(
         self, name: str, iv: IndexedViolation, signal: Tensor, report: DualReport
@@ -725,11 +747,14 @@ class DualReport:
             non-finite ones were dropped).
         dense: The proposed (unprojected) dense multipliers, ``None`` without multipliers.
         per_sample: The proposed multipliers of the observed entries of each group.
+        previous: After an unguarded update (``Duals.step(..., guard=False)``): the dense
+            multipliers and controller states before it, for :meth:`Duals.restore`.
     """
 
     health: Tensor
     dense: Tensor | None = None
     per_sample: dict[str, Tensor] = field(default_factory=dict)
+    previous: tuple[Tensor, dict[str, ControllerState]] | None = None
 
 
 def _health(values: Tensor, zeros: Tensor | None = None) -> Tensor:

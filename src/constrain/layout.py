@@ -109,6 +109,8 @@ class StackedConstraints:
     unobserved: frozenset[str] = frozenset()
 
 
+_NOTHING: frozenset[str] = frozenset()
+
 NONFINITE_HINT = (
     "expected finite values; look for log(0), a division by zero, an overflow or NaN "
     "in the data, or pass on_nonfinite='skip' to skip such steps"
@@ -222,6 +224,7 @@ class ConstraintLayout:
         self._rhs_values: tuple[object, ...] | None = None
         self._rhs_source: object = None
         self._rhs_moves = False
+        self._one = self.names[0] if len(self.dense) == 1 and not self._intermittent else None
         self._set_rhs(self._current_rhs(0))
         self.dense_equality = any(c.is_equality for c in self.dense)
         self.has_equality = self.dense_equality or any(c.is_equality for c in self.per_sample)
@@ -361,6 +364,20 @@ class ConstraintLayout:
                 self._raise_names(state)
         elif len(constraints) != expected:
             self._raise_names(state)
+        if self._one is not None and not self.per_sample:
+            # One dense group returning a plain tensor of its size: the common case.
+            raw = constraints.get(self._one)
+            if (
+                type(raw) is Tensor
+                and raw.dtype in _FLOATS
+                and raw.device == self.device
+                and raw.numel() == self.num_dense
+            ):
+                flat = raw.reshape(-1) if raw.dim() != 1 else raw
+                violation = self._standard_form(
+                    flat if raw.dtype is self.dtype else flat.to(self.dtype)
+                )
+                return self._stacked(violation, violation, {}, None, _NOTHING, raw)
         values: list[Tensor] = []
         primals: list[Tensor] = []
         masks: list[Tensor | None] = []
@@ -459,17 +476,28 @@ class ConstraintLayout:
                     continue  # not measured at this step
                 self._raise_names(state)
             per_sample[c.name] = self._stack_indexed(c, raw, step)
-        # The signal is a copy: it must never share memory with a tensor of the user's (a
-        # constraint that returns a parameter itself would otherwise change under the
-        # optimizer step, and controllers keep signals in their state).
-        return StackedConstraints(
-            violation.detach().clone(),
-            primal,
-            self.equality,
-            per_sample,
-            observed,
-            frozenset(unobserved),
+        user = values[0] if len(values) == 1 else None
+        return self._stacked(
+            violation, primal, per_sample, observed, frozenset(unobserved) or _NOTHING, user
         )
+
+    def _stacked(
+        self,
+        violation: Tensor,
+        primal: Tensor,
+        per_sample: dict[str, IndexedViolation],
+        observed: Tensor | None,
+        unobserved: frozenset[str],
+        user: Tensor | None,
+    ) -> StackedConstraints:
+        """The stacked evaluation. The signal (``violation`` detached) must never share
+        memory with a tensor of the user's: a constraint that returns a parameter itself
+        would change under the optimizer step, and controllers keep signals in their state.
+        It is copied when it may (``user``: the one tensor it was made from, if any)."""
+        signal = violation.detach()
+        if user is not None and signal.data_ptr() == user.data_ptr():
+            signal = signal.clone()
+        return StackedConstraints(signal, primal, self.equality, per_sample, observed, unobserved)
 
     def _plain(self, constraints: Mapping[str, object]) -> Tensor | None:
         """The dense values concatenated, when every group returned a plain 1-d

@@ -77,6 +77,7 @@ class PrimalSide:
         self.group_of = _parameter_groups(self.optimizers, model)
         self._needs_closure = [_needs_closure(o) for o in self.optimizers]
         self._named = list(model.named_parameters())
+        self._one_device = len({p.device for _, p in self._named}) <= 1
 
     def backward(self, loss: Tensor) -> None:
         """``zero_grad``, ``loss.backward()`` and the gradient reduction (no host
@@ -101,9 +102,12 @@ class PrimalSide:
         grads = [(n, p.grad) for n, p in self._named if p.grad is not None]
         if not grads:
             return None
-        norms = torch._foreach_norm([g for _, g in grads], math.inf)
+        names, tensors = zip(*grads, strict=True)
+        norms = list(torch._foreach_norm(tensors, math.inf))
         device = norms[0].device
-        return tuple(n for n, _ in grads), [x.to(device) for x in norms]
+        if not self._one_device:
+            norms = [x.to(device) for x in norms]
+        return names, norms
 
     def check_gradients(self, step: int) -> bool:
         """Host check (``on_nonfinite="skip"``): False, with the gradients dropped and a

@@ -110,7 +110,7 @@ class _Groups:
         return torch.segment_reduce(x, how, lengths=self.lengths, initial=fill)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Row:
     """What the host needs to decode one buffered row."""
 
@@ -128,7 +128,7 @@ class _Row:
     size: int
 
 
-@dataclass
+@dataclass(slots=True)
 class FlushedRow:
     """One step's facts on the host, as read back by :meth:`Recorder.flush`."""
 
@@ -164,6 +164,7 @@ class Recorder:
         self.layout = layout
         self.dtype = layout.dtype
         self._groups = _Groups(layout.sizes, layout.device)
+        self._count = len(layout.sizes)
         self._samples = [(c.name, int(c.size or 0), c.is_equality) for c in layout.per_sample]
         self._modelled = {c.name for c in layout.per_sample if c.multiplier_model is not None}
         self._rows: list[_Row] = []
@@ -345,27 +346,30 @@ class Recorder:
         return out
 
     def _decode(self, row: _Row, values: list[float]) -> FlushedRow:
-        groups = len(self.layout.sizes)
-        n = self.layout.num_dense
+        groups = self._count
         objective = values[0]
-        at = 1
-        dense_max, group_violation, norms = -math.inf, [], []
         if groups == 1:
-            dense_max, norm = values[1], values[2]
-            group_violation, norms = [dense_max], [norm]
-            at = 3
-        elif groups > 1:
             dense_max = values[1]
+            group_violation, norms = [dense_max], [values[2]]
+            at = 3
+        elif groups:
+            dense_max, group_violation, norms = values[1], [], []
             at = 2
-        diagnostics = dict(
-            zip(row.diagnostics, values[at : at + len(row.diagnostics)], strict=True)
-        )
-        at += len(row.diagnostics)
-        metrics = dict(zip(row.metrics, values[at : at + len(row.metrics)], strict=True))
-        at += len(row.metrics)
-        gradients = dict(zip(row.gradients, values[at : at + len(row.gradients)], strict=True))
-        at += len(row.gradients)
-        extra = values[at : at + row.extra]
+        else:
+            dense_max, group_violation, norms = -math.inf, [], []
+            at = 1
+        diagnostics: dict[str, float] = {}
+        metrics: dict[str, float] = {}
+        gradients: dict[str, float] = {}
+        for names, out in (
+            (row.diagnostics, diagnostics),
+            (row.metrics, metrics),
+            (row.gradients, gradients),
+        ):
+            if names:
+                out.update(zip(names, values[at : at + len(names)], strict=True))
+                at += len(names)
+        extra = values[at : at + row.extra] if row.extra else []
         at += row.extra
         dual_ok = values[at] == 0.0
         at += 1
@@ -383,6 +387,7 @@ class Recorder:
             at += _PER_SAMPLE_WIDTH
         violation = multipliers = None
         if row.vectors:
+            n = self.layout.num_dense
             violation, multipliers = values[at : at + n], values[at + n : at + 2 * n]
         return FlushedRow(
             row.step,
@@ -429,6 +434,14 @@ class Recorder:
                 flushed is the current one): the message then names the entries.
         """
         step = row.step
+        if (
+            row.dual_ok
+            and not row.per_sample
+            and math.isfinite(
+                row.objective + row.dense_max + sum(row.gradients.values()) + sum(row.extra)
+            )
+        ):
+            return None  # everything finite (the common case; a sum overflow looks below)
         for name, stats in row.per_sample.items():
             if stats[6] > 0:
                 size = next(s for n, s, _ in self._samples if n == name)
@@ -510,6 +523,7 @@ class Recorder:
         """
         worst = [0.0, row.dense_max]
         per_sample: dict[str, dict[str, float]] = {}
+        diagnostics = row.diagnostics
         for name, stats in row.per_sample.items():
             per_sample[name] = {
                 "max_violation": stats[0],
@@ -530,10 +544,12 @@ class Recorder:
             metrics=row.metrics,
             clusters={
                 k[len("clusters/") :]: int(x)
-                for k, x in row.diagnostics.items()
+                for k, x in diagnostics.items()
                 if k.startswith("clusters/")
-            },
-            penalty=row.diagnostics.get("penalty"),
+            }
+            if diagnostics
+            else {},
+            penalty=diagnostics.get("penalty"),
             seconds=row.seconds,
             skipped=row.skipped,
         )
@@ -569,6 +585,7 @@ def _bad(value: float) -> bool:
 
 def _max_with_nan(values: list[float]) -> float:
     """``max`` that returns NaN if any value is NaN (Python's ``max`` may drop it)."""
-    if any(math.isnan(x) for x in values):
+    top = max(values)
+    if top != top or any(x != x for x in values):
         return math.nan
-    return max(values)
+    return top
