@@ -9,7 +9,7 @@ step's values to the dual side and advances the schedules after the step. See
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 
@@ -20,6 +20,8 @@ from .formulations import Formulation, PenalizedFormulation
 from .schedules import Schedule, ScheduleRunner
 
 __all__ = ["DualSchedules"]
+
+_NO_SCHEDULE = nullcontext()
 
 
 class DualSchedules(dict[str, ScheduleRunner]):
@@ -86,13 +88,15 @@ class DualSchedules(dict[str, ScheduleRunner]):
                 )
             self["penalty"] = ScheduleRunner("penalty_schedule", penalty, positive=False)
 
-    @contextmanager
-    def controller(self, duals: Duals, step: int) -> Iterator[None]:
+    def controller(self, duals: Duals, step: int) -> AbstractContextManager[None]:
         """Inside the block, ``duals`` steps with this step's scheduled ``lr``."""
-        schedule = self.get("dual_lr")
-        if schedule is None:
-            yield
-            return
+        if "dual_lr" not in self:
+            return _NO_SCHEDULE
+        return self._scheduled(duals, step)
+
+    @contextmanager
+    def _scheduled(self, duals: Duals, step: int) -> Iterator[None]:
+        schedule = self["dual_lr"]
         original = duals.controller
         assert not isinstance(original, ControllerMap)  # refused when built
         duals.controller = original.model_copy(update={"lr": schedule.value(step)})
@@ -112,5 +116,6 @@ class DualSchedules(dict[str, ScheduleRunner]):
 
     def advance(self) -> None:
         """After a step: step the torch schedulers."""
-        for schedule in self.values():
-            schedule.advance()
+        if self:
+            for schedule in self.values():
+                schedule.advance()

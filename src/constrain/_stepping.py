@@ -28,7 +28,7 @@ ORDER = "lagrangian() -> backward() and optimizer.step() -> prox_step() -> dual_
 """The order of a step's pieces, as error messages state it."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Micro:
     """One evaluation of the step in progress (one micro-batch with accumulation)."""
 
@@ -38,7 +38,7 @@ class Micro:
     state: ProblemState
 
 
-@dataclass
+@dataclass(slots=True)
 class StepInProgress:
     """The step in progress (between ``lagrangian`` and ``dual_step``).
 

@@ -76,8 +76,10 @@ class Formulation(BaseModel):
         """The scalar the primal player minimises: ``f`` plus :meth:`terms` of the dense
         entries and of the observed entries of each per-sample group (multipliers
         detached: the primal player does not move them)."""
-        dense = multipliers.dense.detach().to(stacked.primal.dtype)
-        loss = objective + self.terms(dense, stacked.primal, stacked.equality, state)
+        dense, primal = multipliers.dense.detach(), stacked.primal
+        if dense.dtype is not primal.dtype:
+            dense = dense.to(primal.dtype)
+        loss = objective + self.terms(dense, primal, stacked.equality, state)
         for name, iv in stacked.per_sample.items():
             store = multipliers.per_sample.get(name)  # absent without multipliers
             lam = (
