@@ -262,3 +262,58 @@ def test_a_non_finite_block_proposal_is_dropped_on_the_device() -> None:
     for key, state in states.items():
         for name, value in state.items():
             assert torch.equal(duals._states[key][name], value), (key, name)
+
+
+def _overflowing(check_every: int, on_nonfinite: str) -> Solver:
+    """Momentum-weighted multiplicative weights whose third update overflows to inf."""
+    problem = ConstrainedProblem(
+        objective=lambda m, b: (m.x**2).sum(),
+        constraints=[Constraint("c", ">=", rhs=1.0, size=2, fn=lambda m, b: m.x)],
+    )
+    model = Variables(x=torch.zeros(2, dtype=DTYPE))
+    return Solver(
+        problem,
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        controller={"name": "multiplicative", "lr": 300.0},
+        check_every=check_every,
+        on_nonfinite=on_nonfinite,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize("check_every", [1, 2])
+def test_an_overflowing_update_leaves_the_multipliers_as_they_were(check_every: int) -> None:
+    """Whether the step is flushed at once (its update checked on the host, then undone)
+    or later (dropped on the device), the multipliers and the controller state after the
+    error are those before the overflowing update, and finite."""
+    solver = _overflowing(check_every, "raise")
+    snapshots = []
+    with pytest.raises(NonFiniteError, match="multipliers of constraint 'c'"):
+        for _ in range(10):
+            assert solver.duals.multipliers is None or bool(
+                torch.isfinite(solver.duals.multipliers.dense).all()
+            )
+            if solver.duals.multipliers is not None:
+                snapshots.append(solver.duals.multipliers.dense.clone())
+            solver.step()
+    assert solver.duals.multipliers is not None
+    final = solver.duals.multipliers.dense
+    assert bool(torch.isfinite(final).all())
+    assert any(torch.equal(final, s) for s in snapshots)
+    for state in solver.duals._states.values():
+        for value in state.values():
+            assert bool(torch.isfinite(value).all())
+
+
+def test_a_skipped_overflowing_update_is_undone_and_the_run_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """on_nonfinite="skip" (every step flushed): the overflowing update is undone with a
+    warning, the multipliers stay at their last finite value and later steps run."""
+    solver = _overflowing(1, "skip")
+    history = solver.fit(steps=8)
+    assert "Multiplier update skipped" in caplog.text
+    assert solver.duals.multipliers is not None
+    assert bool(torch.isfinite(solver.duals.multipliers.dense).all())
+    assert any(r.skipped for r in history)
+    assert len(history) == 8

@@ -267,7 +267,8 @@ class StepRunner:
             )
         pending.prox_done = True
         if pending.gradients is None and self.on_nonfinite != "skip":
-            # the user's own backward: check its gradients too (on the device, no sync)
+            # the gradients the optimizer step used (the user's own backward too): their
+            # norms go to the flush (on the device, no sync)
             pending.gradients = self.primal.gradient_norms()
         if not pending.skipped:
             self.regularizers.apply()
@@ -361,6 +362,8 @@ class StepRunner:
             finite = self.host_check(objective_half, stacked_half)
             if finite:
                 self.backward(self.loss(objective_half, stacked_half))
+                if self.on_nonfinite != "skip":
+                    pending.gradients = self.primal.gradient_norms()
         with torch.no_grad():
             for p, saved in zip(self.model.parameters(), snapshot, strict=True):
                 p.copy_(saved)
@@ -446,16 +449,14 @@ class StepRunner:
             pending.report = self.duals.step(stacked, self.step_count, guard=guard)
 
     def backward(self, loss: Tensor) -> None:
-        """Backward through ``loss``; check (``"skip"``) or note the gradients' norms."""
+        """Backward through ``loss``; with ``on_nonfinite="skip"``, check the gradients on
+        the host (a non-finite one skips the step). Otherwise their norms are noted after
+        the optimizer step (:meth:`prox`), from the gradients it used, for the flush."""
         self.primal.backward(loss)
         pending = self.pending
-        if pending is None:
-            return
-        if self.on_nonfinite == "skip":
-            if not self.primal.check_gradients(self.step_count):
-                pending.skipped = True
-        else:
-            pending.gradients = self.primal.gradient_norms()
+        skip = self.on_nonfinite == "skip"
+        if pending is not None and skip and not self.primal.check_gradients(self.step_count):
+            pending.skipped = True
 
     def optimizer_step(self, closure: Callable[[], Tensor] | None) -> None:
         """The optimizer step(s), unless the step is skipped."""
