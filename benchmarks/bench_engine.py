@@ -4,7 +4,9 @@ Rows:
 
 Times are CPU seconds of the process (``time.process_time``, one thread), interleaved in
 rounds and reduced by the minimum (as ``timeit`` advises), so that other load on the
-machine enters the ratios as little as possible.
+machine enters the ratios as little as possible; each candidate is built three times
+afresh and its time is the median over the three copies, since where a copy's tensors and
+objects land in memory moves its time by a few percent.
 
 * overhead: ``Solver.step`` with default settings against a hand-written loop with the
   same ``torch.optim.SGD`` and the same constraint functions (Lagrangian, backward, SGD
@@ -29,6 +31,7 @@ import gc
 import io
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -77,10 +80,11 @@ def _per_step(step: Callable[[], None], steps: int) -> float:
     return (time.process_time() - start) / steps
 
 
-def overhead(groups: int, rounds: int, steps: int, cooper: bool) -> dict[str, Any]:
-    """Per-step times of the library, the hand loop (and Cooper), interleaved in rounds."""
-    A, b = _data()
-    fns = _functions(groups, A, b)
+def _candidates(
+    groups: int, fns: list[Callable[[Any, Any], torch.Tensor]], cooper: bool
+) -> tuple[dict[str, Callable[[], None]], Callable[[], None]]:
+    """One fresh set of steps to time (the library, the hand loop, Cooper) and a check
+    that the library and the hand loop computed the same iterates."""
     problem = ConstrainedProblem(
         objective=_objective,
         constraints=[
@@ -111,22 +115,47 @@ def overhead(groups: int, rounds: int, steps: int, cooper: bool) -> dict[str, An
     def library() -> None:
         solver.step()
 
+    def same_maths() -> None:
+        torch.testing.assert_close(model.x, hand_model.x, rtol=1e-4, atol=1e-5)
+
     candidates: dict[str, Callable[[], None]] = {"loop": hand, "constrain": library}
     if cooper:
         candidates["cooper"] = _cooper_step(fns)
-    for step in candidates.values():  # warm-up
-        for _ in range(max(5, steps // 5)):
-            step()
-    times: dict[str, list[float]] = {name: [] for name in candidates}
+    return candidates, same_maths
+
+
+def overhead(
+    groups: int, rounds: int, steps: int, cooper: bool, instances: int = 3
+) -> dict[str, Any]:
+    """Per-step times of the library, the hand loop (and Cooper), interleaved in rounds.
+
+    Each of ``instances`` fresh copies of every candidate is timed ``rounds`` times
+    (``steps`` steps each, all copies interleaved); a copy's time is its minimum over the
+    rounds, and a candidate's time the median over its copies. Fresh copies put their
+    tensors and objects at other addresses: how well those share the caches with the
+    large matrix changes a copy's time by a few percent, more than the rounds vary."""
+    A, b = _data()
+    fns = _functions(groups, A, b)
+    copies = [_candidates(groups, fns, cooper) for _ in range(instances)]
+    for candidates, _ in copies:  # warm-up
+        for step in candidates.values():
+            for _ in range(max(5, steps // 5)):
+                step()
+    times: dict[tuple[int, str], list[float]] = {}
     for _ in range(rounds):
-        for name, step in candidates.items():
-            times[name].append(_per_step(step, steps))
-    row = {name: 1e3 * min(t) for name, t in times.items()}
+        for k, (candidates, _) in enumerate(copies):
+            for name, step in candidates.items():
+                times.setdefault((k, name), []).append(_per_step(step, steps))
+    row = {
+        name: 1e3 * statistics.median(min(times[k, name]) for k in range(instances))
+        for name in copies[0][0]
+    }
     out: dict[str, Any] = {"groups": groups, **{f"{k}_ms": v for k, v in row.items()}}
     out["ratio_loop"] = row["constrain"] / row["loop"]
     if "cooper" in row:
         out["ratio_cooper"] = row["constrain"] / row["cooper"]
-    torch.testing.assert_close(model.x, hand_model.x, rtol=1e-4, atol=1e-5)  # same maths
+    for _, same_maths in copies:
+        same_maths()
     return out
 
 

@@ -317,3 +317,28 @@ def test_a_skipped_overflowing_update_is_undone_and_the_run_goes_on(
     assert bool(torch.isfinite(solver.duals.multipliers.dense).all())
     assert any(r.skipped for r in history)
     assert len(history) == 8
+
+
+@pytest.mark.parametrize("check_every", [1, 3])
+def test_the_overflowing_group_is_named_whenever_it_is_checked(check_every: int) -> None:
+    """Three dense groups, only the middle one's multipliers overflow: the error names it,
+    whether the step is checked at once (its proposal at hand) or later (per-group flags
+    kept on the device)."""
+    problem = ConstrainedProblem(
+        objective=lambda m, b: (m.x**2).sum(),
+        constraints=[
+            Constraint("a", ">=", rhs=1.0, size=2, fn=lambda m, b: m.x[:2]),
+            Constraint("b", ">=", rhs=1.0, size=2, fn=lambda m, b: m.x[2:4]),
+            Constraint("c", ">=", rhs=1.0, size=2, fn=lambda m, b: m.x[4:]),
+        ],
+    )
+    model = Variables(x=torch.zeros(6, dtype=DTYPE))
+    solver = Solver(
+        problem,
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        controller={"a": "gda", "b": {"name": "multiplicative", "lr": 300.0}, "c": "gda"},
+        check_every=check_every,
+    )
+    with pytest.raises(NonFiniteError, match="multipliers of constraint 'b'"):
+        solver.fit(steps=9)

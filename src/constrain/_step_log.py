@@ -122,7 +122,7 @@ class StepLog:
             pending.objective(),
             pending.evaluation(layout),
             multipliers,
-            proposal=None if report is None else report.dense,
+            proposal=None if report is None or self.due(step) else report.dense,
             proposals=None if report is None else report.per_sample,
             dual_health=None if report is None else report.health,
             diagnostics=diagnostics,
@@ -168,11 +168,17 @@ class StepLog:
             restore()  # before any error is raised: the multipliers stay finite
         for row in rows:
             evaluations: list[tuple[Tensor | None, StackedConstraints]] = []
+            proposal = None
             if current is not None and row.step == step:
                 evaluations = [(m.objective, m.stacked) for m in current.micro]
                 evaluations += [(None, extra) for extra in current.extra]
+                proposal = None if current.report is None else current.report.dense
             problem = self.recorder.problem(
-                row, policy=self.on_nonfinite, controller=controller, evaluations=evaluations
+                row,
+                policy=self.on_nonfinite,
+                controller=controller,
+                evaluations=evaluations,
+                proposal=proposal,
             )
             if problem is not None:
                 raise problem

@@ -200,7 +200,9 @@ class Recorder:
             objective: The step's objective (scalar).
             stacked: The step's standard-form constraints.
             multipliers: The multipliers after the step.
-            proposal: The proposed (unprojected) dense multipliers, if an update ran.
+            proposal: The proposed (unprojected) dense multipliers, if an update ran and
+                the step is checked later (its per-group health is kept; a step flushed at
+                once has its proposal at hand, see :meth:`problem`).
             proposals: The proposed multipliers of each per-sample group's observed entries.
             dual_health: 0-dim: 0 when the multiplier proposals were finite, else NaN.
             diagnostics: Stage reports (``"penalty"``, ``"clusters/<parameter>"``).
@@ -418,6 +420,7 @@ class Recorder:
         policy: str,
         controller: str,
         evaluations: Sequence[tuple[Tensor | None, StackedConstraints]] = (),
+        proposal: Tensor | None = None,
     ) -> ConstrainError | None:
         """The error a flushed row calls for, or ``None``.
 
@@ -432,6 +435,8 @@ class Recorder:
             controller: The controller's name (for the message).
             evaluations: The step's evaluations if they are still at hand (the step being
                 flushed is the current one): the message then names the entries.
+            proposal: The step's dense multiplier proposal if still at hand (the current
+                step, buffered without per-group flags): names the group that overflowed.
         """
         step = row.step
         if (
@@ -467,7 +472,7 @@ class Recorder:
                     "offending operation or lower the lr."
                 )
         if not row.dual_ok:
-            group = self._proposal_group(row)
+            group = self._proposal_group(row, proposal)
             if group in self._modelled:
                 message = (
                     f"the multiplier model of per-sample constraint {group!r} predicted "
@@ -504,9 +509,12 @@ class Recorder:
             f"{NONFINITE_HINT}."
         )
 
-    def _proposal_group(self, row: FlushedRow) -> str:
-        if row.group_proposal is not None:
-            for name, value in zip(self.layout.names, row.group_proposal, strict=True):
+    def _proposal_group(self, row: FlushedRow, proposal: Tensor | None) -> str:
+        flags = row.group_proposal
+        if flags is None and proposal is not None and self._count > 1:
+            flags = self._groups.bad(proposal.to(self.dtype)).tolist()  # an error: may wait
+        if flags is not None:
+            for name, value in zip(self.layout.names, flags, strict=True):
                 if value:
                     return name
         for name, stats in row.per_sample.items():
