@@ -312,3 +312,27 @@ def test_one_bad_group_among_many_is_named(bad: Tensor, message: str | None) -> 
         return
     with pytest.raises(ShapeError, match=message):
         layout.stack(_state(**values))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: p,  # the parameter itself (one group, the fast path)
+        lambda p: p[1:],  # a view with an offset
+        lambda p: p.reshape(2, 2),  # another shape
+        lambda p: ConstraintValue(p),  # wrapped (the general path)
+    ],
+    ids=["itself", "offset-view", "reshaped", "wrapped"],
+)
+def test_the_signal_never_shares_memory_with_the_users_tensor(make: Any) -> None:
+    """A constraint that returns (a view of) a tensor the optimizer later changes in place:
+    the stacked signal is a copy, so it keeps the values of the evaluation."""
+    p = torch.tensor([1.0, -2.0, 3.0, 0.5], dtype=DTYPE)
+    value = make(p)
+    size = 3 if isinstance(value, Tensor) and value.numel() == 3 else 4
+    problem = _problem(Constraint("a", size=size))
+    state = _state(a=value)
+    stacked = ConstraintLayout(problem, state).stack(state)
+    before = stacked.violation.clone()
+    p.add_(10.0)  # the optimizer step, in place
+    assert torch.equal(stacked.violation, before)

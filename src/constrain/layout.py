@@ -476,7 +476,7 @@ class ConstraintLayout:
                     continue  # not measured at this step
                 self._raise_names(state)
             per_sample[c.name] = self._stack_indexed(c, raw, step)
-        user = values[0] if len(values) == 1 else None
+        user = values[0] if len(values) == 1 and plain is None else None  # cat: a copy
         return self._stacked(
             violation, primal, per_sample, observed, frozenset(unobserved) or _NOTHING, user
         )
