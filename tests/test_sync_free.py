@@ -342,3 +342,68 @@ def test_the_overflowing_group_is_named_whenever_it_is_checked(check_every: int)
     )
     with pytest.raises(NonFiniteError, match="multipliers of constraint 'b'"):
         solver.fit(steps=9)
+
+
+def _overflowing_per_sample(on_nonfinite: str) -> Solver:
+    """A dense group under gda (its multipliers grow by 1 a step) and a per-sample group
+    whose multiplicative update overflows from the third step on."""
+    idx = torch.tensor([0, 1])
+    problem = ConstrainedProblem(
+        objective=lambda m, b: (m.x**2).sum(),
+        constraints=[
+            Constraint("c", ">=", rhs=1.0, size=2, fn=lambda m, b: m.x[:2]),
+            Constraint(
+                "ps",
+                ">=",
+                rhs=1.0,
+                size=4,
+                per_sample=True,
+                fn=lambda m, b: ConstraintValue(m.x[2:][idx], indices=idx),
+            ),
+        ],
+    )
+    model = Variables(x=torch.zeros(6, dtype=DTYPE))
+    return Solver(
+        problem,
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        controller={"c": {"name": "gda", "lr": 1.0}, "ps": {"name": "multiplicative", "lr": 300.0}},
+        on_nonfinite=on_nonfinite,  # type: ignore[arg-type]
+        vectors_every=1,
+    )
+
+
+def test_a_skipped_per_sample_update_leaves_the_dense_update_in_place(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Only the per-sample group's proposal overflows: its update is dropped, but the
+    dense multipliers take every update (1, 2, ..., 6), as on a step checked later."""
+    solver = _overflowing_per_sample("skip")
+    history = solver.fit(steps=6)
+    assert "constraint 'ps' became non-finite" in caplog.text
+    assert [r.multipliers for r in history] == [[k + 1.0, k + 1.0] for k in range(6)]
+    assert solver.duals.multipliers is not None
+    assert solver.duals.multipliers.dense.tolist() == [6.0, 6.0]
+
+
+def test_a_per_sample_overflow_error_keeps_the_dense_update() -> None:
+    """on_nonfinite="raise": the error names the per-sample group, and the dense
+    multipliers hold the (finite) dense update of the failing step."""
+    solver = _overflowing_per_sample("raise")
+    with pytest.raises(NonFiniteError, match="constraint 'ps'"):
+        solver.fit(steps=6)
+    assert solver.duals.multipliers is not None
+    assert solver.duals.multipliers.dense.tolist() == [3.0, 3.0]
+
+
+def test_an_undone_update_is_recorded_with_the_multipliers_in_place() -> None:
+    """on_nonfinite="skip": the record of a step whose dense update was undone shows the
+    multipliers the run goes on with, not the overflowed proposal."""
+    solver = _overflowing(1, "skip")
+    solver.step_log.vectors_every = 1
+    history = solver.fit(steps=4)
+    assert history[-1].skipped
+    assert solver.duals.multipliers is not None
+    dense = solver.duals.multipliers.dense
+    assert history[-1].multipliers == dense.tolist()
+    assert history[-1].group_multiplier_norm == [float(torch.linalg.vector_norm(dense))]

@@ -85,7 +85,7 @@ class StepLog:
         diagnostics: dict[str, Tensor],
         clusters: Callable[[], dict[str, Tensor]],
         controller: str,
-        restore: Callable[[], None] | None = None,
+        restore: Callable[[], Tensor | None] | None = None,
     ) -> StepRecord | None:
         """Buffer the finished step ``step``; flush when it is due. Returns the step's
         record when it was flushed and kept, else ``None``.
@@ -101,7 +101,7 @@ class StepLog:
             controller: The controller's name (for messages).
             restore: Undoes the step's multiplier update: called when the flush finds its
                 proposal non-finite (an update not guarded on the device; see
-                ``Duals.step``).
+                ``Duals.step``); returns the dense multipliers put back, if any.
 
         Raises:
             NonFiniteError: With ``on_nonfinite="raise"``, for a non-finite flushed step.
@@ -150,7 +150,7 @@ class StepLog:
         step: int,
         current: StepInProgress | None,
         controller: str,
-        restore: Callable[[], None] | None = None,
+        restore: Callable[[], Tensor | None] | None = None,
     ) -> list[StepRecord]:
         """Copy the buffered steps to the host, check them and record the kept ones;
         returns the new records. ``current`` is the step ``step`` just buffered (its
@@ -165,7 +165,9 @@ class StepLog:
         records: list[StepRecord] = []
         rows = self.recorder.flush()
         if restore is not None and rows and rows[-1].step == step and not rows[-1].dual_ok:
-            restore()  # before any error is raised: the multipliers stay finite
+            restored = restore()  # before any error is raised: the multipliers stay finite
+            if restored is not None:  # the row measured the undone multipliers
+                self.recorder.remeasure(rows[-1], restored)
         for row in rows:
             evaluations: list[tuple[Tensor | None, StackedConstraints]] = []
             proposal = None

@@ -524,14 +524,19 @@ class Duals:
         self.formulation_state = new_fstate
         return report
 
-    def restore(self, report: DualReport) -> None:
+    def restore(self, report: DualReport) -> Tensor | None:
         """Undo the dense part of an unguarded update (``step(..., guard=False)``) whose
-        proposal was not finite: the dense multipliers and the controller states go back
-        to their values before it (the per-sample groups were guarded on the device)."""
-        if report.previous is not None:
-            assert self.multipliers is not None
-            self.multipliers.dense, self._states = report.previous
-            report.previous = None
+        report is not healthy, if its dense proposal was not finite: the dense multipliers
+        and the controller states go back to their values before it. A finite dense
+        proposal stands (the non-finite one was a per-sample group's, guarded on the
+        device), as on a guarded step. Returns the dense multipliers put back, or ``None``
+        if nothing was undone (one host synchronisation: call it only on that rare path)."""
+        previous, report.previous = report.previous, None
+        if previous is None or report.dense is None or bool(torch.isfinite(report.dense).all()):
+            return None
+        assert self.multipliers is not None
+        self.multipliers.dense, self._states = previous
+        return self.multipliers.dense
 
     def _model_step(
         self, name: str, iv: IndexedViolation, signal: Tensor, report: DualReport

@@ -412,6 +412,18 @@ class Recorder:
             multipliers,
         )
 
+    def remeasure(self, row: FlushedRow, dense: Tensor) -> None:
+        """Replace ``row``'s dense multiplier facts (group norms, vector) by those of
+        ``dense``: the multipliers put back after the row's update was undone (see
+        ``Duals.restore``). One host copy: only on that rare path."""
+        lam = dense.detach().to(self.dtype)
+        if self._count > 1:
+            row.group_multiplier_norm = self._groups.norm(lam).tolist()
+        elif self._count:
+            row.group_multiplier_norm = [float(torch.linalg.vector_norm(lam))]
+        if row.multipliers is not None:
+            row.multipliers = lam.tolist()
+
     # -- what the host makes of a row ---------------------------------------------------
     def problem(
         self,
