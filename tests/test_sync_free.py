@@ -407,3 +407,30 @@ def test_an_undone_update_is_recorded_with_the_multipliers_in_place() -> None:
     dense = solver.duals.multipliers.dense
     assert history[-1].multipliers == dense.tolist()
     assert history[-1].group_multiplier_norm == [float(torch.linalg.vector_norm(dense))]
+
+
+def test_an_error_before_the_flush_still_undoes_an_overflowing_update() -> None:
+    """A bad metric (a vector) fails the step's record before the flush reads it; the
+    overflowing multiplier update of that step is undone all the same."""
+
+    class BadMetric(ConstrainedProblem):
+        def evaluate(self, model: Any, batch: Any) -> ProblemState:
+            state = super().evaluate(model, batch)
+            state.metrics["m"] = torch.zeros(3)
+            return state
+
+    problem = BadMetric(
+        objective=lambda m, b: (m.x**2).sum(),
+        constraints=[Constraint("c", ">=", rhs=1.0, size=2, fn=lambda m, b: m.x)],
+    )
+    model = Variables(x=torch.zeros(2, dtype=DTYPE))
+    solver = Solver(
+        problem,
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        controller={"name": "multiplicative", "lr": 1e6},
+    )
+    with pytest.raises(ShapeError, match="metric 'm'"):
+        solver.step()
+    assert solver.duals.multipliers is not None
+    assert bool(torch.isfinite(solver.duals.multipliers.dense).all())

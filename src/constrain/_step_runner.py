@@ -298,20 +298,26 @@ class StepRunner:
         self.pending = None
         assert self.layout is not None and self.duals.multipliers is not None
         report = pending.report
-        record = self.step_log.add(
-            self.step_count,
-            pending,
-            self.layout,
-            self.duals.multipliers,
-            self.duals.diagnostics(),
-            self.regularizers.diagnostics,
-            self.duals.controller.name,
-            restore=(
-                None
-                if report is None or report.previous is None
-                else functools.partial(self.duals.restore, report)
-            ),
+        restore = (
+            None
+            if report is None or report.previous is None
+            else functools.partial(self.duals.restore, report)
         )
+        try:
+            record = self.step_log.add(
+                self.step_count,
+                pending,
+                self.layout,
+                self.duals.multipliers,
+                self.duals.diagnostics(),
+                self.regularizers.diagnostics,
+                self.duals.controller.name,
+                restore=restore,
+            )
+        except BaseException:
+            if restore is not None:  # an error came before the flush checked the update
+                restore()
+            raise
         self.step_count += 1
         self.schedules.advance()
         return record
