@@ -224,7 +224,6 @@ class ConstraintLayout:
         self._rhs_values: tuple[object, ...] | None = None
         self._rhs_source: object = None
         self._rhs_moves = False
-        self._one = self.names[0] if len(self.dense) == 1 and not self._intermittent else None
         self._set_rhs(self._current_rhs(0))
         self.dense_equality = any(c.is_equality for c in self.dense)
         self.has_equality = self.dense_equality or any(c.is_equality for c in self.per_sample)
@@ -364,20 +363,11 @@ class ConstraintLayout:
                 self._raise_names(state)
         elif len(constraints) != expected:
             self._raise_names(state)
-        if self._one is not None and not self.per_sample:
-            # One dense group returning a plain tensor of its size: the common case.
-            raw = constraints.get(self._one)
-            if (
-                type(raw) is Tensor
-                and raw.dtype in _FLOATS
-                and raw.device == self.device
-                and raw.numel() == self.num_dense
-            ):
-                flat = raw.reshape(-1) if raw.dim() != 1 else raw
-                violation = self._standard_form(
-                    flat if raw.dtype is self.dtype else flat.to(self.dtype)
-                )
-                return self._stacked(violation, violation, {}, None, _NOTHING, raw)
+        plain = self._plain(constraints) if self.dense else None
+        if plain is not None and not self.per_sample:
+            # Every group a plain tensor of its size, no per-sample group: the common case.
+            violation = self._standard_form(plain.to(self.dtype))
+            return self._stacked(violation, violation, {}, None, _NOTHING, None)
         values: list[Tensor] = []
         primals: list[Tensor] = []
         masks: list[Tensor | None] = []
@@ -385,7 +375,6 @@ class ConstraintLayout:
         unobserved: set[str] = set()  # no measurement: violation 0, multipliers frozen
         absent: set[str] = set()  # neither value nor proxy: no primal term either
         device = self.device
-        plain = self._plain(constraints) if len(self.dense) > 1 else None
         if plain is not None:
             values = primals = [plain]
             masks = [None]
