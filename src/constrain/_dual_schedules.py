@@ -116,6 +116,5 @@ class DualSchedules(dict[str, ScheduleRunner]):
 
     def advance(self) -> None:
         """After a step: step the torch schedulers."""
-        if self:
-            for schedule in self.values():
-                schedule.advance()
+        for schedule in self.values():
+            schedule.advance()

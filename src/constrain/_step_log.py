@@ -109,7 +109,7 @@ class StepLog:
         if self.recorder is None or self.recorder.layout is not layout:
             self.recorder = Recorder(layout)
             self._vectors_every = self.vectors_every or max(1, math.ceil(layout.num_dense / 128))
-        at_end = step == self.last_step
+        at_end, due = step == self.last_step, self.due(step)
         keep = step % self.record_every == 0 or at_end
         vectors_every = self._vectors_every
         report = pending.report
@@ -122,7 +122,7 @@ class StepLog:
             pending.objective(),
             pending.evaluation(layout),
             multipliers,
-            proposal=None if report is None or self.due(step) else report.dense,
+            proposal=None if report is None or due else report.dense,
             proposals=None if report is None else report.per_sample,
             dual_health=None if report is None else report.health,
             diagnostics=diagnostics,
@@ -135,7 +135,7 @@ class StepLog:
             skipped=pending.skipped,
             seconds=time.perf_counter() - pending.start,
         )
-        if not self.due(step):
+        if not due:
             return None
         flushed = self.flush(step, pending, controller, restore)
         return flushed[-1] if flushed and flushed[-1].step == step else None

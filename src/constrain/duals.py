@@ -492,10 +492,9 @@ class Duals:
         if guard:
             ok = health == 0
             lam.dense = torch.where(ok, projected, lam.dense)
-            if any(states.values()):
-                states = {
-                    key: _keep_unless(ok, state, self._states[key]) for key, state in states.items()
-                }
+            states = {
+                key: _keep_unless(ok, state, self._states[key]) for key, state in states.items()
+            }
         else:
             report.previous = (lam.dense, self._states)  # references: nothing is copied
             lam.dense = projected

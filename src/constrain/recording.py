@@ -417,10 +417,7 @@ class Recorder:
         ``dense``: the multipliers put back after the row's update was undone (see
         ``Duals.restore``). One host copy: only on that rare path."""
         lam = dense.detach().to(self.dtype)
-        if self._count > 1:
-            row.group_multiplier_norm = self._groups.norm(lam).tolist()
-        elif self._count:
-            row.group_multiplier_norm = [float(torch.linalg.vector_norm(lam))]
+        row.group_multiplier_norm = self._groups.norm(lam).tolist()
         if row.multipliers is not None:
             row.multipliers = lam.tolist()
 
@@ -543,7 +540,6 @@ class Recorder:
         """
         worst = [0.0, row.dense_max]
         per_sample: dict[str, dict[str, float]] = {}
-        diagnostics = row.diagnostics
         for name, stats in row.per_sample.items():
             per_sample[name] = {
                 "max_violation": stats[0],
@@ -564,12 +560,10 @@ class Recorder:
             metrics=row.metrics,
             clusters={
                 k[len("clusters/") :]: int(x)
-                for k, x in diagnostics.items()
+                for k, x in row.diagnostics.items()
                 if k.startswith("clusters/")
-            }
-            if diagnostics
-            else {},
-            penalty=diagnostics.get("penalty"),
+            },
+            penalty=row.diagnostics.get("penalty"),
             seconds=row.seconds,
             skipped=row.skipped,
         )
@@ -605,7 +599,6 @@ def _bad(value: float) -> bool:
 
 def _max_with_nan(values: list[float]) -> float:
     """``max`` that returns NaN if any value is NaN (Python's ``max`` may drop it)."""
-    top = max(values)
-    if top != top or any(x != x for x in values):
+    if any(math.isnan(x) for x in values):
         return math.nan
-    return top
+    return max(values)
