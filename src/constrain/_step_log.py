@@ -21,7 +21,7 @@ from .history import History, StepRecord
 from .layout import ConstraintLayout, StackedConstraints
 from .loggers import Logger
 from .multipliers import Multipliers
-from .recording import Recorder
+from .recording import FlushedRow, Recorder
 
 __all__ = ["StepLog"]
 
@@ -83,7 +83,7 @@ class StepLog:
         layout: ConstraintLayout,
         multipliers: Multipliers,
         diagnostics: dict[str, Tensor],
-        clusters: Callable[[], dict[str, Tensor]],
+        clusters: Callable[[], dict[str, Tensor]] | None,
         controller: str,
         restore: Callable[[], Tensor | None] | None = None,
     ) -> StepRecord | None:
@@ -97,7 +97,7 @@ class StepLog:
             multipliers: The multipliers after the step.
             diagnostics: What the formulation reports (e.g. the penalty).
             clusters: Cluster counts of the regularized parameters (called only for kept
-                records: one sort per parameter).
+                records: one sort per parameter); ``None`` when none counts clusters.
             controller: The controller's name (for messages).
             restore: Undoes the step's multiplier update: called when the flush finds its
                 proposal non-finite (an update not guarded on the device; see
@@ -109,11 +109,12 @@ class StepLog:
         if self.recorder is None or self.recorder.layout is not layout:
             self.recorder = Recorder(layout)
             self._vectors_every = self.vectors_every or max(1, math.ceil(layout.num_dense / 128))
-        at_end, due = step == self.last_step, self.due(step)
+        at_end = step == self.last_step
+        due = at_end or (step + 1) % self.check_every == 0  # as self.due(step)
         keep = step % self.record_every == 0 or at_end
         vectors_every = self._vectors_every
         report = pending.report
-        if keep:
+        if keep and clusters is not None:
             counts = clusters()
             if counts:
                 diagnostics = {**diagnostics, **{f"clusters/{k}": v for k, v in counts.items()}}
@@ -169,28 +170,37 @@ class StepLog:
             if restored is not None:  # the row measured the undone multipliers
                 self.recorder.remeasure(rows[-1], restored)
         for row in rows:
-            evaluations: list[tuple[Tensor | None, StackedConstraints]] = []
-            proposal = None
-            if current is not None and row.step == step:
-                evaluations = [(m.objective, m.stacked) for m in current.micro]
-                evaluations += [(None, extra) for extra in current.extra]
-                proposal = None if current.report is None else current.report.dense
-            problem = self.recorder.problem(
-                row,
-                policy=self.on_nonfinite,
-                controller=controller,
-                evaluations=evaluations,
-                proposal=proposal,
-            )
-            if problem is not None:
-                raise problem
+            if not row.clean:
+                self._check(row, step, current, controller)
             if row.keep:
                 record = self.recorder.record(row)
-                self.history.append(record, forced=row.forced)
+                self._history.append(record, forced=row.forced)
                 for sink in self.loggers:
-                    sink.log(record, self.history)
+                    sink.log(record, self._history)
                 records.append(record)
         return records
+
+    def _check(
+        self, row: FlushedRow, step: int, current: StepInProgress | None, controller: str
+    ) -> None:
+        """Raise (or log) what a flushed row that is not clean calls for (see
+        :meth:`Recorder.problem`)."""
+        assert self.recorder is not None
+        evaluations: list[tuple[Tensor | None, StackedConstraints]] = []
+        proposal = None
+        if current is not None and row.step == step:
+            evaluations = [(m.objective, m.stacked) for m in current.micro]
+            evaluations += [(None, extra) for extra in current.extra]
+            proposal = None if current.report is None else current.report.dense
+        problem = self.recorder.problem(
+            row,
+            policy=self.on_nonfinite,
+            controller=controller,
+            evaluations=evaluations,
+            proposal=proposal,
+        )
+        if problem is not None:
+            raise problem
 
     def close(self) -> None:
         """End of a ``fit``: flush the history's stream and the loggers."""

@@ -231,10 +231,11 @@ class StepRunner:
                 "Solver.fit(), not with lagrangian()/dual_step()."
             )
         pending = self.pending
-        if accumulate and pending is not None:
-            check_accumulate(pending, self.order, self.step_count)
-        else:
-            expect(pending, "lagrangian", self.step_count, idle=True)
+        if pending is not None:
+            if accumulate:
+                check_accumulate(pending, self.order, self.step_count)
+            else:
+                expect(pending, "lagrangian", self.step_count, idle=True)  # raises
         start = time.perf_counter()
         objective, stacked, state = self.evaluate(batch)
         if not self._trainable_checked and torch.is_grad_enabled() and self.primal.group_of:
@@ -242,11 +243,12 @@ class StepRunner:
             self._trainable_checked = True
         micro = Micro(batch, objective, stacked, state)
         if pending is None:  # a new step
-            self.schedules.apply_penalty(self.duals, self.step_count)
+            if self.schedules:
+                self.schedules.apply_penalty(self.duals, self.step_count)
             pending = self.pending = StepInProgress([micro], start)
         else:
             pending.add(micro)
-        if not self.host_check(objective, stacked):
+        if self.on_nonfinite == "skip" and not self.host_check(objective, stacked):
             pending.skipped = pending.dual_done = True
             return objective.new_zeros((), requires_grad=objective.requires_grad)
         if self.order == "dual_primal":
@@ -260,17 +262,16 @@ class StepRunner:
         Raises:
             ConfigError: As :meth:`constrain.Solver.prox_step`.
         """
-        pending = expect(self.pending, "prox_step", self.step_count)
-        if pending.prox_done:
-            raise ConfigError(
-                f"prox_step() was called twice in step {self.step_count}; a step runs {ORDER}."
-            )
+        pending = self.pending
+        if pending is None or pending.prox_done:
+            self._out_of_order("prox_step")
+        assert pending is not None
         pending.prox_done = True
         if pending.gradients is None and self.on_nonfinite != "skip":
             # the gradients the optimizer step used (the user's own backward too): their
             # norms go to the flush (on the device, no sync)
             pending.gradients = self.primal.gradient_norms()
-        if not pending.skipped:
+        if self.regularizers.active and not pending.skipped:
             self.regularizers.apply()
 
     def finish(self) -> StepRecord | None:
@@ -280,38 +281,43 @@ class StepRunner:
         Raises:
             ConfigError, NonFiniteError, ShapeError: As :meth:`constrain.Solver.dual_step`.
         """
-        pending = expect(self.pending, "dual_step", self.step_count)
+        pending = self.pending
+        if pending is None:
+            self._out_of_order("dual_step")
+        assert pending is not None
         if not pending.prox_done:
             self.prox()
+        duals = self.duals
+        layout = duals.layout
+        assert layout is not None
         if not pending.dual_done:
-            assert self.layout is not None
-            stacked = pending.evaluation(self.layout)
+            stacked = pending.evaluation(layout)
             if self.order == "primal_dual":
                 with torch.no_grad():
                     again = [self.evaluate(m.batch)[1] for m in pending.micro]
-                stacked = self.layout.merge(again)
+                stacked = layout.merge(again)
                 pending.extra.append(stacked)
-                if not self.host_check(None, stacked):
+                if self.on_nonfinite == "skip" and not self.host_check(None, stacked):
                     pending.skipped = True
             if not pending.skipped:
                 self.dual_update(pending, stacked, last=True)
         self.pending = None
-        assert self.layout is not None and self.duals.multipliers is not None
+        assert duals.multipliers is not None
         report = pending.report
         restore = (
             None
             if report is None or report.previous is None
-            else functools.partial(self.duals.restore, report)
+            else functools.partial(duals.restore, report)
         )
         try:
             record = self.step_log.add(
                 self.step_count,
                 pending,
-                self.layout,
-                self.duals.multipliers,
-                self.duals.diagnostics(),
-                self.regularizers.diagnostics,
-                self.duals.controller.name,
+                layout,
+                duals.multipliers,
+                duals.diagnostics() if duals.reports else {},
+                self.regularizers.diagnostics if self.regularizers.counts_clusters else None,
+                duals.controller.name,
                 restore=restore,
             )
         except BaseException:
@@ -319,8 +325,22 @@ class StepRunner:
                 restore()
             raise
         self.step_count += 1
-        self.schedules.advance()
+        if self.schedules:
+            self.schedules.advance()
         return record
+
+    def _out_of_order(self, what: str) -> None:
+        """Raise the error of a piece ``what`` called out of order (no step in progress,
+        or a second prox step).
+
+        Raises:
+            ConfigError: Always, naming the expected order.
+        """
+        pending = expect(self.pending, what, self.step_count)
+        if what == "prox_step" and pending.prox_done:
+            raise ConfigError(
+                f"prox_step() was called twice in step {self.step_count}; a step runs {ORDER}."
+            )
 
     # -- one step -----------------------------------------------------------------------
     def step(self, batch: Any) -> StepRecord | None:
@@ -340,7 +360,9 @@ class StepRunner:
         assert pending is not None
         if not pending.skipped:
             self.backward(loss)
-            self.optimizer_step(lambda: self.closure_loss(pending))
+            self.optimizer_step(
+                (lambda: self.closure_loss(pending)) if self.primal.needs_closure else None
+            )
         self.prox()
         return self.finish()
 
@@ -417,8 +439,10 @@ class StepRunner:
                 f"{type(self.problem).__name__}.evaluate() must return a ProblemState; got "
                 f"{describe(state)}."
             )
-        state = self.primal.reducer.reduce_state(self.problem, state)
-        if not self.duals.ready:
+        if not self.primal.local:
+            state = self.primal.reducer.reduce_state(self.problem, state)
+        layout = self.duals.layout
+        if layout is None or self.duals.multipliers is None:
             check_names(self.problem, state)
             layout = ConstraintLayout(self.problem, state, rhs_schedule=self.rhs_schedule)
             self.duals.initialise(layout)
@@ -427,8 +451,7 @@ class StepRunner:
                 history.labels = layout.labels()
             if not history.groups:
                 history.groups = list(layout.names)
-        assert self.layout is not None
-        return state.objective, self.layout.stack(state, self.step_count), state
+        return state.objective, layout.stack(state, self.step_count), state
 
     def host_check(self, objective: Tensor | None, stacked: StackedConstraints) -> bool:
         """``on_nonfinite="skip"``: check an evaluation on the host (one synchronisation)
@@ -451,6 +474,9 @@ class StepRunner:
         nothing else runs before the step is recorded; if the step is then flushed, the
         flush checks the update on the host (see ``Duals.step``'s ``guard``)."""
         guard = not (last and self.step_log.due(self.step_count))
+        if not self.schedules:
+            pending.report = self.duals.step(stacked, self.step_count, guard=guard)
+            return
         with self.schedules.controller(self.duals, self.step_count):
             pending.report = self.duals.step(stacked, self.step_count, guard=guard)
 
@@ -459,10 +485,10 @@ class StepRunner:
         the host (a non-finite one skips the step). Otherwise their norms are noted after
         the optimizer step (:meth:`prox`), from the gradients it used, for the flush."""
         self.primal.backward(loss)
-        pending = self.pending
-        skip = self.on_nonfinite == "skip"
-        if pending is not None and skip and not self.primal.check_gradients(self.step_count):
-            pending.skipped = True
+        if self.on_nonfinite == "skip":
+            pending = self.pending
+            if pending is not None and not self.primal.check_gradients(self.step_count):
+                pending.skipped = True
 
     def optimizer_step(self, closure: Callable[[], Tensor] | None) -> None:
         """The optimizer step(s), unless the step is skipped."""
@@ -480,12 +506,13 @@ class StepRunner:
     def loss(self, objective: Tensor, stacked: StackedConstraints) -> Tensor:
         """The primal loss: the formulation's loss at the multipliers, plus the smooth
         penalties of the regularizers."""
-        return self.regularizers.penalty(self.duals.primal_loss(objective, stacked))
+        loss = self.duals.primal_loss(objective, stacked)
+        return self.regularizers.penalty(loss) if self.regularizers.active else loss
 
     def primal_and_prox(self) -> None:
         """The optimizer step(s) and the proximal steps, unless the step is skipped."""
         self.optimizer_step(None)
-        if self.pending is None or not self.pending.skipped:
+        if self.regularizers.active and (self.pending is None or not self.pending.skipped):
             self.regularizers.apply()
 
 

@@ -70,7 +70,10 @@ class StepInProgress:
     def evaluation(self, layout: ConstraintLayout) -> StackedConstraints:
         """The step's constraints: the mean over the micro-batches."""
         if self.combined is None:
-            self.combined = layout.merge([m.stacked for m in self.micro])
+            micro = self.micro
+            self.combined = (
+                micro[0].stacked if len(micro) == 1 else layout.merge([m.stacked for m in micro])
+            )
         return self.combined
 
     def add(self, micro: Micro) -> None:
@@ -80,14 +83,17 @@ class StepInProgress:
 
     def objective(self) -> Tensor:
         """The step's objective (the mean over the micro-batches), detached."""
-        values = [m.objective.detach() for m in self.micro]
-        return values[0] if len(values) == 1 else torch.stack(values).mean()
+        if len(self.micro) == 1:
+            return self.micro[0].objective.detach()
+        return torch.stack([m.objective.detach() for m in self.micro]).mean()
 
     def metrics(self) -> dict[str, Tensor | float]:
         """The problem's metrics (the mean over the micro-batches of those all report),
-        then :attr:`rule_metrics`."""
+        then :attr:`rule_metrics` (to read, not to change: it may be the problem's own
+        dictionary)."""
         if len(self.micro) == 1:
-            return {**self.micro[0].state.metrics, **self.rule_metrics}
+            metrics = self.micro[0].state.metrics
+            return {**metrics, **self.rule_metrics} if self.rule_metrics else metrics
         names = set.intersection(*(set(m.state.metrics) for m in self.micro))
         out: dict[str, Tensor | float] = {}
         for name in (n for n in self.micro[0].state.metrics if n in names):

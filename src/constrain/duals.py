@@ -160,6 +160,11 @@ class Duals:
         self._every: dict[str, int] = {}
         self._models: dict[str, MultiplierModel] = {}
         self._deferred: Mapping[str, Any] | None = None
+        self._single: str | None = None  # the block's key when one controller serves all
+        # the formulation's hooks that do something (the plain Lagrangian's do not)
+        self._formulation_steps = _overrides(formulation, "after_dual_step")
+        self.reports = _overrides(formulation, "diagnostics")
+        """Whether the formulation reports anything (:meth:`diagnostics`)."""
 
     # -- set-up -------------------------------------------------------------------------
     def initialise(self, layout: ConstraintLayout) -> None:
@@ -231,6 +236,12 @@ class Duals:
             for name, lam in per_sample.items()
         }
         self._set_safeguards(layout)
+        single = len(self._blocks) == 1 and self._blocks[0].index is None
+        self._single = (
+            self._blocks[0].key
+            if single and not isinstance(self.controller, ControllerMap)
+            else None
+        )
         self.formulation_state = self.formulation.init_state(layout)
         if self._deferred is not None:
             deferred, self._deferred = self._deferred, None
@@ -373,7 +384,8 @@ class Duals:
         for the batch's features (stored at the batch's indices, O(batch); a non-finite
         prediction keeps the stored value)."""
         assert self.multipliers is not None
-        self._predict(stacked)
+        if self._models:
+            self._predict(stacked)
         return self.formulation.primal_loss(
             objective, stacked, self.multipliers, self.formulation_state
         )
@@ -465,29 +477,48 @@ class Duals:
         """
         assert self.multipliers is not None and self.layout is not None
         formulation = self.formulation
-        current = self.active(stacked, step)
-        if current is None:
-            return DualReport(self._healthy)
+        if self._every or stacked.unobserved or stacked.per_sample:
+            current = self.active(stacked, step)
+            if current is None:
+                return DualReport(self._healthy)
+        else:
+            current = stacked  # every group measured and due: the common case
         fstate = self.formulation_state
         if not formulation.uses_multipliers:
             self.formulation_state = formulation.after_dual_step(current, fstate, None)
             return DualReport(self._healthy)
         lam = self.multipliers
         signal = formulation.dual_signal(current, fstate)
-        signals = {
-            name: formulation.indexed_signal(
-                iv.violation, formulation.group_state(fstate, name, iv)
-            )
-            for name, iv in current.per_sample.items()
-        }
-        # Penalties move with the multipliers of this step's subproblem (before the update).
-        new_fstate = formulation.after_dual_step(current, fstate, lam)
-        dense, states = self._update_dense(lam.dense, signal, current.observed)
-        health = _health(dense, self._zeros)
-        projected = self._bound(formulation.project(dense, self._equality), self._upper)
-        projected, states = self._restart_dense(
-            projected, states, current.violation, current.observed
+        signals = (
+            {
+                name: formulation.indexed_signal(
+                    iv.violation, formulation.group_state(fstate, name, iv)
+                )
+                for name, iv in current.per_sample.items()
+            }
+            if current.per_sample
+            else {}
         )
+        # Penalties move with the multipliers of this step's subproblem (before the update).
+        new_fstate = (
+            formulation.after_dual_step(current, fstate, lam) if self._formulation_steps else fstate
+        )
+        if self._single is not None and current.observed is None:  # one controller, all entries
+            key = self._single
+            controller = self.controller
+            assert not isinstance(controller, ControllerMap)
+            dense, state = controller.update(lam.dense, signal, self._states[key])
+            states = {key: state}
+        else:
+            dense, states = self._update_dense(lam.dense, signal, current.observed)
+        health = _health(dense, self._zeros)
+        projected = formulation.project(dense, self._equality)
+        if self._upper is not None:
+            projected = self._bound(projected, self._upper)
+        if self._restart_mask is not None:
+            projected, states = self._restart_dense(
+                projected, states, current.violation, current.observed
+            )
         report = DualReport(health, dense)
         if guard:
             ok = health == 0
@@ -772,6 +803,11 @@ def _health(values: Tensor, zeros: Tensor | None = None) -> Tensor:
     if zeros is not None and values.shape == zeros.shape and values.dtype == zeros.dtype:
         return torch.dot(values, zeros)
     return (values - values).sum()
+
+
+def _overrides(formulation: Formulation, hook: str) -> bool:
+    """Whether ``formulation`` overrides the base class's no-op ``hook``."""
+    return getattr(type(formulation), hook) is not getattr(Formulation, hook)
 
 
 def _keep_unless(ok: Tensor, new: ControllerState, old: ControllerState) -> ControllerState:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn
 
 import torch
 from torch import Tensor
@@ -494,13 +494,14 @@ class ConstraintLayout:
         layout's device: the common case, checked in a few passes over the groups instead
         of one group at a time. Else ``None``, and
         :meth:`stack` checks each group and names the one that is wrong."""
-        raws = [constraints.get(name) for name in self.names]
-        if not all(type(raw) is Tensor for raw in raws):
-            return None
-        tensors = cast(list[Tensor], raws)
-        if not {t.dtype for t in tensors} <= _FLOATS:
-            return None
-        shapes = [t.shape for t in tensors]
+        tensors: list[Tensor] = []
+        shapes = []
+        for name in self.names:  # a loop, not generators: this runs at every step
+            raw = constraints.get(name)
+            if type(raw) is not Tensor or raw.dtype not in _FLOATS:
+                return None
+            tensors.append(raw)
+            shapes.append(raw.shape)
         try:
             if shapes == self._shapes:
                 flat = torch.cat(tensors)

@@ -76,6 +76,10 @@ class PrimalSide:
         self.on_nonfinite = on_nonfinite
         self.group_of = _parameter_groups(self.optimizers, model)
         self._needs_closure = [_needs_closure(o) for o in self.optimizers]
+        self.needs_closure = any(self._needs_closure)
+        """Whether an optimizer needs a closure (LBFGS): :meth:`step` then takes one."""
+        self.local = isinstance(reducer, LocalReducer)
+        """Whether the reducer is the single process's, which has nothing to combine."""
         self._named = list(model.named_parameters())
         self._one_device = len({p.device for _, p in self._named}) <= 1
 
@@ -85,7 +89,8 @@ class PrimalSide:
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
-        self.reducer.reduce_gradients(self.model)
+        if not self.local:
+            self.reducer.reduce_gradients(self.model)
 
     def step(self, closure: Callable[[], Tensor] | None = None) -> None:
         """Step every optimizer (with ``closure`` for those that require one)."""

@@ -151,6 +151,9 @@ class FlushedRow:
     violation: list[float] | None = None
     multipliers: list[float] | None = None
     per_sample_equality: dict[str, bool] = field(default_factory=dict)
+    clean: bool = False
+    """Nothing to report: every fact finite, no per-sample group (whose index checks
+    :meth:`Recorder.problem` reads)."""
 
 
 class Recorder:
@@ -245,15 +248,20 @@ class Recorder:
                 if proposal is not None:
                     parts.append(self._groups.bad(proposal.to(dtype)))
             else:
-                # an empty group has no largest entry: -inf, as for empty groups of many
+                # an empty group has no largest entry: -inf, as for empty groups of many;
+                # the squared norm as a dot product (the host takes the root)
                 top = positive.max() if positive.numel() else positive.new_full((), -math.inf)
-                scalars += [top, torch.linalg.vector_norm(lam)]
-        scalars += [_scalar(value, dtype) for value in diagnostics.values()]
-        scalars += [_metric_scalar(name, value, v).reshape(()) for name, value in metrics.items()]
+                scalars += [top, torch.dot(lam, lam)]
+        if diagnostics:
+            scalars += [_scalar(value, dtype) for value in diagnostics.values()]
+        if metrics:
+            scalars += [
+                _metric_scalar(name, value, v).reshape(()) for name, value in metrics.items()
+            ]
         names: tuple[str, ...] = ()
-        if gradients is not None:
+        if gradients is not None:  # 0-d norms without gradient (PrimalSide.gradient_norms)
             names = gradients[0]
-            scalars += [_scalar(norm, dtype) for norm in gradients[1]]
+            scalars += [n if n.dtype is dtype else n.to(dtype) for n in gradients[1]]
         for other in extra:
             health = (other.violation - other.violation).sum()
             for iv in other.per_sample.values():
@@ -262,7 +270,7 @@ class Recorder:
         if dual_health is None:
             scalars.append(torch.zeros((), dtype=dtype, device=device))
         else:
-            scalars.append(_scalar(dual_health, dtype))
+            scalars.append(dual_health if dual_health.dtype is dtype else dual_health.to(dtype))
         for name, size, equality in self._samples:
             parts.append(self._sample_row(name, size, equality, stacked, multipliers, proposals))
         head = torch.stack(scalars)
@@ -352,7 +360,7 @@ class Recorder:
         objective = values[0]
         if groups == 1:
             dense_max = values[1]
-            group_violation, norms = [dense_max], [values[2]]
+            group_violation, norms = [dense_max], [math.sqrt(values[2])]
             at = 3
         elif groups:
             dense_max, group_violation, norms = values[1], [], []
@@ -363,16 +371,19 @@ class Recorder:
         diagnostics: dict[str, float] = {}
         metrics: dict[str, float] = {}
         gradients: dict[str, float] = {}
-        for names, out in (
-            (row.diagnostics, diagnostics),
-            (row.metrics, metrics),
-            (row.gradients, gradients),
-        ):
-            if names:
-                out.update(zip(names, values[at : at + len(names)], strict=True))
-                at += len(names)
-        extra = values[at : at + row.extra] if row.extra else []
-        at += row.extra
+        if row.diagnostics:
+            diagnostics.update(zip(row.diagnostics, values[at:], strict=False))
+            at += len(row.diagnostics)
+        if row.metrics:
+            metrics.update(zip(row.metrics, values[at:], strict=False))
+            at += len(row.metrics)
+        if row.gradients:
+            gradients.update(zip(row.gradients, values[at:], strict=False))
+            at += len(row.gradients)
+        extra: list[float] = []
+        if row.extra:
+            extra = values[at : at + row.extra]
+            at += row.extra
         dual_ok = values[at] == 0.0
         at += 1
         proposal = None
@@ -391,6 +402,15 @@ class Recorder:
         if row.vectors:
             n = self.layout.num_dense
             violation, multipliers = values[at : at + n], values[at + n : at + 2 * n]
+        # one sum for the common case: finite exactly when every term is (an overflow of
+        # the sum only sends the row to the full check)
+        clean = (
+            dual_ok
+            and not per_sample
+            and math.isfinite(
+                objective + dense_max + sum(gradients.values()) + (sum(extra) if extra else 0.0)
+            )
+        )
         return FlushedRow(
             row.step,
             row.keep,
@@ -410,6 +430,7 @@ class Recorder:
             dual_ok,
             violation,
             multipliers,
+            clean=clean,
         )
 
     def remeasure(self, row: FlushedRow, dense: Tensor) -> None:
@@ -448,13 +469,7 @@ class Recorder:
                 step, buffered without per-group flags): names the group that overflowed.
         """
         step = row.step
-        if (
-            row.dual_ok
-            and not row.per_sample
-            and math.isfinite(
-                row.objective + row.dense_max + sum(row.gradients.values()) + sum(row.extra)
-            )
-        ):
+        if row.clean:
             return None  # everything finite (the common case; a sum overflow looks below)
         for name, stats in row.per_sample.items():
             if stats[6] > 0:
@@ -538,20 +553,25 @@ class Recorder:
         the observed per-sample entries; it is NaN when any of them is not finite (a
         skipped step never reads as feasible).
         """
-        worst = [0.0, row.dense_max]
+        worst = row.dense_max
         per_sample: dict[str, dict[str, float]] = {}
-        for name, stats in row.per_sample.items():
-            per_sample[name] = {
-                "max_violation": stats[0],
-                "feasible_fraction": stats[1],
-                "mean_multiplier": stats[2],
-                "max_multiplier": stats[3],
-            }
-            worst.append(stats[0])
+        if row.per_sample:
+            tops = [worst]
+            for name, stats in row.per_sample.items():
+                per_sample[name] = {
+                    "max_violation": stats[0],
+                    "feasible_fraction": stats[1],
+                    "mean_multiplier": stats[2],
+                    "max_multiplier": stats[3],
+                }
+                tops.append(stats[0])
+            worst = _max_with_nan(tops)
+        diagnostics = row.diagnostics
         return StepRecord(
             step=row.step,
             objective=row.objective,
-            max_violation=_max_with_nan(worst),
+            # max(worst, 0), NaN kept (a skipped step never reads as feasible)
+            max_violation=worst if worst > 0.0 or worst != worst else 0.0,
             violation=row.violation,
             multipliers=row.multipliers,
             group_violation=row.group_violation,
@@ -560,10 +580,12 @@ class Recorder:
             metrics=row.metrics,
             clusters={
                 k[len("clusters/") :]: int(x)
-                for k, x in row.diagnostics.items()
+                for k, x in diagnostics.items()
                 if k.startswith("clusters/")
-            },
-            penalty=row.diagnostics.get("penalty"),
+            }
+            if diagnostics
+            else {},
+            penalty=diagnostics.get("penalty"),
             seconds=row.seconds,
             skipped=row.skipped,
         )

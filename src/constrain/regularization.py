@@ -88,6 +88,10 @@ class RegularizerStage:
                         "optimizer owns; its step size is unknown."
                     )
             self._proxes.append(_ProxTarget(reg, _prox_function(reg), chosen))
+        self.active = bool(self._proxes or self._penalties)
+        """Whether there is a penalty or a prox to run (else the stage is skipped)."""
+        self.counts_clusters = any(t.regularizer.counts_clusters for t in self._proxes)
+        """Whether :meth:`diagnostics` has clusters to count."""
 
     @property
     def has_prox(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import torch
 from torch import Tensor
 
@@ -118,3 +119,55 @@ def test_no_constraints_gives_the_objective() -> None:
         state.objective, layout.stack(state), layout.init_multipliers(), {}
     )
     assert loss.item() == state.objective.item()
+
+
+class _Counting(Lagrangian):
+    """A Lagrangian that keeps a step count in its state and reports it: the solver must
+    call the hooks a subclass overrides (the base class's no-op hooks are skipped)."""
+
+    def init_state(self, layout: ConstraintLayout) -> dict[str, Tensor]:
+        return {"count": torch.zeros((), dtype=layout.dtype)}
+
+    def after_dual_step(self, stacked: Any, state: Any, multipliers: Any = None) -> Any:
+        return {"count": state["count"] + 1}
+
+    def diagnostics(self, state: Any) -> dict[str, Tensor]:
+        return {"penalty": state["count"]}
+
+
+def test_a_subclass_hooks_run_at_every_step_and_reach_the_record() -> None:
+    from constrain import Solver
+
+    model = Variables(x=torch.zeros(4, dtype=DTYPE))
+    problem = ConstrainedProblem(
+        objective=objective,
+        constraints=[Constraint("ineq", "<=", rhs=tuple(H.tolist()), fn=lambda m, b: G @ m.x)],
+    )
+    solver = Solver(
+        problem, model, torch.optim.SGD(model.parameters(), lr=0.1), formulation=_Counting()
+    )
+    history = solver.fit(steps=3)
+    # the penalty column shows the count after each step's update
+    assert [r.penalty for r in history] == [1.0, 2.0, 3.0]
+    assert float(solver.duals.formulation_state["count"]) == 3.0
+
+
+def test_the_one_group_multiplier_norm_is_the_2_norm() -> None:
+    """The record's multiplier norm of a single dense group (a dot product, root on the
+    host) equals ``torch.linalg.vector_norm`` of the multipliers to float precision."""
+    from constrain import Solver
+
+    model = Variables(x=torch.zeros(4, dtype=DTYPE))
+    problem = ConstrainedProblem(
+        objective=objective,
+        constraints=[
+            Constraint("ineq", "<=", rhs=tuple((H - 2).tolist()), fn=lambda m, b: G @ m.x)
+        ],
+    )
+    solver = Solver(problem, model, torch.optim.SGD(model.parameters(), lr=0.1))
+    for _ in range(5):
+        record = solver.step()
+        assert record is not None and solver.duals.multipliers is not None
+        expected = float(torch.linalg.vector_norm(solver.duals.multipliers.dense))
+        assert expected > 0
+        assert record.group_multiplier_norm == [pytest.approx(expected, rel=1e-14)]

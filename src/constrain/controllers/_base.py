@@ -181,7 +181,7 @@ def checked_signal(multipliers: Tensor, signal: Tensor, controller: str) -> Tens
             f"controller {controller!r}: the error signal is on {signal.device} but the "
             f"multipliers are on {multipliers.device}; move both to the same device."
         )
-    return signal.to(dtype=multipliers.dtype)
+    return signal if signal.dtype is multipliers.dtype else signal.to(multipliers.dtype)
 
 
 def _entries(value: Coefficient) -> tuple[float, ...]:

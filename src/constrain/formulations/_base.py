@@ -76,7 +76,9 @@ class Formulation(BaseModel):
         """The scalar the primal player minimises: ``f`` plus :meth:`terms` of the dense
         entries and of the observed entries of each per-sample group (multipliers
         detached: the primal player does not move them)."""
-        dense, primal = multipliers.dense.detach(), stacked.primal
+        dense, primal = multipliers.dense, stacked.primal
+        if dense.requires_grad:
+            dense = dense.detach()
         if dense.dtype is not primal.dtype:
             dense = dense.to(primal.dtype)
         loss = objective + self.terms(dense, primal, stacked.equality, state)
