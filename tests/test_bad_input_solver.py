@@ -177,7 +177,9 @@ ERRORS: list[Row] = [
     Row(
         "float-proxy",
         "a proxy given as a Python float",
-        lambda t: _run(_sq, [Constraint("c", "<=", fn=lambda m, b: ConstraintValue(m.x.sum(), 0.5))]),
+        lambda t: _run(
+            _sq, [Constraint("c", "<=", fn=lambda m, b: ConstraintValue(m.x.sum(), 0.5))]
+        ),
         ShapeError,
         ("'c'", "proxy must be a real floating-point tensor", "0.5 (float)"),
     ),
@@ -202,7 +204,9 @@ ERRORS: list[Row] = [
     Row(
         "value-on-another-device",
         "a constraint value on another device than the model (meta)",
-        lambda t: _run(_sq, [Constraint("c", "<=", fn=lambda m, b: torch.zeros((), device="meta"))]),
+        lambda t: _run(
+            _sq, [Constraint("c", "<=", fn=lambda m, b: torch.zeros((), device="meta"))]
+        ),
         ShapeError,
         ("'c'", "meta", "model's device"),
     ),
@@ -258,7 +262,8 @@ ERRORS: list[Row] = [
         "prox-option-typo",
         "a typo in prox options (found when the solver is built)",
         lambda t: _run(
-            _sq, steps=0,
+            _sq,
+            steps=0,
             regularizers=[Regularizer(prox="group_l1", strength=0.1, options={"dimm": 0})],
         ),
         ConfigError,

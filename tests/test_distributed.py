@@ -215,9 +215,7 @@ def _worker(rank: int, store: str, out: str) -> None:
     ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 1).double())
     Xs, ys = shard_batch(_rate_data(), rank, WORLD)
     bypass = ConstrainedProblem(
-        objective=lambda m, b: F.binary_cross_entropy_with_logits(
-            m.module(b[0]).squeeze(1), b[1]
-        ),
+        objective=lambda m, b: F.binary_cross_entropy_with_logits(m.module(b[0]).squeeze(1), b[1]),
     )
     ddp_solver = Solver(bypass, ddp, torch.optim.SGD(ddp.parameters(), lr=0.1))
     try:

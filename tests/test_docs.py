@@ -80,7 +80,8 @@ def test_api_directives_resolve() -> None:
 def test_every_public_name_is_in_the_api_reference() -> None:
     rendered = [_resolve(path) for path in _api_directives()]
     missing = [
-        name for name in constrain.__all__
+        name
+        for name in constrain.__all__
         if not any(_same(getattr(constrain, name), obj) for obj in rendered)
     ]
     assert not missing, (
@@ -101,7 +102,8 @@ def test_every_public_name_has_a_docstring(name: str) -> None:
 def test_every_page_is_in_the_navigation() -> None:
     config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
     pages = sorted(
-        str(p.relative_to(DOCS)) for p in DOCS.rglob("*.md")
+        str(p.relative_to(DOCS))
+        for p in DOCS.rglob("*.md")
         if "_hooks" not in p.parts and p.name != "README.md"
     )
     missing = [page for page in pages if page not in config]
@@ -114,9 +116,7 @@ def _pages_with_examples() -> list[Path]:
         from run_examples import python_blocks
     finally:
         sys.path.pop(0)
-    return sorted(
-        p for p in DOCS.rglob("*.md") if "_hooks" not in p.parts and python_blocks(p)
-    )
+    return sorted(p for p in DOCS.rglob("*.md") if "_hooks" not in p.parts and python_blocks(p))
 
 
 def _page_param(page: Path) -> object:
@@ -130,7 +130,12 @@ def test_page_examples_run(page: Path, tmp_path: Path) -> None:
     env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [sys.executable, str(RUNNER), str(page)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
     assert done.returncode == 0, f"examples of {page.name} failed:\n{done.stderr[-6000:]}"
 
@@ -138,9 +143,9 @@ def test_page_examples_run(page: Path, tmp_path: Path) -> None:
 def test_runner_reports_a_failing_block(tmp_path: Path) -> None:
     page = tmp_path / "broken.md"
     page.write_text(
-        "# t\n\n```python exec=\"on\" session=\"s\"\nx = 1\n```\n\n"
+        '# t\n\n```python exec="on" session="s"\nx = 1\n```\n\n'
         "```console\nnot executed = syntax error\n```\n\n"
-        "```python exec=\"on\" session=\"s\"\nassert x == 2, 'x is 1'\n```\n",
+        '```python exec="on" session="s"\nassert x == 2, \'x is 1\'\n```\n',
         encoding="utf-8",
     )
     done = subprocess.run(
@@ -160,9 +165,7 @@ def _runner() -> ModuleType:
     return run_examples
 
 
-@pytest.mark.parametrize(
-    "page", _pages_with_examples(), ids=lambda p: str(p.relative_to(DOCS))
-)
+@pytest.mark.parametrize("page", _pages_with_examples(), ids=lambda p: str(p.relative_to(DOCS)))
 def test_page_code_needs_no_hidden_block(page: Path) -> None:
     """Static and fast (every page, default run): the code a page shows never reads a name
     that only a hidden block defines. test_page_examples_run checks the same by running."""
@@ -222,7 +225,10 @@ def test_failing_example_fails_the_docs_build(tmp_path: Path) -> None:
     )
     done = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict"],
-        cwd=tmp_path, capture_output=True, text=True, check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert done.returncode != 0
     assert "boom" in done.stderr

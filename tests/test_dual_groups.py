@@ -103,9 +103,7 @@ def test_each_group_follows_its_own_rule() -> None:
     """budget: GDA; parity_*: nuPI; samples: momentum; against hand computations after
     5 steps (the per-sample group at its observed entries only)."""
     nupi = {"name": "nupi", "lr": 1.0, "ki": 0.5, "kp": 2.0, "nu": 0.3}
-    solver = _frozen(
-        {"budget": {"name": "gda", "lr": 0.5}, "parity*": nupi, "samples": "momentum"}
-    )
+    solver = _frozen({"budget": {"name": "gda", "lr": 0.5}, "parity*": nupi, "samples": "momentum"})
     solver.fit(None, 5)
     g = _violations()
     lam = solver.multipliers

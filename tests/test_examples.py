@@ -23,8 +23,13 @@ def test_example_runs(script: Path) -> None:
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)  # a plain single-process run, even inside a launcher
     done = subprocess.run(
-        [sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, text=True,
-        timeout=600, check=False,
+        [sys.executable, str(script)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert done.returncode == 0, (
         f"{script.name} exited with {done.returncode}\nstdout:\n{done.stdout[-3000:]}\n"

@@ -170,7 +170,12 @@ def test_late_window_is_the_last_tenth_of_the_steps() -> None:
     mask = history.late_mask()
     assert mask.sum() == 10 and mask[-10:].all()
     late = history.late_summary()
-    assert late["late_window"] == {"fraction": 0.1, "first_step": 90, "last_step": 99, "records": 10}
+    assert late["late_window"] == {
+        "fraction": 0.1,
+        "first_step": 90,
+        "last_step": 99,
+        "records": 10,
+    }
     window = np.arange(90, 100)
     assert late["late_max_violation"] == float((window % 3).max())
     assert late["late_mean_violation"] == pytest.approx(float((window % 3).mean()))

@@ -227,7 +227,9 @@ def test_a_diverging_model_is_named_with_its_own_lr() -> None:
     mm = MultiplierModel(_module(), lr=1e308, features=D)
     problem, *_ = _problem(mm, rhs=-5.0)
     solver = _solver(problem, 0.0)
-    with pytest.raises(NonFiniteError, match=r"multiplier model of per-sample constraint 'fit'.*lr"):
+    with pytest.raises(
+        NonFiniteError, match=r"multiplier model of per-sample constraint 'fit'.*lr"
+    ):
         solver.step(torch.arange(4))
 
 

@@ -171,9 +171,7 @@ def test_per_sample_groups_absent_or_proxy_only() -> None:
 
     problem = ConstrainedProblem(
         objective=lambda m, b: m.x.sum(),
-        constraints=[
-            Constraint("samples", size=3, per_sample=True, intermittent=True, fn=samples)
-        ],
+        constraints=[Constraint("samples", size=3, per_sample=True, intermittent=True, fn=samples)],
     )
     solver = _frozen(problem, [1.0, 2.0])
     for _ in range(3):

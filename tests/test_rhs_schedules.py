@@ -122,7 +122,10 @@ def test_a_scheduled_rhs_is_read_at_every_step() -> None:
         constraints=[
             Constraint("le", "<=", rhs=LINEAR, fn=lambda m, b: m.x[0:1]),
             Constraint(
-                "ge", ">=", rhs=schedules.Linear(start=1.0, end=0.0, steps=4), fn=lambda m, b: m.x[0:1]
+                "ge",
+                ">=",
+                rhs=schedules.Linear(start=1.0, end=0.0, steps=4),
+                fn=lambda m, b: m.x[0:1],
             ),
             Constraint("samples", size=2, per_sample=True, rhs=LINEAR, fn=per_sample),
         ],

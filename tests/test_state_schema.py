@@ -231,7 +231,12 @@ CRAFTED = [
         "'data.position'",
         ">= 0",
     ),
-    ("controller-no-name", _set("controller", {"lr": 1.0}), "'controller.name'", "lacks the entry 'name'"),
+    (
+        "controller-no-name",
+        _set("controller", {"lr": 1.0}),
+        "'controller.name'",
+        "lacks the entry 'name'",
+    ),
     ("layout-tensor", _set("layout", torch.zeros(2)), "'layout'", "plain data"),
     ("state-tensor-list", _set("controller_state.xi", [1.0]), "controller_state.xi", "mapping"),
     ("optimizer-state-key", _set("optimizer.state", {"0": {}}), "optimizer.state key", "integer"),

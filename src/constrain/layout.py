@@ -366,7 +366,9 @@ class ConstraintLayout:
         plain = self._plain(constraints) if self.dense else None
         if plain is not None and not self.per_sample:
             # Every group a plain tensor of its size, no per-sample group: the common case.
-            violation = self._standard_form(plain.to(self.dtype))
+            if plain.dtype is not self.dtype:
+                plain = plain.to(self.dtype)
+            violation = self._standard_form(plain)
             return self._stacked(violation, violation, {}, None, _NOTHING, None)
         values: list[Tensor] = []
         primals: list[Tensor] = []

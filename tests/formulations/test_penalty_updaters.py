@@ -74,11 +74,7 @@ def test_options_round_trip(name: str) -> None:
 
 @pytest.mark.parametrize(
     ("name", "options", "field"),
-    [
-        (n, o, f)
-        for n, (_, _, bad) in UPDATER_DB.items()
-        for o, f in [*bad, *COMMON_INVALID]
-    ],
+    [(n, o, f) for n, (_, _, bad) in UPDATER_DB.items() for o, f in [*bad, *COMMON_INVALID]],
 )
 def test_bad_options_name_the_field(name: str, options: dict[str, Any], field: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -313,7 +309,9 @@ def test_penalty_mapping_must_match_every_group() -> None:
         torch.optim.SGD(model.parameters(), lr=0.0),
         formulation={"name": "quadratic_penalty", "penalty": {"ineq": 1.0}},
     )
-    with pytest.raises(ConfigError, match="penalty: constraint\\(s\\) \\['eq'\\] are matched by no"):
+    with pytest.raises(
+        ConfigError, match="penalty: constraint\\(s\\) \\['eq'\\] are matched by no"
+    ):
         solver.step()
 
 
