@@ -840,3 +840,32 @@ def test_regularizer_params_must_match_a_parameter() -> None:
     model = Variables(w=torch.zeros(3, dtype=DTYPE))
     with pytest.raises(ConfigError, match=r"params \['layer\*\.weight'\] match no parameter"):
         Solver(problem, model, torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def test_a_reducer_derived_from_the_local_one_is_called() -> None:
+    """A reducer subclassing ``LocalReducer`` may combine something: the solver calls its
+    ``reduce_state`` and ``reduce_gradients`` (only the plain local reducer is skipped)."""
+    from constrain.primal import LocalReducer
+
+    class Halving(LocalReducer):
+        states = gradients = 0
+
+        def reduce_state(self, problem: Any, state: ProblemState) -> ProblemState:
+            self.states += 1
+            return ProblemState(state.objective * 0.5, state.constraints, metrics=state.metrics)
+
+        def reduce_gradients(self, model: nn.Module) -> None:
+            self.gradients += 1
+
+    problem = ConstrainedProblem(
+        objective=lambda m, b: (m.x - TARGET).pow(2).sum(),
+        constraints=[Constraint("budget", "<=", rhs=1.0, fn=lambda m, b: m.x.sum())],
+    )
+    model = Variables(x=torch.zeros(3, dtype=DTYPE))
+    reducer = Halving()
+    solver = Solver(problem, model, torch.optim.SGD(model.parameters(), lr=0.1), reducer=reducer)
+    record = solver.step()
+    assert reducer.states == 1 and reducer.gradients == 1
+    # the objective of the record is the reduced one: half of ||0 - t||^2
+    assert record is not None
+    assert record.objective == pytest.approx(0.5 * float(TARGET.pow(2).sum()), rel=1e-15)

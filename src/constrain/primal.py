@@ -78,8 +78,9 @@ class PrimalSide:
         self._needs_closure = [_needs_closure(o) for o in self.optimizers]
         self.needs_closure = any(self._needs_closure)
         """Whether an optimizer needs a closure (LBFGS): :meth:`step` then takes one."""
-        self.local = isinstance(reducer, LocalReducer)
-        """Whether the reducer is the single process's, which has nothing to combine."""
+        self.local = type(reducer) is LocalReducer
+        """Whether the reducer is the single process's, which has nothing to combine (a
+        subclass may combine something: its hooks run)."""
         self._named = list(model.named_parameters())
         self._one_device = len({p.device for _, p in self._named}) <= 1
 
