@@ -84,6 +84,26 @@ def _metric_problem(metric: Any) -> None:
     Solver(WithMetric(), model, torch.optim.SGD(model.parameters(), lr=0.1)).fit(None, 1)
 
 
+def _metrics_not_a_mapping(accumulate: bool) -> None:
+    class NoMetrics(ConstrainedProblem):
+        def objective(self, model: Any, batch: Any) -> Tensor:
+            return model.x.pow(2).sum()
+
+        def evaluate(self, model: Any, batch: Any) -> Any:
+            state = super().evaluate(model, batch)
+            state.metrics = None
+            return state
+
+    model = _model()
+    solver = Solver(NoMetrics(), model, torch.optim.SGD(model.parameters(), lr=0.1))
+    if not accumulate:
+        solver.fit(None, 1)
+        return
+    for k in range(2):
+        solver.lagrangian(None, accumulate=k > 0).backward()
+    solver.dual_step()
+
+
 def _late_constraint() -> None:
     calls = {"n": 0}
 
@@ -113,6 +133,20 @@ def _extragradient_nan_lookahead() -> None:
 
 
 ERRORS: list[Row] = [
+    Row(
+        "metrics-not-a-mapping",
+        "evaluate() returning ProblemState(metrics=None)",
+        lambda t: _metrics_not_a_mapping(False),
+        ConfigError,
+        ("ProblemState.metrics", "mapping", "None"),
+    ),
+    Row(
+        "metrics-not-a-mapping-accumulated",
+        "ProblemState(metrics=None) with gradient accumulation",
+        lambda t: _metrics_not_a_mapping(True),
+        ConfigError,
+        ("ProblemState.metrics", "mapping", "None"),
+    ),
     Row(
         "complex-objective",
         "a complex objective",

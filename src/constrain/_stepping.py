@@ -11,13 +11,14 @@ with a :class:`~constrain.ConfigError` naming the expected order.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ._errors import ConfigError
+from ._errors import ConfigError, describe
 from .duals import DualReport
 from .layout import ConstraintLayout, StackedConstraints
 from .problem import ProblemState
@@ -87,19 +88,41 @@ class StepInProgress:
             return self.micro[0].objective.detach()
         return torch.stack([m.objective.detach() for m in self.micro]).mean()
 
-    def metrics(self) -> dict[str, Tensor | float]:
+    def metrics(self) -> Mapping[str, Tensor | float]:
         """The problem's metrics (the mean over the micro-batches of those all report),
         then :attr:`rule_metrics` (to read, not to change: it may be the problem's own
-        dictionary)."""
+        dictionary).
+
+        Raises:
+            ConfigError: If a ``ProblemState.metrics`` is not a mapping.
+        """
         if len(self.micro) == 1:
-            metrics = self.micro[0].state.metrics
+            metrics: Mapping[str, Tensor | float] = self.micro[0].state.metrics
+            if type(metrics) is not dict:
+                metrics = _checked_metrics(metrics)
             return {**metrics, **self.rule_metrics} if self.rule_metrics else metrics
-        names = set.intersection(*(set(m.state.metrics) for m in self.micro))
+        given = [_checked_metrics(m.state.metrics) for m in self.micro]
+        names = set.intersection(*(set(m) for m in given))
         out: dict[str, Tensor | float] = {}
-        for name in (n for n in self.micro[0].state.metrics if n in names):
-            values = [torch.as_tensor(m.state.metrics[name]).detach() for m in self.micro]
+        for name in (n for n in given[0] if n in names):
+            values = [torch.as_tensor(m[name]).detach() for m in given]
             out[name] = torch.stack([v.reshape(()).double() for v in values]).mean()
         return {**out, **self.rule_metrics}
+
+
+def _checked_metrics(metrics: object) -> Mapping[str, Tensor | float]:
+    """``metrics`` if it is a mapping.
+
+    Raises:
+        ConfigError: Otherwise, naming what was received.
+    """
+    if isinstance(metrics, Mapping):
+        return metrics
+    raise ConfigError(
+        f"ProblemState.metrics must be a mapping from metric names to scalars; got "
+        f"{describe(metrics)}. Return ProblemState(..., metrics={{'accuracy': acc}}) or "
+        "leave metrics out."
+    )
 
 
 def expect(
