@@ -35,7 +35,6 @@ from ._stepping import Micro, StepInProgress, expect
 from .controllers import ControllerMap, ControllerState
 from .controllers.gda import GDA
 from .layout import StackedConstraints
-from .primal import LocalReducer
 from .problem import ProblemState
 
 if TYPE_CHECKING:
@@ -151,7 +150,7 @@ def check_cgd_solver(runner: StepRunner) -> None:
                     f"has {option}={group[option]!r}."
                 )
     _primal_lr(runner)
-    if type(runner.primal.reducer) is not LocalReducer:
+    if not runner.primal.local:
         raise ConfigError(
             "order='cgd' differentiates one process's Lagrangian twice and does not combine "
             "Hessian-vector products across processes; got the reducer "

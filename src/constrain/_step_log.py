@@ -110,7 +110,7 @@ class StepLog:
             self.recorder = Recorder(layout)
             self._vectors_every = self.vectors_every or max(1, math.ceil(layout.num_dense / 128))
         at_end = step == self.last_step
-        due = at_end or (step + 1) % self.check_every == 0  # as self.due(step)
+        due = self.due(step)
         keep = step % self.record_every == 0 or at_end
         vectors_every = self._vectors_every
         report = pending.report

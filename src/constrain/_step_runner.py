@@ -248,7 +248,7 @@ class StepRunner:
             pending = self.pending = StepInProgress([micro], start)
         else:
             pending.add(micro)
-        if self.on_nonfinite == "skip" and not self.host_check(objective, stacked):
+        if not self.host_check(objective, stacked):
             pending.skipped = pending.dual_done = True
             return objective.new_zeros((), requires_grad=objective.requires_grad)
         if self.order == "dual_primal":
@@ -297,7 +297,7 @@ class StepRunner:
                     again = [self.evaluate(m.batch)[1] for m in pending.micro]
                 stacked = layout.merge(again)
                 pending.extra.append(stacked)
-                if self.on_nonfinite == "skip" and not self.host_check(None, stacked):
+                if not self.host_check(None, stacked):
                     pending.skipped = True
             if not pending.skipped:
                 self.dual_update(pending, stacked, last=True)
@@ -474,9 +474,6 @@ class StepRunner:
         nothing else runs before the step is recorded; if the step is then flushed, the
         flush checks the update on the host (see ``Duals.step``'s ``guard``)."""
         guard = not (last and self.step_log.due(self.step_count))
-        if not self.schedules:
-            pending.report = self.duals.step(stacked, self.step_count, guard=guard)
-            return
         with self.schedules.controller(self.duals, self.step_count):
             pending.report = self.duals.step(stacked, self.step_count, guard=guard)
 

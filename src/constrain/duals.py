@@ -384,8 +384,7 @@ class Duals:
         for the batch's features (stored at the batch's indices, O(batch); a non-finite
         prediction keeps the stored value)."""
         assert self.multipliers is not None
-        if self._models:
-            self._predict(stacked)
+        self._predict(stacked)
         return self.formulation.primal_loss(
             objective, stacked, self.multipliers, self.formulation_state
         )
@@ -477,48 +476,31 @@ class Duals:
         """
         assert self.multipliers is not None and self.layout is not None
         formulation = self.formulation
-        if self._every or stacked.unobserved or stacked.per_sample:
-            current = self.active(stacked, step)
-            if current is None:
-                return DualReport(self._healthy)
-        else:
-            current = stacked  # every group measured and due: the common case
+        current = self.active(stacked, step)
+        if current is None:
+            return DualReport(self._healthy)
         fstate = self.formulation_state
         if not formulation.uses_multipliers:
             self.formulation_state = formulation.after_dual_step(current, fstate, None)
             return DualReport(self._healthy)
         lam = self.multipliers
         signal = formulation.dual_signal(current, fstate)
-        signals = (
-            {
-                name: formulation.indexed_signal(
-                    iv.violation, formulation.group_state(fstate, name, iv)
-                )
-                for name, iv in current.per_sample.items()
-            }
-            if current.per_sample
-            else {}
-        )
+        signals = {
+            name: formulation.indexed_signal(
+                iv.violation, formulation.group_state(fstate, name, iv)
+            )
+            for name, iv in current.per_sample.items()
+        }
         # Penalties move with the multipliers of this step's subproblem (before the update).
         new_fstate = (
             formulation.after_dual_step(current, fstate, lam) if self._formulation_steps else fstate
         )
-        if self._single is not None and current.observed is None:  # one controller, all entries
-            key = self._single
-            controller = self.controller
-            assert not isinstance(controller, ControllerMap)
-            dense, state = controller.update(lam.dense, signal, self._states[key])
-            states = {key: state}
-        else:
-            dense, states = self._update_dense(lam.dense, signal, current.observed)
+        dense, states = self._update_dense(lam.dense, signal, current.observed)
         health = _health(dense, self._zeros)
-        projected = formulation.project(dense, self._equality)
-        if self._upper is not None:
-            projected = self._bound(projected, self._upper)
-        if self._restart_mask is not None:
-            projected, states = self._restart_dense(
-                projected, states, current.violation, current.observed
-            )
+        projected = self._bound(formulation.project(dense, self._equality), self._upper)
+        projected, states = self._restart_dense(
+            projected, states, current.violation, current.observed
+        )
         report = DualReport(health, dense)
         if guard:
             ok = health == 0
@@ -589,6 +571,11 @@ class Duals:
         self, lam: Tensor, signal: Tensor, mask: Tensor | None
     ) -> tuple[Tensor, dict[str, ControllerState]]:
         """Every block's controller update; entries outside ``mask`` keep their values."""
+        if self._single is not None and mask is None:  # one controller, every entry
+            controller = self.controller
+            assert not isinstance(controller, ControllerMap)
+            new, state = controller.update(lam, signal, self._states[self._single])
+            return new, {self._single: state}
         states: dict[str, ControllerState] = {}
         new = lam
         for block in self._blocks:

@@ -371,19 +371,16 @@ class Recorder:
         diagnostics: dict[str, float] = {}
         metrics: dict[str, float] = {}
         gradients: dict[str, float] = {}
-        if row.diagnostics:
-            diagnostics.update(zip(row.diagnostics, values[at:], strict=False))
-            at += len(row.diagnostics)
-        if row.metrics:
-            metrics.update(zip(row.metrics, values[at:], strict=False))
-            at += len(row.metrics)
-        if row.gradients:
-            gradients.update(zip(row.gradients, values[at:], strict=False))
-            at += len(row.gradients)
-        extra: list[float] = []
-        if row.extra:
-            extra = values[at : at + row.extra]
-            at += row.extra
+        for names, out in (
+            (row.diagnostics, diagnostics),
+            (row.metrics, metrics),
+            (row.gradients, gradients),
+        ):
+            if names:
+                out.update(zip(names, values[at : at + len(names)], strict=True))
+                at += len(names)
+        extra = values[at : at + row.extra] if row.extra else []
+        at += row.extra
         dual_ok = values[at] == 0.0
         at += 1
         proposal = None
@@ -407,9 +404,7 @@ class Recorder:
         clean = (
             dual_ok
             and not per_sample
-            and math.isfinite(
-                objective + dense_max + sum(gradients.values()) + (sum(extra) if extra else 0.0)
-            )
+            and math.isfinite(objective + dense_max + sum(gradients.values()) + sum(extra))
         )
         return FlushedRow(
             row.step,
@@ -553,25 +548,21 @@ class Recorder:
         the observed per-sample entries; it is NaN when any of them is not finite (a
         skipped step never reads as feasible).
         """
-        worst = row.dense_max
+        worst = [0.0, row.dense_max]
         per_sample: dict[str, dict[str, float]] = {}
-        if row.per_sample:
-            tops = [worst]
-            for name, stats in row.per_sample.items():
-                per_sample[name] = {
-                    "max_violation": stats[0],
-                    "feasible_fraction": stats[1],
-                    "mean_multiplier": stats[2],
-                    "max_multiplier": stats[3],
-                }
-                tops.append(stats[0])
-            worst = _max_with_nan(tops)
         diagnostics = row.diagnostics
+        for name, stats in row.per_sample.items():
+            per_sample[name] = {
+                "max_violation": stats[0],
+                "feasible_fraction": stats[1],
+                "mean_multiplier": stats[2],
+                "max_multiplier": stats[3],
+            }
+            worst.append(stats[0])
         return StepRecord(
             step=row.step,
             objective=row.objective,
-            # max(worst, 0), NaN kept (a skipped step never reads as feasible)
-            max_violation=worst if worst > 0.0 or worst != worst else 0.0,
+            max_violation=_max_with_nan(worst),
             violation=row.violation,
             multipliers=row.multipliers,
             group_violation=row.group_violation,
