@@ -29,6 +29,7 @@ from constrain import (
     Constraint,
     ConstraintValue,
     NonFiniteError,
+    ProblemState,
     Regularizer,
     ShapeError,
     Solver,
@@ -70,32 +71,35 @@ def _sq(m: Any, b: Any) -> Tensor:
     return m.x.pow(2).sum()
 
 
-def _metric_problem(metric: Any) -> None:
-    class WithMetric(ConstrainedProblem):
+def _edited_problem(edit: Callable[[ProblemState], None]) -> ConstrainedProblem:
+    """A problem whose evaluation is changed by ``edit`` before the solver reads it."""
+
+    class Edited(ConstrainedProblem):
         def objective(self, model: Any, batch: Any) -> Tensor:
             return model.x.pow(2).sum()
 
-        def evaluate(self, model: Any, batch: Any) -> Any:
+        def evaluate(self, model: Any, batch: Any) -> ProblemState:
             state = super().evaluate(model, batch)
-            state.metrics["accuracy"] = metric
+            edit(state)
             return state
 
+    return Edited()
+
+
+def _metric_problem(metric: Any) -> None:
+    def edit(state: ProblemState) -> None:
+        state.metrics["accuracy"] = metric
+
     model = _model()
-    Solver(WithMetric(), model, torch.optim.SGD(model.parameters(), lr=0.1)).fit(None, 1)
+    Solver(_edited_problem(edit), model, torch.optim.SGD(model.parameters(), lr=0.1)).fit(None, 1)
 
 
 def _metrics_not_a_mapping(accumulate: bool) -> None:
-    class NoMetrics(ConstrainedProblem):
-        def objective(self, model: Any, batch: Any) -> Tensor:
-            return model.x.pow(2).sum()
-
-        def evaluate(self, model: Any, batch: Any) -> Any:
-            state = super().evaluate(model, batch)
-            state.metrics = None
-            return state
+    def edit(state: ProblemState) -> None:
+        state.metrics = None  # type: ignore[assignment]
 
     model = _model()
-    solver = Solver(NoMetrics(), model, torch.optim.SGD(model.parameters(), lr=0.1))
+    solver = Solver(_edited_problem(edit), model, torch.optim.SGD(model.parameters(), lr=0.1))
     if not accumulate:
         solver.fit(None, 1)
         return
