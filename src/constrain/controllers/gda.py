@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from ._base import Controller, ControllerState, checked_signal
@@ -28,6 +29,7 @@ class GDA(Controller):
     def update(
         self, multipliers: Tensor, signal: Tensor, state: ControllerState
     ) -> tuple[Tensor, ControllerState]:
-        """Return ``lam + lr * e`` and the (empty) state."""
+        """Return ``lam + lr * e`` (one fused kernel, no temporary for ``lr * e``) and the
+        (empty) state."""
         e = checked_signal(multipliers, signal, self.name)
-        return multipliers + self.lr * e, {}
+        return torch.add(multipliers, e, alpha=self.lr), {}
