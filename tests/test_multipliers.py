@@ -321,12 +321,26 @@ def test_one_bad_group_among_many_is_named(bad: Tensor, message: str | None) -> 
         lambda p: p[1:],  # a view with an offset
         lambda p: p.reshape(2, 2),  # another shape
         lambda p: ConstraintValue(p),  # wrapped (the general path)
+        lambda p: p.requires_grad_(),  # a parameter with a gradient
+        lambda p: p.requires_grad_()[1:],  # a view of it, made by autograd (SliceBackward)
+        lambda p: p.requires_grad_().view(4),  # a view of the whole parameter
+        lambda p: p.requires_grad_() * 1.0,  # a new tensor (read without a copy)
     ],
-    ids=["itself", "offset-view", "reshaped", "wrapped"],
+    ids=[
+        "itself",
+        "offset-view",
+        "reshaped",
+        "wrapped",
+        "parameter",
+        "autograd-view",
+        "autograd-full-view",
+        "new-tensor",
+    ],
 )
 def test_the_signal_never_shares_memory_with_the_users_tensor(make: Any) -> None:
     """A constraint that returns (a view of) a tensor the optimizer later changes in place:
-    the stacked signal is a copy, so it keeps the values of the evaluation."""
+    the stacked signal is a copy, so it keeps the values of the evaluation. (A new tensor
+    an operation made is no one else's: one group reads it without a copy.)"""
     p = torch.tensor([1.0, -2.0, 3.0, 0.5], dtype=DTYPE)
     value = make(p)
     size = 3 if isinstance(value, Tensor) and value.numel() == 3 else 4
@@ -334,5 +348,6 @@ def test_the_signal_never_shares_memory_with_the_users_tensor(make: Any) -> None
     state = _state(a=value)
     stacked = ConstraintLayout(problem, state).stack(state)
     before = stacked.violation.clone()
-    p.add_(10.0)  # the optimizer step, in place
+    with torch.no_grad():
+        p.add_(10.0)  # the optimizer step, in place
     assert torch.equal(stacked.violation, before)
