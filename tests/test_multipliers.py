@@ -314,6 +314,14 @@ def test_one_bad_group_among_many_is_named(bad: Tensor, message: str | None) -> 
         layout.stack(_state(**values))
 
 
+def _written(p: Tensor) -> Tensor:
+    """``p`` written in place from an expression with a gradient (``buffer.copy_(...)``):
+    it has a ``grad_fn`` and is no view, yet it is the user's tensor and changes when
+    ``p`` is written again."""
+    source = torch.ones_like(p, requires_grad=True)
+    return p.copy_(source * 1.0)
+
+
 @pytest.mark.parametrize(
     "make",
     [
@@ -324,7 +332,9 @@ def test_one_bad_group_among_many_is_named(bad: Tensor, message: str | None) -> 
         lambda p: p.requires_grad_(),  # a parameter with a gradient
         lambda p: p.requires_grad_()[1:],  # a view of it, made by autograd (SliceBackward)
         lambda p: p.requires_grad_().view(4),  # a view of the whole parameter
-        lambda p: p.requires_grad_() * 1.0,  # a new tensor (read without a copy)
+        lambda p: p.requires_grad_() * 1.0,  # a new tensor
+        # a buffer written in place from a value with a gradient (it gets a grad_fn)
+        lambda p: _written(p),
     ],
     ids=[
         "itself",
@@ -335,12 +345,12 @@ def test_one_bad_group_among_many_is_named(bad: Tensor, message: str | None) -> 
         "autograd-view",
         "autograd-full-view",
         "new-tensor",
+        "buffer-written-in-place",
     ],
 )
 def test_the_signal_never_shares_memory_with_the_users_tensor(make: Any) -> None:
     """A constraint that returns (a view of) a tensor the optimizer later changes in place:
-    the stacked signal is a copy, so it keeps the values of the evaluation. (A new tensor
-    an operation made is no one else's: one group reads it without a copy.)"""
+    the stacked signal is a copy, so it keeps the values of the evaluation."""
     p = torch.tensor([1.0, -2.0, 3.0, 0.5], dtype=DTYPE)
     value = make(p)
     size = 3 if isinstance(value, Tensor) and value.numel() == 3 else 4

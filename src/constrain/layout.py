@@ -117,15 +117,6 @@ NONFINITE_HINT = (
 )
 
 
-def _fresh(tensor: Tensor) -> bool:
-    """Whether ``tensor`` is the output of an operation autograd recorded that owns its
-    memory (not a view): no tensor of the user's (a parameter, a buffer, a view of one)
-    shares it, so the step may read it without a copy. Parameters, buffers, detached
-    tensors and views are copied: the optimizer step would change them under the
-    multiplier update."""
-    return tensor.grad_fn is not None and tensor._base is None
-
-
 class ConstraintLayout:
     """Where each constraint group lives in the stacked vectors.
 
@@ -515,10 +506,7 @@ class ConstraintLayout:
             shapes.append(raw.shape)
         try:
             if shapes == self._shapes:
-                # one group whose tensor no one else holds is used as it is (no copy)
-                flat = (
-                    tensors[0] if len(tensors) == 1 and _fresh(tensors[0]) else torch.cat(tensors)
-                )
+                flat = torch.cat(tensors)
             elif shapes == self._scalars:  # one number per group
                 flat = torch.stack(tensors)
             else:
