@@ -19,8 +19,9 @@ class GDA(Controller):
 
         lam_{t+1} = lam_t + lr * e_t
 
-    Stateless. Equal to :class:`~constrain.controllers.NuPI` with ``ki = 1, kp = 0`` (any
-    ``nu``). See docs/algorithms.md, 'GDA'.
+    Stateless. The recurrence of :class:`~constrain.controllers.NuPI` with ``ki = 1,
+    kp = 0`` (any ``nu``), to rounding: the step is one fused kernel that rounds once. See
+    docs/algorithms.md, 'GDA'.
 
     Attributes:
         lr: Step size ``eta``. Default ``0.01``.
@@ -32,4 +33,7 @@ class GDA(Controller):
         """Return ``lam + lr * e`` (one fused kernel, no temporary for ``lr * e``) and the
         (empty) state."""
         e = checked_signal(multipliers, signal, self.name)
-        return torch.add(multipliers, e, alpha=self.lr), {}
+        lr = self.lr
+        if lr > torch.finfo(multipliers.dtype).max:  # not a scale factor of this dtype:
+            return multipliers + lr * e, {}  # the step overflows and is reported as such
+        return torch.add(multipliers, e, alpha=lr), {}

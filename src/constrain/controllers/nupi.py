@@ -46,11 +46,13 @@ class NuPI(Controller):
       ``nu = 0`` uses the raw violation (the textbook PI controller), values near 1
       average over about ``1 / (1 - nu)`` steps (useful for noisy, mini-batch signals).
 
-    With ``lr = 1`` it reproduces exactly (docs/algorithms.md, 'The nuPI reduction table'):
+    With ``lr = 1`` it is the same recurrence (up to floating-point rounding) as
+    (docs/algorithms.md, 'The nuPI reduction table'):
     GDA with step ``alpha`` (``ki = alpha, kp = 0``, any ``nu``), optimistic GDA (``nu = 0,
     ki = kp = alpha``), Polyak momentum ``beta`` (``nu = beta, ki = alpha / (1 - beta),
     kp = -alpha * beta / (1 - beta)**2``) and Nesterov momentum (same with ``beta**2`` in
-    ``kp``). The defaults (``ki = 1, kp = 0, nu = 0``) make it plain GDA with step ``lr``.
+    ``kp``). The defaults (``ki = 1, kp = 0, nu = 0``) make it plain GDA with step ``lr``
+    (to rounding: GDA's step is one fused kernel).
 
     Attributes:
         lr: Step size ``eta``, multiplying both gains. Default ``0.01``.
