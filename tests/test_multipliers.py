@@ -333,8 +333,7 @@ def _written(p: Tensor) -> Tensor:
         lambda p: p.requires_grad_()[1:],  # a view of it, made by autograd (SliceBackward)
         lambda p: p.requires_grad_().view(4),  # a view of the whole parameter
         lambda p: p.requires_grad_() * 1.0,  # a new tensor
-        # a buffer written in place from a value with a gradient (it gets a grad_fn)
-        lambda p: _written(p),
+        _written,  # a buffer written in place from a value with a gradient (a grad_fn)
     ],
     ids=[
         "itself",
