@@ -118,6 +118,36 @@ class StepLog:
             counts = clusters()
             if counts:
                 diagnostics = {**diagnostics, **{f"clusters/{k}": v for k, v in counts.items()}}
+        metrics = pending.metrics()
+        recorder = self.recorder
+        if (
+            due
+            and recorder.quick
+            and report is not None
+            and not diagnostics
+            and not metrics
+            and not pending.extra
+            and not (keep and step % vectors_every == 0)
+            and not len(recorder)
+        ):
+            # The common case: one step, copied and checked at once (see quick_record).
+            finite, record = recorder.quick_record(
+                step,
+                pending.objective(),
+                pending.evaluation(layout),
+                multipliers,
+                pending.gradients,
+                report.health,
+                keep=keep,
+                skipped=pending.skipped,
+                seconds=time.perf_counter() - pending.start,
+            )
+            if finite:
+                if record is not None:
+                    self._history.append(record, forced=at_end and step % self.record_every != 0)
+                    for sink in self.loggers:
+                        sink.log(record, self._history)
+                return record
         self.recorder.add(
             step,
             pending.objective(),
@@ -127,7 +157,7 @@ class StepLog:
             proposals=None if report is None else report.per_sample,
             dual_health=None if report is None else report.health,
             diagnostics=diagnostics,
-            metrics=pending.metrics(),
+            metrics=metrics,
             gradients=pending.gradients,
             extra=pending.extra,
             keep=keep,

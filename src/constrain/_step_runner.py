@@ -355,6 +355,16 @@ class StepRunner:
             return cgd_solver_step(self, batch)
         if self.duals.controller.extrapolates:
             return self.extragradient_step(batch)
+        if (
+            self.order == "simultaneous"
+            and self.pending is None
+            and self.on_nonfinite == "raise"
+            and self._trainable_checked
+            and not self.schedules
+            and not self.regularizers.active
+            and not self.primal.needs_closure
+        ):
+            return self.simultaneous_step(batch)
         loss = self.start(batch)
         pending = self.pending
         assert pending is not None
@@ -365,6 +375,43 @@ class StepRunner:
             )
         self.prox()
         return self.finish()
+
+    def simultaneous_step(self, batch: Any) -> StepRecord | None:
+        """A whole step of the ``"simultaneous"`` order without what is not in use: no
+        step in progress, ``on_nonfinite="raise"``, no schedule, no regularizer, no
+        closure optimizer, the first step's checks done. The calls of :meth:`start`,
+        backward, the optimizer step, :meth:`prox` and :meth:`finish`, in their order,
+        without their checks of the order and their branches for the options above (the
+        step's hot path; the tests hold it to the pieces, bit for bit)."""
+        start = time.perf_counter()
+        objective, stacked, state = self.evaluate(batch)
+        pending = self.pending = StepInProgress([Micro(batch, objective, stacked, state)], start)
+        primal, duals, step = self.primal, self.duals, self.step_count
+        primal.backward(self.duals.primal_loss(objective, stacked))
+        primal.step(None)
+        pending.prox_done = True
+        pending.gradients = primal.gradient_norms()
+        report = pending.report = duals.step(stacked, step, guard=not self.step_log.due(step))
+        self.pending = None
+        assert duals.layout is not None and duals.multipliers is not None
+        restore = None if report.previous is None else functools.partial(duals.restore, report)
+        try:
+            record = self.step_log.add(
+                step,
+                pending,
+                duals.layout,
+                duals.multipliers,
+                duals.diagnostics() if duals.reports else {},
+                None,
+                duals.controller.name,
+                restore=restore,
+            )
+        except BaseException:
+            if restore is not None:  # an error came before the flush checked the update
+                restore()
+            raise
+        self.step_count = step + 1
+        return record
 
     def extragradient_step(self, batch: Any) -> StepRecord | None:
         """Extragradient (any order): look ahead with both players, then step from the

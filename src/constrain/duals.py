@@ -476,6 +476,38 @@ class Duals:
         """
         assert self.multipliers is not None and self.layout is not None
         formulation = self.formulation
+        key = self._single
+        if (
+            key is not None
+            and not stacked.per_sample
+            and stacked.observed is None
+            and not stacked.unobserved
+            and not self._every
+            and self._restart_mask is None
+            and not self._formulation_steps
+            and formulation.uses_multipliers
+        ):
+            # The common case: one controller over the dense entries, every entry measured
+            # and due, no restarts, no formulation state to move (the steps below, without
+            # their branches for what is absent).
+            lam = self.multipliers
+            dense, state = self.controller.update(  # type: ignore[union-attr]
+                lam.dense,
+                formulation.dual_signal(stacked, self.formulation_state),
+                self._states[key],
+            )
+            health = _health(dense, self._zeros)
+            projected = self._bound(formulation.project(dense, self._equality), self._upper)
+            report = DualReport(health, dense)
+            if guard:
+                ok = health == 0
+                lam.dense = torch.where(ok, projected, lam.dense)
+                state = _keep_unless(ok, state, self._states[key])
+            else:
+                report.previous = (lam.dense, self._states)  # references: nothing is copied
+                lam.dense = projected
+            self._states = {key: state}
+            return report
         current = self.active(stacked, step)
         if current is None:
             return DualReport(self._healthy)

@@ -229,6 +229,13 @@ class ConstraintLayout:
         self.has_equality = self.dense_equality or any(c.is_equality for c in self.per_sample)
         self._shapes = [torch.Size([n]) for n in sizes]
         self._scalars = [torch.Size([])] * len(sizes) if set(sizes) == {1} else None
+        self._one = (
+            self.names[0]
+            if len(self.dense) == 1 and not self.per_sample and not self._intermittent
+            else None
+        )
+        """The name of the only constraint group, a dense one always measured (the
+        common case :meth:`stack` takes first); ``None`` otherwise."""
 
     # -- right-hand sides -------------------------------------------------------------
     def rhs_of(
@@ -348,6 +355,27 @@ class ConstraintLayout:
             ShapeError: If a group's size changed since the layout was built, or a
                 per-sample group has indices out of range or repeated within the batch.
         """
+        one = self._one
+        if one is not None and not self._rhs_moves:
+            # One dense group that returned a plain tensor of its size, with the rhs it had
+            # at the last step: the steps below without their branches for the rest.
+            constraints = state.constraints
+            raw = constraints.get(one)
+            if (
+                type(raw) is Tensor
+                and len(constraints) == 1
+                and raw.shape == self._shapes[0]
+                and raw.dtype in _FLOATS
+                and declared(self.problem) is self._rhs_source
+            ):
+                flat = torch.cat((raw,))  # a copy: see _stacked
+                if flat.device == self.device:
+                    if flat.dtype is not self.dtype:
+                        flat = flat.to(self.dtype)
+                    violation = self._standard_form(flat)
+                    return StackedConstraints(
+                        violation.detach(), violation, self.equality, {}, None, _NOTHING
+                    )
         step = 0 if step is None else step
         if self.dense:
             # The declarations are rebuilt (a new list) whenever a field of the problem

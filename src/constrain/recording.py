@@ -172,9 +172,66 @@ class Recorder:
         self._modelled = {c.name for c in layout.per_sample if c.multiplier_model is not None}
         self._rows: list[_Row] = []
         self._tensors: list[Tensor] = []
+        self.quick = (
+            self._count == 1
+            and layout.num_dense > 0
+            and not layout.dense_equality
+            and not self._samples
+        )
+        """Whether :meth:`quick_record` may take this layout's steps: one dense inequality
+        group, no per-sample group (the common case)."""
 
     def __len__(self) -> int:
         return len(self._rows)
+
+    def quick_record(
+        self,
+        step: int,
+        objective: Tensor,
+        stacked: StackedConstraints,
+        multipliers: Multipliers,
+        gradients: tuple[tuple[str, ...], Sequence[Tensor]] | None,
+        dual_health: Tensor,
+        *,
+        keep: bool,
+        skipped: bool,
+        seconds: float,
+    ) -> tuple[bool, StepRecord | None]:
+        """Copy one step to the host at once (empty buffer, :attr:`quick` layout, no
+        diagnostics, metrics, further evaluations or vectors) and make its record.
+
+        The row and the record are those of :meth:`add`, :meth:`flush` and :meth:`record`
+        (the same reductions, the same copy), without the buffer's bookkeeping. Returns
+        ``(True, record or None)`` if every fact of the step is finite; ``(False, None)``
+        otherwise, and the caller then takes the step through :meth:`add` and
+        :meth:`flush`, which report what is wrong.
+        """
+        dtype = self.dtype
+        v = stacked.violation
+        lam = multipliers.dense
+        if lam.dtype is not dtype:
+            lam = lam.to(dtype)
+        scalars = [_scalar(objective, dtype), v.max(), torch.dot(lam, lam)]
+        if gradients is not None:
+            scalars += [n if n.dtype is dtype else n.to(dtype) for n in gradients[1]]
+        scalars.append(dual_health if dual_health.dtype is dtype else dual_health.to(dtype))
+        values: list[float] = torch.stack(scalars).tolist()
+        value, top = values[0], values[1]
+        # the sum is finite exactly when every term is (an overflow of it only sends the
+        # step to the full check) and the proposal is healthy
+        if values[-1] != 0.0 or not math.isfinite(sum(values[:-1])):
+            return False, None
+        if not keep:
+            return True, None
+        return True, StepRecord(
+            step,
+            value,
+            top if top > 0.0 else 0.0,
+            group_violation=[top],
+            group_multiplier_norm=[math.sqrt(values[2])],
+            seconds=seconds,
+            skipped=skipped,
+        )
 
     def add(
         self,
