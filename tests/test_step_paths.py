@@ -1,0 +1,108 @@
+"""The common step takes short paths (one dense group, one controller, the simultaneous
+order without options): they give the same numbers as the general paths, bit for bit.
+
+Each test runs one problem twice, once on the short path and once forced onto the general
+one, and compares the iterates, the multipliers and the records exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from constrain import ConstrainedProblem, Constraint, ConstraintValue, Solver, Variables
+from constrain.history import StepRecord
+
+DTYPE = torch.float64
+STEPS = 60
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(3)
+    A = torch.randn(7, 4, generator=generator, dtype=DTYPE)
+    b = torch.rand(7, generator=generator, dtype=DTYPE) - 0.5
+    return A, b
+
+
+def _problem(wrapped: bool = False) -> ConstrainedProblem:
+    """min ||x - 1||^2 s.t. A x <= b (7 inequalities in one group)."""
+    A, b = _data()
+
+    def fn(model: Any, batch: Any) -> Any:
+        value = A @ model.x - b
+        return ConstraintValue(value) if wrapped else value
+
+    return ConstrainedProblem(
+        objective=lambda m, batch: (m.x - 1.0).pow(2).sum(),
+        constraints=[Constraint("rows", "<=", fn=fn, size=7)],
+    )
+
+
+def _solver(controller: Any = "gda", *, wrapped: bool = False, **options: Any) -> Solver:
+    model = Variables(x=torch.zeros(4, dtype=DTYPE))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.3)
+    if isinstance(controller, str):
+        controller = {"name": controller, "lr": 0.3}
+    return Solver(
+        _problem(wrapped), model, optimizer, controller=controller, vectors_every=5, **options
+    )
+
+
+def _facts(record: StepRecord) -> dict[str, Any]:
+    """Everything a record says except the wall time."""
+    return {k: v for k, v in vars(record).items() if k != "seconds"}
+
+
+def _same_run(short: Solver, general: Solver) -> None:
+    assert torch.equal(short.model.x, general.model.x)
+    for name, lam in short.multipliers.items():
+        assert torch.equal(lam, general.multipliers[name])
+    assert len(short.history) == len(general.history) == STEPS
+    for a, b in zip(short.history, general.history, strict=True):
+        assert _facts(a) == _facts(b)
+
+
+@pytest.mark.parametrize("controller", ["gda", "nupi", "adam", "momentum"])
+def test_the_whole_step_equals_its_pieces(controller: str) -> None:
+    """Solver.step (the simultaneous order's whole step) against the own-loop pieces."""
+    short, general = _solver(controller), _solver(controller)
+    for _ in range(STEPS):
+        short.step()
+        loss = general.lagrangian()
+        general.optimizer.zero_grad()
+        loss.backward()
+        general.optimizer.step()
+        general.dual_step()
+    _same_run(short, general)
+
+
+def test_a_step_recorded_at_once_equals_a_buffered_one() -> None:
+    """Steps flushed one at a time against steps buffered three at a time."""
+    short, general = _solver(), _solver(check_every=3)
+    for _ in range(STEPS):
+        short.step()
+        general.step()
+    general.flush()
+    _same_run(short, general)
+
+
+def test_a_plain_tensor_stacks_as_a_constraint_value() -> None:
+    """A constraint returned as a plain tensor against the same one wrapped."""
+    short, general = _solver(), _solver(wrapped=True)
+    for _ in range(STEPS):
+        short.step()
+        general.step()
+    _same_run(short, general)
+
+
+@pytest.mark.parametrize("controller", ["gda", "nupi"])
+def test_one_controller_steps_as_a_controller_map(controller: str) -> None:
+    """One controller for every entry against a per-group map holding the same one."""
+    spec = {"name": controller, "lr": 0.3}
+    short, general = _solver(spec), _solver({"rows": spec})
+    for _ in range(STEPS):
+        short.step()
+        general.step()
+    _same_run(short, general)
