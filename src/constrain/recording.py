@@ -223,14 +223,20 @@ class Recorder:
             return False, None
         if not keep:
             return True, None
-        return True, StepRecord(
+        return True, StepRecord(  # every field by position (no default factories)
             step,
             value,
             top if top > 0.0 else 0.0,
-            group_violation=[top],
-            group_multiplier_norm=[math.sqrt(values[2])],
-            seconds=seconds,
-            skipped=skipped,
+            None,
+            None,
+            [top],
+            [math.sqrt(values[2])],
+            {},
+            {},
+            {},
+            None,
+            seconds,
+            skipped,
         )
 
     def add(
