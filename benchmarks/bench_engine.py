@@ -4,8 +4,8 @@ Rows:
 
 Times are CPU seconds of the process (``time.process_time``, one thread), interleaved in
 rounds and reduced by the minimum (as ``timeit`` advises), so that other load on the
-machine enters the ratios as little as possible; each candidate is built three times
-afresh and its time is the median over the three copies, since where a copy's tensors and
+machine enters the ratios as little as possible; each candidate is built five times
+afresh and its time is the median over the five copies, since where a copy's tensors and
 objects land in memory moves its time by a few percent.
 
 * overhead: ``Solver.step`` with default settings against a hand-written loop with the
@@ -31,6 +31,7 @@ import gc
 import io
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -125,12 +126,13 @@ def _candidates(
 
 
 def overhead(
-    groups: int, rounds: int, steps: int, cooper: bool, instances: int = 3
+    groups: int, rounds: int, steps: int, cooper: bool, instances: int = 5
 ) -> dict[str, Any]:
     """Per-step times of the library, the hand loop (and Cooper), interleaved in rounds.
 
     Each of ``instances`` fresh copies of every candidate is timed ``rounds`` times
-    (``steps`` steps each, all copies interleaved); a copy's time is its minimum over the
+    (``steps`` steps each, all copies interleaved in an order shuffled every round, so that
+    none always follows the same one); a copy's time is its minimum over the
     rounds, and a candidate's time the median over its copies. Fresh copies put their
     tensors and objects at other addresses: how well those share the caches with the
     large matrix changes a copy's time by a few percent, more than the rounds vary."""
@@ -142,10 +144,12 @@ def overhead(
             for _ in range(max(5, steps // 5)):
                 step()
     times: dict[tuple[int, str], list[float]] = {}
+    order = [(k, name) for k, (candidates, _) in enumerate(copies) for name in candidates]
+    shuffle = random.Random(0).shuffle
     for _ in range(rounds):
-        for k, (candidates, _) in enumerate(copies):
-            for name, step in candidates.items():
-                times.setdefault((k, name), []).append(_per_step(step, steps))
+        shuffle(order)
+        for k, name in order:
+            times.setdefault((k, name), []).append(_per_step(copies[k][0][name], steps))
     row = {
         name: 1e3 * statistics.median(min(times[k, name]) for k in range(instances))
         for name in copies[0][0]
@@ -259,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         + (f"cooper-optim {cooper.__version__}, " if cooper else "cooper-optim not installed, ")
         + f"x in R^{DIM}, {ROWS} linear inequalities, float32, CPU, 1 thread"
     )
-    rounds, steps = (5, 10) if args.quick else (15, 20)
+    rounds, steps = (5, 10) if args.quick else (30, 20)
     rows = [overhead(g, rounds, steps, cooper is not None) for g in (1, 10, 100)]
     results: dict[str, Any] = {"header": header, "overhead": rows}
     if not args.skip_memory:
