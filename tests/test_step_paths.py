@@ -12,7 +12,14 @@ from typing import Any
 import pytest
 import torch
 
-from constrain import ConstrainedProblem, Constraint, ConstraintValue, Solver, Variables
+from constrain import (
+    ConfigError,
+    ConstrainedProblem,
+    Constraint,
+    ConstraintValue,
+    Solver,
+    Variables,
+)
 from constrain.history import StepRecord
 
 DTYPE = torch.float64
@@ -105,4 +112,46 @@ def test_one_controller_steps_as_a_controller_map(controller: str) -> None:
     for _ in range(STEPS):
         short.step()
         general.step()
+    _same_run(short, general)
+
+
+def test_a_hook_that_runs_a_piece_of_the_step_meets_the_order_checks() -> None:
+    """A piece of the step run from an optimizer hook inside Solver.step: the step goes on
+    through the pieces, whose order checks name what is wrong."""
+    twice = _solver()
+    twice.optimizer.register_step_post_hook(
+        lambda *_: twice.prox_step() if twice.step_count == 2 else None
+    )
+    twice.step(), twice.step()
+    with pytest.raises(ConfigError, match=r"prox_step\(\) was called twice in step 2"):
+        twice.step()
+
+    early = _solver()
+    early.optimizer.register_step_post_hook(
+        lambda *_: early.dual_step() if early.step_count == 2 else None
+    )
+    early.step(), early.step()
+    with pytest.raises(ConfigError, match=r"prox_step\(\) was called before lagrangian\(\)"):
+        early.step()  # the hook's dual_step ended step 2
+    assert [r.step for r in early.history] == [0, 1, 2]
+
+
+def test_a_micro_batch_added_by_a_hook_joins_the_update() -> None:
+    """lagrangian(accumulate=True) from an optimizer hook: Solver.step updates the
+    multipliers from both micro-batches, as the own-loop pieces do."""
+
+    def hooked(solver: Solver) -> Solver:
+        solver.optimizer.register_step_post_hook(
+            lambda *_: solver.lagrangian(accumulate=True) if solver.step_count % 7 == 3 else None
+        )
+        return solver
+
+    short, general = hooked(_solver()), hooked(_solver())
+    for _ in range(STEPS):
+        short.step()
+        loss = general.lagrangian()
+        general.optimizer.zero_grad()
+        loss.backward()
+        general.optimizer.step()
+        general.dual_step()
     _same_run(short, general)

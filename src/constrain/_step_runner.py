@@ -382,15 +382,22 @@ class StepRunner:
         closure optimizer, the first step's checks done. The calls of :meth:`start`,
         backward, the optimizer step, :meth:`prox` and :meth:`finish`, in their order,
         without their checks of the order and their branches for the options above (the
-        step's hot path; the tests hold it to the pieces, bit for bit)."""
+        step's hot path; the tests hold it to the pieces, bit for bit). If a hook of
+        backward or of the optimizer ran a piece of the step from inside it, the step
+        goes on with :meth:`prox` and :meth:`finish`, which check the order."""
         start = time.perf_counter()
         objective, stacked, state = self.evaluate(batch)
         pending = self.pending = StepInProgress([Micro(batch, objective, stacked, state)], start)
-        primal, duals, step = self.primal, self.duals, self.step_count
+        primal, duals = self.primal, self.duals
         primal.backward(self.duals.primal_loss(objective, stacked))
         primal.step(None)
+        if self.pending is not pending or pending.prox_done or len(pending.micro) > 1:
+            # a hook ran a piece of this step from inside it: the pieces check the order
+            self.prox()
+            return self.finish()
         pending.prox_done = True
         pending.gradients = primal.gradient_norms()
+        step = self.step_count
         report = pending.report = duals.step(stacked, step, guard=not self.step_log.due(step))
         self.pending = None
         assert duals.layout is not None and duals.multipliers is not None
@@ -410,7 +417,7 @@ class StepRunner:
             if restore is not None:  # an error came before the flush checked the update
                 restore()
             raise
-        self.step_count = step + 1
+        self.step_count += 1
         return record
 
     def extragradient_step(self, batch: Any) -> StepRecord | None:
