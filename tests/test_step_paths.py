@@ -71,10 +71,8 @@ def _same_run(short: Solver, general: Solver) -> None:
         assert _facts(a) == _facts(b)
 
 
-@pytest.mark.parametrize("controller", ["gda", "nupi", "adam", "momentum"])
-def test_the_whole_step_equals_its_pieces(controller: str) -> None:
-    """Solver.step (the simultaneous order's whole step) against the own-loop pieces."""
-    short, general = _solver(controller), _solver(controller)
+def _step_and_pieces(short: Solver, general: Solver) -> tuple[Solver, Solver]:
+    """Run ``short`` with Solver.step and ``general`` with the own-loop pieces."""
     for _ in range(STEPS):
         short.step()
         loss = general.lagrangian()
@@ -82,7 +80,14 @@ def test_the_whole_step_equals_its_pieces(controller: str) -> None:
         loss.backward()
         general.optimizer.step()
         general.dual_step()
-    _same_run(short, general)
+    return short, general
+
+
+@pytest.mark.parametrize("controller", ["gda", "nupi", "adam", "momentum"])
+def test_the_whole_step_equals_its_pieces(controller: str) -> None:
+    """Solver.step (the simultaneous order's whole step) against the own-loop pieces."""
+    short, general = _solver(controller), _solver(controller)
+    _same_run(*_step_and_pieces(short, general))
 
 
 def test_a_step_recorded_at_once_equals_a_buffered_one() -> None:
@@ -147,11 +152,4 @@ def test_a_micro_batch_added_by_a_hook_joins_the_update() -> None:
         return solver
 
     short, general = hooked(_solver()), hooked(_solver())
-    for _ in range(STEPS):
-        short.step()
-        loss = general.lagrangian()
-        general.optimizer.zero_grad()
-        loss.backward()
-        general.optimizer.step()
-        general.dual_step()
-    _same_run(short, general)
+    _same_run(*_step_and_pieces(short, general))

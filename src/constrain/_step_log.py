@@ -112,6 +112,7 @@ class StepLog:
         at_end = step == self.last_step
         due = self.due(step)
         keep = step % self.record_every == 0 or at_end
+        forced = at_end and step % self.record_every != 0
         vectors_every = self._vectors_every
         report = pending.report
         if keep and clusters is not None:
@@ -144,7 +145,7 @@ class StepLog:
             )
             if finite:
                 if record is not None:
-                    self._history.append(record, forced=at_end and step % self.record_every != 0)
+                    self._history.append(record, forced=forced)
                     for sink in self.loggers:
                         sink.log(record, self._history)
                 return record
@@ -161,7 +162,7 @@ class StepLog:
             gradients=pending.gradients,
             extra=pending.extra,
             keep=keep,
-            forced=at_end and step % self.record_every != 0,
+            forced=forced,
             vectors=keep and step % vectors_every == 0,
             skipped=pending.skipped,
             seconds=time.perf_counter() - pending.start,

@@ -302,6 +302,19 @@ class StepRunner:
             if not pending.skipped:
                 self.dual_update(pending, stacked, last=True)
         self.pending = None
+        record = self.record(pending, layout)
+        if self.schedules:
+            self.schedules.advance()
+        return record
+
+    def record(self, pending: StepInProgress, layout: ConstraintLayout) -> StepRecord | None:
+        """Hand the ended step to the step log (which undoes its multiplier update if the
+        flush finds the proposal non-finite) and count it; returns its record, if any.
+
+        Raises:
+            NonFiniteError, ShapeError: As :meth:`StepLog.add`.
+        """
+        duals = self.duals
         assert duals.multipliers is not None
         report = pending.report
         restore = (
@@ -325,8 +338,6 @@ class StepRunner:
                 restore()
             raise
         self.step_count += 1
-        if self.schedules:
-            self.schedules.advance()
         return record
 
     def _out_of_order(self, what: str) -> None:
@@ -389,7 +400,7 @@ class StepRunner:
         objective, stacked, state = self.evaluate(batch)
         pending = self.pending = StepInProgress([Micro(batch, objective, stacked, state)], start)
         primal, duals = self.primal, self.duals
-        primal.backward(self.duals.primal_loss(objective, stacked))
+        primal.backward(duals.primal_loss(objective, stacked))
         primal.step(None)
         if self.pending is not pending or pending.prox_done or len(pending.micro) > 1:
             # a hook ran a piece of this step from inside it: the pieces check the order
@@ -398,27 +409,10 @@ class StepRunner:
         pending.prox_done = True
         pending.gradients = primal.gradient_norms()
         step = self.step_count
-        report = pending.report = duals.step(stacked, step, guard=not self.step_log.due(step))
+        pending.report = duals.step(stacked, step, guard=not self.step_log.due(step))
         self.pending = None
-        assert duals.layout is not None and duals.multipliers is not None
-        restore = None if report.previous is None else functools.partial(duals.restore, report)
-        try:
-            record = self.step_log.add(
-                step,
-                pending,
-                duals.layout,
-                duals.multipliers,
-                duals.diagnostics() if duals.reports else {},
-                None,
-                duals.controller.name,
-                restore=restore,
-            )
-        except BaseException:
-            if restore is not None:  # an error came before the flush checked the update
-                restore()
-            raise
-        self.step_count += 1
-        return record
+        assert duals.layout is not None
+        return self.record(pending, duals.layout)
 
     def extragradient_step(self, batch: Any) -> StepRecord | None:
         """Extragradient (any order): look ahead with both players, then step from the

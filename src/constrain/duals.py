@@ -490,24 +490,14 @@ class Duals:
             # The common case: one controller over the dense entries, every entry measured
             # and due, no restarts, no formulation state to move (the steps below, without
             # their branches for what is absent).
-            lam = self.multipliers
             dense, state = self.controller.update(  # type: ignore[union-attr]
-                lam.dense,
+                self.multipliers.dense,
                 formulation.dual_signal(stacked, self.formulation_state),
                 self._states[key],
             )
             health = _health(dense, self._zeros)
             projected = self._bound(formulation.project(dense, self._equality), self._upper)
-            report = DualReport(health, dense)
-            if guard:
-                ok = health == 0
-                lam.dense = torch.where(ok, projected, lam.dense)
-                state = _keep_unless(ok, state, self._states[key])
-            else:
-                report.previous = (lam.dense, self._states)  # references: nothing is copied
-                lam.dense = projected
-            self._states = {key: state}
-            return report
+            return self._take_dense(health, dense, projected, {key: state}, guard)
         current = self.active(stacked, step)
         if current is None:
             return DualReport(self._healthy)
@@ -533,17 +523,7 @@ class Duals:
         projected, states = self._restart_dense(
             projected, states, current.violation, current.observed
         )
-        report = DualReport(health, dense)
-        if guard:
-            ok = health == 0
-            lam.dense = torch.where(ok, projected, lam.dense)
-            states = {
-                key: _keep_unless(ok, state, self._states[key]) for key, state in states.items()
-            }
-        else:
-            report.previous = (lam.dense, self._states)  # references: nothing is copied
-            lam.dense = projected
-        self._states = states
+        report = self._take_dense(health, dense, projected, states, guard)
         for name, iv in current.per_sample.items():
             if name in self._models:
                 taken = self._model_step(name, iv, signals[name], report)
@@ -566,6 +546,32 @@ class Duals:
             report.per_sample[name] = updated
             report.health = report.health + health
         self.formulation_state = new_fstate
+        return report
+
+    def _take_dense(
+        self,
+        health: Tensor,
+        dense: Tensor,
+        projected: Tensor,
+        states: dict[str, ControllerState],
+        guard: bool,
+    ) -> DualReport:
+        """Take the dense update: the ``projected`` multipliers and the controller
+        ``states`` (dropped on the device where ``health`` says the proposal ``dense`` was
+        not finite, with ``guard``; else kept for :meth:`restore`). Returns the report."""
+        assert self.multipliers is not None
+        lam = self.multipliers
+        report = DualReport(health, dense)
+        if guard:
+            ok = health == 0
+            lam.dense = torch.where(ok, projected, lam.dense)
+            states = {
+                key: _keep_unless(ok, state, self._states[key]) for key, state in states.items()
+            }
+        else:
+            report.previous = (lam.dense, self._states)  # references: nothing is copied
+            lam.dense = projected
+        self._states = states
         return report
 
     def restore(self, report: DualReport) -> Tensor | None:

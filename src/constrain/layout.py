@@ -373,9 +373,7 @@ class ConstraintLayout:
                     if flat.dtype is not self.dtype:
                         flat = flat.to(self.dtype)
                     violation = self._standard_form(flat)
-                    return StackedConstraints(
-                        violation.detach(), violation, self.equality, {}, None, _NOTHING
-                    )
+                    return self._stacked(violation, violation, {}, None, _NOTHING, None)
         step = 0 if step is None else step
         if self.dense:
             # The declarations are rebuilt (a new list) whenever a field of the problem
