@@ -365,15 +365,16 @@ class ConstraintLayout:
                 type(raw) is Tensor
                 and len(constraints) == 1
                 and raw.shape == self._shapes[0]
-                and raw.dtype in _FLOATS
+                and (dtype := raw.dtype) in _FLOATS
                 and declared(self.problem) is self._rhs_source
+                and raw.device == self.device
             ):
-                flat = torch.cat((raw,))  # a copy: see _stacked
-                if flat.device == self.device:
-                    if flat.dtype is not self.dtype:
-                        flat = flat.to(self.dtype)
-                    violation = self._standard_form(flat)
-                    return self._stacked(violation, violation, {}, None, _NOTHING, None)
+                # The user's tensor itself carries the primal term (no copy in the graph:
+                # its backward is the user's alone); the signal is copied only where it
+                # would share the user's memory (see _stacked).
+                flat = raw if dtype is self.dtype else raw.to(self.dtype)
+                violation = self._standard_form(flat)
+                return self._stacked(violation, violation, {}, None, _NOTHING, raw)
         step = 0 if step is None else step
         if self.dense:
             # The declarations are rebuilt (a new list) whenever a field of the problem
@@ -512,7 +513,7 @@ class ConstraintLayout:
         would change under the optimizer step, and controllers keep signals in their state.
         It is copied when it may (``user``: the one tensor it was made from, if any)."""
         signal = violation.detach()
-        if user is not None and signal.data_ptr() == user.data_ptr():
+        if user is violation or (user is not None and signal.data_ptr() == user.data_ptr()):
             signal = signal.clone()
         return StackedConstraints(signal, primal, self.equality, per_sample, observed, unobserved)
 
