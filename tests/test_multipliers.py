@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -360,3 +361,31 @@ def test_the_signal_never_shares_memory_with_the_users_tensor(make: Any) -> None
     with torch.no_grad():
         p.add_(10.0)  # the optimizer step, in place
     assert torch.equal(stacked.violation, before)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        torch.tensor([1.0, -2.0, 3.0]),  # the zeros' shape and dtype: one dot
+        torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64),  # another dtype
+        torch.tensor([1.0, -2.0]),  # another shape
+        torch.tensor([[1.0, -2.0, 3.0]]),  # 2-d
+    ],
+    ids=["dot", "dtype", "shape", "2-d"],
+)
+@pytest.mark.parametrize("bad", [None, math.nan, math.inf, -math.inf])
+def test_the_health_of_a_proposal_is_exact_for_any_shape_and_dtype(
+    values: Tensor, bad: float | None
+) -> None:
+    """0 when every entry is finite, NaN otherwise, with or without the zeros' kernel."""
+    from constrain.duals import _health
+
+    if bad is not None:
+        values = values.clone()
+        values.view(-1)[1] = bad
+    health = _health(values, torch.zeros(3))
+    assert health.dim() == 0
+    if bad is None:
+        assert health.item() == 0.0
+    else:
+        assert math.isnan(health.item())

@@ -17,6 +17,7 @@ from constrain import (
     ConstrainedProblem,
     Constraint,
     ConstraintValue,
+    NonFiniteError,
     Solver,
     Variables,
 )
@@ -153,3 +154,59 @@ def test_a_micro_batch_added_by_a_hook_joins_the_update() -> None:
 
     short, general = hooked(_solver()), hooked(_solver())
     _same_run(*_step_and_pieces(short, general))
+
+
+def _scaled_solver(scale: float, dtype: torch.dtype, size: int) -> Solver:
+    """min scale * sum(x) s.t. sum(x) <= 1: every gradient entry is ``scale``."""
+    model = Variables(x=torch.zeros(size, dtype=dtype))
+    problem = ConstrainedProblem(
+        objective=lambda m, batch: (m.x * scale).sum(),
+        constraints=[Constraint("total", "<=", rhs=1.0, fn=lambda m, batch: m.x.sum())],
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3 / scale)
+    return Solver(problem, model, optimizer, controller={"name": "gda", "lr": 0.5})
+
+
+@pytest.mark.parametrize(
+    ("scale", "dtype", "size"),
+    [(3e38, torch.float32, 4), (1e3, torch.float16, 100), (1e37, torch.bfloat16, 64)],
+    ids=["float32-sum-overflows", "float16-summed-in-float32", "bfloat16"],
+)
+def test_a_gradient_screen_that_overflows_is_not_a_nonfinite_gradient(
+    scale: float, dtype: torch.dtype, size: int
+) -> None:
+    """Solver.step screens the gradients by their sums; finite gradients whose sum
+    overflows are confirmed finite by their max-norms (no NonFiniteError), and the run
+    equals the own-loop pieces, which measure the max-norms directly."""
+    short, general = _scaled_solver(scale, dtype, size), _scaled_solver(scale, dtype, size)
+    steps = 5
+    for _ in range(steps):
+        short.step()
+        loss = general.lagrangian()
+        general.optimizer.zero_grad()
+        loss.backward()
+        general.optimizer.step()
+        general.dual_step()
+    assert short.model.x.grad is not None and torch.isfinite(short.model.x.grad).all()
+    assert torch.equal(short.model.x, general.model.x)
+    assert torch.equal(short.multipliers["total"], general.multipliers["total"])
+    assert [_facts(r) for r in short.history] == [_facts(r) for r in general.history]
+    assert len(short.history) == steps
+
+
+def test_a_float32_gradient_sum_overflows_as_the_screen_assumes() -> None:
+    """The premise of the float32 case above: the screen (a sum) is not finite there."""
+    assert not torch.isfinite(torch.full((4,), 3e38).sum())
+
+
+def test_a_nonfinite_gradient_is_named_on_the_short_path() -> None:
+    """A NaN gradient with a finite objective and constraint: Solver.step names the
+    parameter and the step."""
+    model = Variables(x=torch.zeros(3, dtype=DTYPE), y=torch.ones(2, dtype=DTYPE))
+    problem = ConstrainedProblem(
+        objective=lambda m, batch: m.x.sqrt().sum() * 0 + m.y.sum(),
+        constraints=[Constraint("cap", "<=", rhs=5.0, fn=lambda m, batch: m.y)],
+    )
+    solver = Solver(problem, model, torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(NonFiniteError, match=r"gradient of parameter\(s\) \['x'\] .* step 0"):
+        solver.step()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from typing import Literal
 
 from torch import Tensor
 
@@ -110,45 +111,20 @@ class StepLog:
             self.recorder = Recorder(layout)
             self._vectors_every = self.vectors_every or max(1, math.ceil(layout.num_dense / 128))
         at_end = step == self.last_step
-        due = self.due(step)
         keep = step % self.record_every == 0 or at_end
-        forced = at_end and step % self.record_every != 0
-        vectors_every = self._vectors_every
-        report = pending.report
         if keep and clusters is not None:
             counts = clusters()
             if counts:
                 diagnostics = {**diagnostics, **{f"clusters/{k}": v for k, v in counts.items()}}
-        metrics = pending.metrics()
-        recorder = self.recorder
-        if (
-            due
-            and recorder.quick
-            and report is not None
-            and not diagnostics
-            and not metrics
-            and not pending.extra
-            and not (keep and step % vectors_every == 0)
-            and not len(recorder)
-        ):
-            # The common case: one step, copied and checked at once (see quick_record).
-            finite, record = recorder.quick_record(
-                step,
-                pending.objective(),
-                pending.evaluation(layout),
-                multipliers,
-                pending.gradients,
-                report.health,
-                keep=keep,
-                skipped=pending.skipped,
-                seconds=time.perf_counter() - pending.start,
-            )
-            if finite:
-                if record is not None:
-                    self._history.append(record, forced=forced)
-                    for sink in self.loggers:
-                        sink.log(record, self._history)
+        if not diagnostics:
+            record = self.add_at_once(step, pending, layout, multipliers)
+            if record is not False:
                 return record
+        due = self.due(step)
+        forced = at_end and step % self.record_every != 0
+        vectors_every = self._vectors_every
+        report = pending.report
+        metrics = pending.metrics()
         self.recorder.add(
             step,
             pending.objective(),
@@ -159,7 +135,7 @@ class StepLog:
             dual_health=None if report is None else report.health,
             diagnostics=diagnostics,
             metrics=metrics,
-            gradients=pending.gradients,
+            gradients=pending.gradient_facts(screen=False),
             extra=pending.extra,
             keep=keep,
             forced=forced,
@@ -171,6 +147,71 @@ class StepLog:
             return None
         flushed = self.flush(step, pending, controller, restore)
         return flushed[-1] if flushed and flushed[-1].step == step else None
+
+    def add_at_once(
+        self,
+        step: int,
+        pending: StepInProgress,
+        layout: ConstraintLayout,
+        multipliers: Multipliers,
+    ) -> StepRecord | Literal[False] | None:
+        """Record the finished step ``step`` at once when it can be: the common case of
+        :meth:`add` (no formulation diagnostics or cluster counts, which the caller
+        checks), copied and checked in one go without the buffer (see
+        :meth:`Recorder.quick_record`).
+
+        Returns:
+            The step's record (``None`` if it is not kept), or ``False``, having done
+            nothing, when the step must go through :meth:`add`: steps wait in the buffer
+            or this one is not flushed, it keeps the full vectors, it has metrics or
+            further evaluations, the layout is not one ``quick_record`` takes, or a fact of
+            the step is not finite (which :meth:`add` reports).
+        """
+        recorder = self.recorder
+        last = self.last_step
+        if (
+            recorder is None
+            or recorder.layout is not layout
+            or not recorder.quick
+            or len(recorder)
+            or (step != last and (step + 1) % self.check_every)
+            or pending.extra
+            or pending.report is None
+        ):
+            return False
+        every = self.record_every
+        keep = step % every == 0 or step == last
+        if keep and step % self._vectors_every == 0:
+            return False
+        micro = pending.micro
+        if len(micro) == 1:
+            metrics = micro[0].state.metrics
+            if metrics.__class__ is not dict or metrics or pending.rule_metrics:
+                return False
+            objective, stacked = micro[0].objective, micro[0].stacked
+        elif pending.metrics():
+            return False
+        else:
+            objective, stacked = pending.objective(), pending.evaluation(layout)
+        finite, record = recorder.quick_record(
+            step,
+            objective,
+            stacked,
+            multipliers,
+            pending.gradient_facts(screen=True),
+            pending.report.health,
+            keep,
+            pending.skipped,
+            time.perf_counter() - pending.start,
+        )
+        if not finite:
+            return False
+        if record is not None:
+            history = self._history
+            history.append(record, forced=step == last and step % every != 0)
+            for sink in self.loggers:
+                sink.log(record, history)
+        return record
 
     def due(self, step: int) -> bool:
         """Whether step ``step`` is flushed when it is added (every ``check_every``-th

@@ -407,12 +407,18 @@ class StepRunner:
             self.prox()
             return self.finish()
         pending.prox_done = True
-        pending.gradients = primal.gradient_norms()
+        pending.measure_gradients = primal.gradient_norms  # read when the step is recorded
         step = self.step_count
         pending.report = duals.step(stacked, step, guard=not self.step_log.due(step))
         self.pending = None
-        assert duals.layout is not None
-        return self.record(pending, duals.layout)
+        layout = duals.layout
+        assert layout is not None and duals.multipliers is not None
+        if not duals.reports:  # no diagnostics: the step log may record the step at once
+            record = self.step_log.add_at_once(self.step_count, pending, layout, duals.multipliers)
+            if record is not False:
+                self.step_count += 1
+                return record
+        return self.record(pending, layout)
 
     def extragradient_step(self, batch: Any) -> StepRecord | None:
         """Extragradient (any order): look ahead with both players, then step from the

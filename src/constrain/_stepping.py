@@ -11,7 +11,7 @@ with a :class:`~constrain.ConfigError` naming the expected order.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +52,9 @@ class StepInProgress:
         report: What the multiplier step did (device tensors).
         extra: Further evaluations of the constraints (look-ahead, ``"primal_dual"``).
         gradients: Parameter names and their gradients' max-norms (device tensors).
+        measure_gradients: Measures the gradients when the step is recorded, if
+            ``gradients`` was not set (:meth:`PrimalSide.gradient_norms
+            <constrain.primal.PrimalSide.gradient_norms>`): see :meth:`gradient_facts`.
         rule_metrics: What the step's update rule reports (0-d device tensors, e.g. the
             ``"cgd/hvp"`` count of the ``"cgd"`` order), recorded with the problem's
             metrics.
@@ -65,6 +68,7 @@ class StepInProgress:
     report: DualReport | None = None
     extra: list[StackedConstraints] = field(default_factory=list)
     gradients: tuple[tuple[str, ...], list[Tensor]] | None = None
+    measure_gradients: Callable[..., tuple[tuple[str, ...], list[Tensor]] | None] | None = None
     combined: StackedConstraints | None = None
     rule_metrics: dict[str, Tensor] = field(default_factory=dict)
 
@@ -81,6 +85,15 @@ class StepInProgress:
         """One more micro-batch (gradient accumulation)."""
         self.micro.append(micro)
         self.combined = None
+
+    def gradient_facts(self, *, screen: bool) -> tuple[tuple[str, ...], list[Tensor]] | None:
+        """The step's gradient facts for the record (0-d device tensors): :attr:`gradients`
+        if set, else what :attr:`measure_gradients` measures now, a cheap screen if
+        ``screen`` (finite exactly when every gradient is, unless a sum overflows: the
+        caller then asks again without ``screen``), else the max-norms."""
+        if self.gradients is None and self.measure_gradients is not None:
+            return self.measure_gradients(screen=screen)
+        return self.gradients
 
     def objective(self) -> Tensor:
         """The step's objective (the mean over the micro-batches), detached."""

@@ -823,10 +823,14 @@ def _health(values: Tensor, zeros: Tensor | None = None) -> Tensor:
 
     ``0 * x`` is 0 for a finite entry and NaN for NaN/Inf, so ``x . 0`` (one kernel, with
     ``zeros`` of the shape and dtype of a 1-d ``values``) is exactly 0 when all are finite
-    (no overflow, whatever their size) and NaN otherwise; without ``zeros``, the sum of
+    (no overflow, whatever their size) and NaN otherwise; without ``zeros`` (or if
+    ``values`` is not of their shape and dtype, which ``torch.dot`` refuses), the sum of
     ``x - x`` says the same."""
-    if zeros is not None and values.shape == zeros.shape and values.dtype == zeros.dtype:
-        return torch.dot(values, zeros)
+    if zeros is not None:
+        try:
+            return torch.dot(values, zeros)
+        except RuntimeError:
+            pass
     return (values - values).sum()
 
 

@@ -27,6 +27,15 @@ logger = logging.getLogger("constrain")
 
 OptimizerSpec = torch.optim.Optimizer | Sequence[torch.optim.Optimizer]
 
+_SCREEN_SUM: dict[torch.dtype, torch.dtype | None] = {
+    torch.float32: None,
+    torch.float64: None,
+    torch.bfloat16: None,
+    torch.float16: torch.float32,
+}
+"""The real gradient dtypes :meth:`PrimalSide.gradient_norms` screens by their sum, and
+the dtype each is summed in (``None``: its own)."""
+
 
 class SignalReducer(Protocol):
     """Combines evaluations and gradients across processes (see
@@ -95,25 +104,52 @@ class PrimalSide:
 
     def step(self, closure: Callable[[], Tensor] | None = None) -> None:
         """Step every optimizer (with ``closure`` for those that require one)."""
+        optimizers = self.optimizers
+        if closure is None and len(optimizers) == 1:  # the common case, without the loop
+            optimizers[0].step()
+            return
         for optimizer, needs in zip(self.optimizers, self._needs_closure, strict=True):
             if closure is not None and needs:
                 optimizer.step(closure)  # type: ignore[arg-type]
             else:
                 optimizer.step()
 
-    def gradient_norms(self) -> tuple[tuple[str, ...], list[Tensor]] | None:
+    def gradient_norms(
+        self, *, screen: bool = False
+    ) -> tuple[tuple[str, ...], list[Tensor]] | None:
         """The names of the parameters with a gradient and the max-norm ``max |g|`` of
         each (0-d tensors on the device, NaN/Inf exactly where a gradient is not finite;
-        no host synchronisation), or ``None`` if no parameter has a gradient."""
-        grads = [(n, p.grad) for n, p in self._named if p.grad is not None]
-        if not grads:
+        no host synchronisation), or ``None`` if no parameter has a gradient.
+
+        With ``screen``, real gradients on the CPU give their sums instead (float16 summed
+        in float32), a cheaper test for the same thing: a sum is NaN/Inf whenever an entry
+        is, and finite entries give a non-finite sum only if the sum overflows, so a
+        non-finite screen must be confirmed by the max-norms before anything is reported.
+        On other devices the screen is the max-norms (one fused call for all gradients).
+        """
+        names: list[str] = []
+        tensors: list[Tensor] = []
+        for name, p in self._named:
+            grad = p.grad
+            if grad is not None:
+                names.append(name)
+                tensors.append(grad)
+        if not tensors:
             return None
-        names, tensors = zip(*grads, strict=True)
+        if screen and self._one_device and tensors[0].is_cpu:
+            sums = []
+            for t in tensors:
+                dtype = t.dtype
+                if dtype not in _SCREEN_SUM:
+                    break
+                sums.append(t.sum(dtype=_SCREEN_SUM[dtype]))
+            else:
+                return tuple(names), sums
         norms = list(torch._foreach_norm(tensors, math.inf))
-        device = norms[0].device
         if not self._one_device:
+            device = norms[0].device
             norms = [x.to(device) for x in norms]
-        return names, norms
+        return tuple(names), norms
 
     def check_gradients(self, step: int) -> bool:
         """Host check (``on_nonfinite="skip"``): False, with the gradients dropped and a

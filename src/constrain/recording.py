@@ -192,7 +192,6 @@ class Recorder:
         multipliers: Multipliers,
         gradients: tuple[tuple[str, ...], Sequence[Tensor]] | None,
         dual_health: Tensor,
-        *,
         keep: bool,
         skipped: bool,
         seconds: float,
@@ -213,7 +212,8 @@ class Recorder:
             lam = lam.to(dtype)
         scalars = [_scalar(objective, dtype), v.max(), torch.dot(lam, lam)]
         if gradients is not None:
-            scalars += [n if n.dtype is dtype else n.to(dtype) for n in gradients[1]]
+            for n in gradients[1]:
+                scalars.append(n if n.dtype is dtype else n.to(dtype))
         scalars.append(dual_health if dual_health.dtype is dtype else dual_health.to(dtype))
         values: list[float] = torch.stack(scalars).tolist()
         value, top = values[0], values[1]
@@ -663,9 +663,11 @@ def _metric_scalar(name: str, metric: object, like: Tensor) -> Tensor:
 
 def _scalar(value: Tensor, dtype: torch.dtype) -> Tensor:
     """``value`` as a detached 0-d tensor of ``dtype`` (``value`` itself if it is one)."""
-    if value.dtype is dtype and not value.requires_grad and value.dim() == 0:
-        return value
-    return value.detach().reshape(()).to(dtype)
+    if value.requires_grad:
+        value = value.detach()
+    if value.dim():
+        value = value.reshape(())
+    return value if value.dtype is dtype else value.to(dtype)
 
 
 def _bad(value: float) -> bool:

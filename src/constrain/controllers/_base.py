@@ -164,6 +164,17 @@ class Controller(BaseModel):
 
 
 # -- shared by the rules: signal checking and validated coefficient types ---------------------
+def largest(dtype: torch.dtype) -> float:
+    """``torch.finfo(dtype).max`` of a floating dtype (looked up once per dtype)."""
+    value = _LARGEST.get(dtype)
+    if value is None:
+        value = _LARGEST[dtype] = torch.finfo(dtype).max
+    return value
+
+
+_LARGEST: dict[torch.dtype, float] = {}
+
+
 def checked_signal(multipliers: Tensor, signal: Tensor, controller: str) -> Tensor:
     """Return ``signal`` in the multipliers' dtype after checking its shape and device.
 

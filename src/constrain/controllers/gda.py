@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._base import Controller, ControllerState, checked_signal
+from ._base import Controller, ControllerState, checked_signal, largest
 from ._registry import register
 
 __all__ = ["GDA"]
@@ -34,6 +34,6 @@ class GDA(Controller):
         (empty) state."""
         e = checked_signal(multipliers, signal, self.name)
         lr = self.lr
-        if lr > torch.finfo(multipliers.dtype).max:  # not a scale factor of this dtype:
+        if lr > largest(multipliers.dtype):  # not a scale factor of this dtype:
             return multipliers + lr * e, {}  # the step overflows and is reported as such
         return torch.add(multipliers, e, alpha=lr), {}
