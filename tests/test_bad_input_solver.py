@@ -166,6 +166,20 @@ ERRORS: list[Row] = [
         ("objective", "real floating-point", "int64"),
     ),
     Row(
+        "objective-becomes-float",
+        "an objective that becomes a Python float after the first step",
+        lambda t: _run(lambda m, b: 3.0 if m.x.grad is not None else m.x.pow(2).sum()),
+        ShapeError,
+        ("objective", "scalar tensor", "3.0 (float)"),
+    ),
+    Row(
+        "objective-becomes-integer",
+        "an objective that becomes an integer tensor after the first step",
+        lambda t: _run(lambda m, b: torch.tensor(3) if m.x.grad is not None else _sq(m, b)),
+        ShapeError,
+        ("objective", "real floating-point", "int64"),
+    ),
+    Row(
         "constant-everything",
         "objective and every constraint constant",
         lambda t: _run(

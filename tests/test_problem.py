@@ -448,6 +448,42 @@ def test_objective_must_be_a_scalar() -> None:
         _first_step(problem)
 
 
+@pytest.mark.parametrize(
+    ("late", "message"),
+    [
+        (lambda m: 3.0, r"must be a scalar tensor; got 3\.0 \(float\)"),
+        (lambda m: (m.x - 1.0).pow(2), r"must be a scalar; got a tensor of shape \(3,\)"),
+        (lambda m: torch.tensor(3), "must be a real floating-point scalar; got tensor.*int64"),
+        (lambda m: torch.tensor(True), "must be a real floating-point scalar; got tensor.*bool"),
+        (
+            lambda m: torch.complex(m.x.sum(), m.x.sum()),
+            "must be a real floating-point scalar; got tensor.*complex",
+        ),
+    ],
+    ids=["float", "vector", "integer", "bool", "complex"],
+)
+@pytest.mark.parametrize("own_loop", [False, True], ids=["step", "own-loop"])
+def test_an_objective_that_changes_type_later_is_refused_at_that_step(
+    late: Any, message: str, own_loop: bool
+) -> None:
+    """The objective is checked at every evaluation, not only at the first one: a bad
+    one at step 2 is a ShapeError there, whichever way the step runs."""
+    model = Variables(x=torch.zeros(3, dtype=torch.float64))
+    problem = ConstrainedProblem(
+        objective=lambda m, b: late(m) if b == 2 else (m.x - 1.0).pow(2).sum(),
+        constraints=[Constraint("cap", "<=", rhs=1.0, fn=lambda m, b: m.x.sum())],
+    )
+    solver = Solver(problem, model, torch.optim.SGD(model.parameters(), lr=0.1))
+    for batch in range(2):
+        solver.step(batch)
+    with pytest.raises(ShapeError, match=message):
+        if own_loop:
+            solver.lagrangian(2)
+        else:
+            solver.step(2)
+    assert solver.step_count == 2
+
+
 def test_as_constraint_value_checks() -> None:
     with pytest.raises(ShapeError, match="constraint 'c': expected a tensor"):
         as_constraint_value("c", [1.0])

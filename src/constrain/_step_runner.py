@@ -44,7 +44,13 @@ from .history import History, StepRecord
 from .layout import ConstraintLayout, StackedConstraints
 from .loggers import Logger
 from .primal import LocalReducer, OptimizerSpec, PrimalSide, SignalReducer
-from .problem import ConstrainedProblem, ProblemState, check_names, check_trainable
+from .problem import (
+    ConstrainedProblem,
+    ProblemState,
+    check_names,
+    check_objective,
+    check_trainable,
+)
 from .regularization import RegularizerStage
 from .schedules import Schedule
 
@@ -493,6 +499,13 @@ class StepRunner:
                 f"{type(self.problem).__name__}.evaluate() must return a ProblemState; got "
                 f"{describe(state)}."
             )
+        objective = state.objective
+        if (
+            type(objective) is not Tensor
+            or objective.numel() != 1
+            or not objective.is_floating_point()
+        ):
+            check_objective(self.problem, objective)  # names what is wrong (a subclass passes)
         if not self.primal.local:
             state = self.primal.reducer.reduce_state(self.problem, state)
         layout = self.duals.layout

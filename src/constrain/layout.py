@@ -32,6 +32,7 @@ from .problem import (
     Constraint,
     ProblemState,
     as_constraint_value,
+    check_objective,
     declared,
 )
 from .schedules import RhsSchedule
@@ -149,16 +150,7 @@ class ConstraintLayout:
         self.per_sample: list[Constraint] = []
         sizes: list[int] = []
         reference = state.objective
-        if not isinstance(reference, Tensor):
-            raise ShapeError(
-                f"{type(problem).__name__}: the objective must be a scalar tensor; got "
-                f"{describe(reference)}."
-            )
-        if reference.numel() != 1:
-            raise ShapeError(
-                f"{type(problem).__name__}: the objective must be a scalar; got a tensor of "
-                f"shape {tuple(reference.shape)}. Reduce it with .mean() or .sum()."
-            )
+        check_objective(problem, reference)
         modelled: dict[int, str] = {}
         for c in problem.all_constraints:
             if c.multiplier_model is not None:

@@ -755,22 +755,44 @@ def as_constraint_value(name: str, raw: object) -> ConstraintValue:
     return value
 
 
+def check_objective(problem: ConstrainedProblem, objective: object) -> None:
+    """Check that an evaluation's objective is a real floating-point tensor with one
+    element (checked at every evaluation: an objective that changes type later in a run
+    is refused at the step it does so).
+
+    Raises:
+        ShapeError: For anything but a tensor, a tensor with more or fewer than one
+            element, or an integer, boolean or complex tensor.
+    """
+    if not isinstance(objective, Tensor):
+        raise ShapeError(
+            f"{type(problem).__name__}: the objective must be a scalar tensor; got "
+            f"{describe(objective)}."
+        )
+    if objective.numel() != 1:
+        raise ShapeError(
+            f"{type(problem).__name__}: the objective must be a scalar; got a tensor of "
+            f"shape {tuple(objective.shape)}. Reduce it with .mean() or .sum()."
+        )
+    if not objective.is_floating_point():
+        raise ShapeError(
+            f"{type(problem).__name__}: the objective must be a real floating-point scalar; "
+            f"got {describe(objective)}. An integer or complex objective cannot be trained."
+        )
+
+
 def check_trainable(problem: ConstrainedProblem, state: ProblemState) -> None:
     """Check, once, that the primal player can see what it must minimise (call with
     gradients enabled and a model that has trainable parameters).
 
     Raises:
-        ShapeError: For a complex or integer objective.
+        ShapeError: For an objective that :func:`check_objective` refuses.
         ConfigError: If a constraint's primal value (its proxy, else its value) carries no
             gradient (detached, integer, computed under ``no_grad``, or a count without a
             proxy), or if neither the objective nor any constraint depends on the model.
     """
     objective = state.objective
-    if isinstance(objective, Tensor) and not objective.is_floating_point():
-        raise ShapeError(
-            f"{type(problem).__name__}: the objective must be a real floating-point scalar; "
-            f"got {describe(objective)}. An integer or complex objective cannot be trained."
-        )
+    check_objective(problem, objective)
     blind = []
     for name, raw in state.constraints.items():
         value = as_constraint_value(name, raw)
