@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +70,13 @@ def _run(
 
 def _sq(m: Any, b: Any) -> Tensor:
     return m.x.pow(2).sum()
+
+
+def _nested(x: Tensor) -> Tensor:
+    """``x`` as a nested tensor (a prototype API of torch: its warning is not the test's)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.nested.as_nested_tensor([x])
 
 
 def _edited_problem(edit: Callable[[ProblemState], None]) -> ConstrainedProblem:
@@ -178,6 +186,23 @@ ERRORS: list[Row] = [
         lambda t: _run(lambda m, b: torch.tensor(3) if m.x.grad is not None else _sq(m, b)),
         ShapeError,
         ("objective", "real floating-point", "int64"),
+    ),
+    Row(
+        "sparse-constraint",
+        "a constraint returned as a sparse tensor",
+        lambda t: _run(_sq, [Constraint("c", "<=", fn=lambda m, b: (m.x * 1).to_sparse())]),
+        ShapeError,
+        ("constraint 'c'", "dense (strided) tensor", "sparse_coo", "to_dense()"),
+    ),
+    Row(
+        "nested-constraint",
+        "a constraint returned as a nested tensor",
+        lambda t: _run(
+            _sq,
+            [Constraint("c", "<=", size=3, fn=lambda m, b: _nested(m.x))],
+        ),
+        ShapeError,
+        ("constraint 'c'", "dense (strided) tensor", "nested", "torch.cat"),
     ),
     Row(
         "constant-everything",

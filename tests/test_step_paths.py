@@ -210,3 +210,139 @@ def test_a_nonfinite_gradient_is_named_on_the_short_path() -> None:
     solver = Solver(problem, model, torch.optim.SGD(model.parameters(), lr=0.1))
     with pytest.raises(NonFiniteError, match=r"gradient of parameter\(s\) \['x'\] .* step 0"):
         solver.step()
+
+
+def test_finite_float64_gradients_beyond_float32_are_finite_on_every_path() -> None:
+    """A float64 parameter whose gradient entries (+-1e300, cancelling in their sum) lie
+    beyond the range of the float32 record: finite, so no NonFiniteError, whether the
+    step is copied at once, buffered or run in pieces."""
+    weights = torch.tensor([1e300, -1e300, 1e300, -1e300], dtype=torch.float64)
+
+    def solver(**options: Any) -> Solver:
+        model = Variables(x=torch.zeros(4, dtype=torch.float64))
+        problem = ConstrainedProblem(
+            objective=lambda m, b: (m.x @ weights).float(),
+            constraints=[Constraint("c", "<=", rhs=1.0, fn=lambda m, b: m.x.float().sum())],
+        )
+        return Solver(problem, model, torch.optim.SGD(model.parameters(), lr=0.0), **options)
+
+    short, buffered, pieces = solver(), solver(check_every=3), solver()
+    for _ in range(6):
+        short.step()
+        buffered.step()
+        loss = pieces.lagrangian()
+        pieces.optimizer.zero_grad()
+        loss.backward()
+        pieces.optimizer.step()
+        pieces.dual_step()
+    buffered.flush()
+    assert short.model.x.grad is not None
+    assert torch.equal(short.model.x.grad.abs(), weights.abs())  # finite, beyond float32
+    facts = [_facts(r) for r in short.history]
+    assert facts == [_facts(r) for r in buffered.history] == [_facts(r) for r in pieces.history]
+    assert len(facts) == 6
+
+
+@pytest.mark.parametrize("formulation", ["augmented_lagrangian", "quadratic_penalty"])
+def test_a_tensor_changed_in_place_before_backward_is_copied_for_a_quadratic_term(
+    formulation: str,
+) -> None:
+    """Formulations whose terms are not linear in the values keep them for backward: the
+    constraint's own tensor, changed in place between lagrangian() and backward(), must
+    not reach them (the one-group path copies it for them; the Lagrangian needs no copy)."""
+    model = Variables(x=torch.zeros(3, dtype=DTYPE))
+    cache: dict[str, torch.Tensor] = {}
+
+    def cached(m: Any, b: Any) -> torch.Tensor:
+        cache["out"] = m.x * 2.0 - 1.0
+        return cache["out"]
+
+    problem = ConstrainedProblem(
+        objective=lambda m, b: (m.x - 1.0).pow(2).sum(),
+        constraints=[Constraint("c", "<=", fn=cached, size=3)],
+    )
+    solver = Solver(
+        problem, model, torch.optim.SGD(model.parameters(), lr=0.1), formulation=formulation
+    )
+    for _ in range(3):
+        loss = solver.lagrangian()
+        with torch.no_grad():
+            cache["out"].zero_()  # the user's code reuses its buffer
+        solver.optimizer.zero_grad()
+        loss.backward()
+        solver.optimizer.step()
+        solver.dual_step()
+    assert solver.step_count == 3
+
+
+def test_a_strided_constraint_gives_the_loss_of_a_contiguous_one() -> None:
+    """A non-contiguous tensor (a column of a matrix) is copied before the primal loss
+    reduces it: the Lagrangian's value is that of the same values in contiguous memory,
+    bit for bit (a reduction over strided memory may round differently)."""
+    A, b = _data()
+
+    def problem(contiguous: bool) -> ConstrainedProblem:
+        def fn(m: Any, batch: Any) -> Any:
+            column = torch.stack([A @ m.x - b, A @ m.x], dim=1)[:, 0]
+            return column.contiguous() if contiguous else column
+
+        return ConstrainedProblem(
+            objective=lambda m, batch: (m.x - 1.0).pow(2).sum(),
+            constraints=[Constraint("rows", "<=", fn=fn, size=7)],
+        )
+
+    losses = []
+    for contiguous in (False, True):
+        model = Variables(x=torch.zeros(4, dtype=DTYPE))
+        solver = Solver(problem(contiguous), model, torch.optim.SGD(model.parameters(), lr=0.05))
+        values = []
+        for _ in range(STEPS):
+            loss = solver.lagrangian()
+            values.append(loss.item())
+            solver.optimizer.zero_grad()
+            loss.backward()
+            solver.optimizer.step()
+            solver.dual_step()
+        losses.append(values)
+    assert losses[0] == losses[1]
+
+
+class _Embedded(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.emb = torch.nn.Embedding(10, 3, sparse=True, dtype=DTYPE)
+        with torch.no_grad():
+            self.emb.weight.copy_(torch.rand(10, 3, generator=generator, dtype=DTYPE))
+        self.w = torch.nn.Parameter(torch.ones(3, dtype=DTYPE))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"vectors_every": 2}, {"check_every": 3}],
+    ids=["at-once", "vectors", "buffered"],
+)
+def test_sparse_gradients_are_checked_on_every_path(options: dict[str, Any]) -> None:
+    """nn.Embedding(sparse=True): the gradient check reads the stored values of a sparse
+    gradient; a NaN among them is named."""
+    index = torch.tensor([1, 2, 2])
+
+    def solver(objective: Any) -> Solver:
+        model = _Embedded()
+        problem = ConstrainedProblem(
+            objective=objective,
+            constraints=[Constraint("c", "<=", rhs=0.5, fn=lambda m, b: m.emb(index).sum(1))],
+        )
+        return Solver(problem, model, torch.optim.SGD(model.parameters(), lr=0.01), **options)
+
+    fine = solver(lambda m, b: (m.emb(index) * m.w).pow(2).sum())
+    for _ in range(6):
+        fine.step()
+    fine.flush()
+    assert len(fine.history) == 6
+
+    bad = solver(lambda m, b: (m.emb(index) * 0).pow(2).sqrt().sum() + m.w.sum())  # d/dx 0
+    with pytest.raises(NonFiniteError, match=r"gradient of parameter\(s\) \['emb.weight'\]"):
+        for _ in range(3):
+            bad.step()
+        bad.flush()

@@ -511,7 +511,12 @@ class StepRunner:
         layout = self.duals.layout
         if layout is None or self.duals.multipliers is None:
             check_names(self.problem, state)
-            layout = ConstraintLayout(self.problem, state, rhs_schedule=self.rhs_schedule)
+            layout = ConstraintLayout(
+                self.problem,
+                state,
+                rhs_schedule=self.rhs_schedule,
+                share_values=self.duals.formulation.linear_terms,
+            )
             self.duals.initialise(layout)
             history = self.step_log.history
             if not history.labels:

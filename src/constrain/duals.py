@@ -51,7 +51,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ._errors import CheckpointError, ConfigError, describe
+from ._errors import CheckpointError, ConfigError, ShapeError, describe
 from ._patterns import resolve
 from .controllers import Controller, ControllerMap, ControllerState
 from .formulations import Formulation, FormulationState
@@ -495,7 +495,7 @@ class Duals:
                 formulation.dual_signal(stacked, self.formulation_state),
                 self._states[key],
             )
-            health = _health(dense, self._zeros)
+            health = self._dense_health(dense)
             projected = self._bound(formulation.project(dense, self._equality), self._upper)
             return self._take_dense(health, dense, projected, {key: state}, guard)
         current = self.active(stacked, step)
@@ -518,7 +518,7 @@ class Duals:
             formulation.after_dual_step(current, fstate, lam) if self._formulation_steps else fstate
         )
         dense, states = self._update_dense(lam.dense, signal, current.observed)
-        health = _health(dense, self._zeros)
+        health = self._dense_health(dense)
         projected = self._bound(formulation.project(dense, self._equality), self._upper)
         projected, states = self._restart_dense(
             projected, states, current.violation, current.observed
@@ -534,6 +534,8 @@ class Duals:
             before = {k: v[..., iv.indices] for k, v in state.items()}
             old = store[iv.indices]
             updated, after = controller.update(old, signals[name], before)
+            if not isinstance(updated, Tensor) or updated.shape != old.shape:
+                raise _proposal_error(controller, updated, old)
             health = _health(updated)
             ok = health == 0
             mask = torch.ones_like(updated, dtype=torch.bool) if iv.equality else None
@@ -547,6 +549,24 @@ class Duals:
             report.health = report.health + health
         self.formulation_state = new_fstate
         return report
+
+    def _dense_health(self, dense: Tensor) -> Tensor:
+        """:func:`_health` of a dense proposal, after checking that it is one: a tensor of
+        the multipliers' shape on their device (what ``Controller.update`` must return).
+        ``torch.dot`` with the zeros accepts exactly a 1-d tensor of their size, dtype and
+        device, so the common case is decided by the health kernel itself.
+
+        Raises:
+            ShapeError: If the controller returned anything else, naming it.
+        """
+        try:
+            return torch.dot(dense, self._zeros)
+        except (RuntimeError, TypeError):
+            pass
+        lam = self._zeros
+        if not isinstance(dense, Tensor) or dense.shape != lam.shape or dense.device != lam.device:
+            raise _proposal_error(self.controller, dense, lam)
+        return _health(dense)
 
     def _take_dense(
         self,
@@ -621,6 +641,8 @@ class Duals:
             sub_lam, sub_signal = block.take(lam), block.take(signal)
             controller = self._controller_of(block.key)
             updated, state = controller.update(sub_lam, sub_signal, old_state)
+            if not isinstance(updated, Tensor) or updated.shape != sub_lam.shape:
+                raise _proposal_error(controller, updated, sub_lam)
             if mask is not None:  # unobserved entries keep multiplier and state
                 m = block.take(mask)
                 updated = torch.where(m, updated, sub_lam)
@@ -817,21 +839,24 @@ class DualReport:
     previous: tuple[Tensor, dict[str, ControllerState]] | None = None
 
 
-def _health(values: Tensor, zeros: Tensor | None = None) -> Tensor:
+def _health(values: Tensor) -> Tensor:
     """0-dim tensor: 0 when every entry of ``values`` is finite, else NaN (no host
     synchronisation).
 
-    ``0 * x`` is 0 for a finite entry and NaN for NaN/Inf, so ``x . 0`` (one kernel, with
-    ``zeros`` of the shape and dtype of a 1-d ``values``) is exactly 0 when all are finite
-    (no overflow, whatever their size) and NaN otherwise; without ``zeros`` (or if
-    ``values`` is not of their shape and dtype, which ``torch.dot`` refuses), the sum of
-    ``x - x`` says the same."""
-    if zeros is not None:
-        try:
-            return torch.dot(values, zeros)
-        except RuntimeError:
-            pass
+    ``x - x`` is 0 for a finite entry and NaN for NaN/Inf, so its sum is exactly 0 when all
+    are finite (no overflow, whatever their size) and NaN otherwise; so is ``x . 0``, one
+    kernel, which the dense multipliers use (:meth:`Duals._dense_health`)."""
     return (values - values).sum()
+
+
+def _proposal_error(controller: object, proposal: object, multipliers: Tensor) -> ShapeError:
+    """The error for a controller update that is not a tensor of the multipliers' shape."""
+    name = getattr(controller, "name", "") or type(controller).__name__
+    return ShapeError(
+        f"controller {name!r} returned {describe(proposal)} as the updated "
+        f"multipliers; expected a tensor of shape {tuple(multipliers.shape)} on "
+        f"{multipliers.device}, one entry per multiplier (see Controller.update)."
+    )
 
 
 def _overrides(formulation: Formulation, hook: str) -> bool:

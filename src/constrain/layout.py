@@ -130,6 +130,13 @@ class ConstraintLayout:
         rhs_schedule: Right-hand sides that replace the declared ones, by constraint-name
             pattern: schedules (:mod:`constrain.schedules`: instances, mappings with a
             ``name``) or numbers. Groups no pattern matches keep their declaration.
+        share_values: Whether the primal loss may take a group's tensor itself, not a
+            copy, where the one-group short path of :meth:`stack` would copy nothing else:
+            only for a formulation whose terms are linear in the values
+            (:attr:`Formulation.linear_terms <constrain.formulations.Formulation.linear_terms>`),
+            whose backward keeps none of them, so that a tensor the user changes in place
+            before ``backward`` cannot break it. Contiguous tensors only (a reduction
+            over a strided one may round differently from one over its copy).
 
     Raises:
         ShapeError: For a non-scalar objective, sizes that disagree with the declaration
@@ -145,7 +152,9 @@ class ConstraintLayout:
         state: ProblemState,
         *,
         rhs_schedule: Mapping[str, Any] | None = None,
+        share_values: bool = False,
     ) -> None:
+        self.share_values = share_values
         self.dense: list[Constraint] = []
         self.per_sample: list[Constraint] = []
         sizes: list[int] = []
@@ -356,17 +365,22 @@ class ConstraintLayout:
             if (
                 type(raw) is Tensor
                 and len(constraints) == 1
+                and raw.layout is torch.strided
+                and not raw.is_nested
                 and raw.shape == self._shapes[0]
                 and (dtype := raw.dtype) in _FLOATS
                 and declared(self.problem) is self._rhs_source
                 and raw.device == self.device
             ):
-                # The user's tensor itself carries the primal term (no copy in the graph:
-                # its backward is the user's alone); the signal is copied only where it
-                # would share the user's memory (see _stacked).
                 flat = raw if dtype is self.dtype else raw.to(self.dtype)
                 violation = self._standard_form(flat)
-                return self._stacked(violation, violation, {}, None, _NOTHING, raw)
+                if violation is not raw or (self.share_values and raw.is_contiguous()):
+                    # The primal term takes the new tensor, or the user's own (see
+                    # share_values: no copy in the graph); the signal is copied only where
+                    # it would share the user's memory (see _stacked).
+                    return self._stacked(violation, violation, {}, None, _NOTHING, raw)
+                flat = torch.cat((raw,))  # a copy for the primal term and the signal
+                return self._stacked(flat, flat, {}, None, _NOTHING, None)
         step = 0 if step is None else step
         if self.dense:
             # The declarations are rebuilt (a new list) whenever a field of the problem
@@ -517,13 +531,13 @@ class ConstraintLayout:
         :meth:`stack` checks each group and names the one that is wrong."""
         tensors: list[Tensor] = []
         shapes = []
-        for name in self.names:  # a loop, not generators: this runs at every step
-            raw = constraints.get(name)
-            if type(raw) is not Tensor or raw.dtype not in _FLOATS:
-                return None
-            tensors.append(raw)
-            shapes.append(raw.shape)
         try:
+            for name in self.names:  # a loop, not generators: this runs at every step
+                raw = constraints.get(name)
+                if type(raw) is not Tensor or raw.dtype not in _FLOATS:
+                    return None
+                tensors.append(raw)
+                shapes.append(raw.shape)  # a nested tensor has none: RuntimeError
             if shapes == self._shapes:
                 flat = torch.cat(tensors)
             elif shapes == self._scalars:  # one number per group
@@ -532,7 +546,7 @@ class ConstraintLayout:
                 return None
         except RuntimeError:  # e.g. groups on different devices
             return None
-        return flat if flat.device == self.device else None
+        return flat if flat.device == self.device and flat.layout is torch.strided else None
 
     def _raise_names(self, state: ProblemState) -> NoReturn:
         declared = [c.name for c in self.dense + self.per_sample]

@@ -145,7 +145,10 @@ class PrimalSide:
                 sums.append(t.sum(dtype=_SCREEN_SUM[dtype]))
             else:
                 return tuple(names), sums
-        norms = list(torch._foreach_norm(tensors, math.inf))
+        try:
+            norms = list(torch._foreach_norm(tensors, math.inf))
+        except (NotImplementedError, RuntimeError):  # a sparse gradient (nn.Embedding)
+            norms = [_max_norm(t) for t in tensors]
         if not self._one_device:
             device = norms[0].device
             norms = [x.to(device) for x in norms]
@@ -174,6 +177,17 @@ class PrimalSide:
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
         return False
+
+
+def _max_norm(grad: Tensor) -> Tensor:
+    """``max |g|`` of one gradient, dense or sparse (the stored values of a sparse one,
+    summed over repeated indices first: what the optimizer applies; its implicit zeros
+    are finite)."""
+    if grad.layout is torch.sparse_coo:
+        grad = grad.coalesce().values()
+    elif grad.layout is not torch.strided:  # CSR, CSC, BSR, BSC
+        grad = grad.values()
+    return torch.linalg.vector_norm(grad, math.inf) if grad.numel() else grad.new_zeros(())
 
 
 def _as_optimizers(optimizer: OptimizerSpec) -> list[torch.optim.Optimizer]:

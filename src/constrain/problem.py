@@ -696,6 +696,14 @@ def as_constraint_value(name: str, raw: object) -> ConstraintValue:
             f"constraint {name!r}: expected a tensor (or ConstraintValue); got "
             f"{describe(value.value)}. Return torch.as_tensor(...) of the value."
         )
+    if value.value.is_nested or value.value.layout is not torch.strided:
+        nested = value.value.is_nested
+        kind = "nested" if nested else str(value.value.layout).removeprefix("torch.")
+        fix = "torch.cat(value.unbind()), one flat tensor" if nested else "value.to_dense()"
+        raise ShapeError(
+            f"constraint {name!r}: expected a dense (strided) tensor; got a {kind} tensor. "
+            f"Return {fix}."
+        )
     if not value.value.is_floating_point():
         raise ShapeError(
             f"constraint {name!r}: expected a floating-point tensor (real, not complex); got "

@@ -213,7 +213,7 @@ class Recorder:
         scalars = [_scalar(objective, dtype), v.max(), torch.dot(lam, lam)]
         if gradients is not None:
             for n in gradients[1]:
-                scalars.append(n if n.dtype is dtype else n.to(dtype))
+                scalars.append(_finiteness(n, dtype))
         scalars.append(dual_health if dual_health.dtype is dtype else dual_health.to(dtype))
         values: list[float] = torch.stack(scalars).tolist()
         value, top = values[0], values[1]
@@ -324,7 +324,7 @@ class Recorder:
         names: tuple[str, ...] = ()
         if gradients is not None:  # 0-d norms without gradient (PrimalSide.gradient_norms)
             names = gradients[0]
-            scalars += [n if n.dtype is dtype else n.to(dtype) for n in gradients[1]]
+            scalars += [_finiteness(n, dtype) for n in gradients[1]]
         for other in extra:
             health = (other.violation - other.violation).sum()
             for iv in other.per_sample.values():
@@ -659,6 +659,14 @@ def _metric_scalar(name: str, metric: object, like: Tensor) -> Tensor:
         f"metric {name!r} must be a real scalar (a number or a one-element tensor); got "
         f"{describe(metric)}. Reduce it (e.g. .mean()) or return one metric per entry."
     )
+
+
+def _finiteness(value: Tensor, dtype: torch.dtype) -> Tensor:
+    """A 0-d fact read only for its finiteness (a gradient's norm or screen), in ``dtype``:
+    ``value`` itself if it has that dtype, else ``value - value`` converted (0 if finite,
+    NaN if not), so that a finite value beyond the range of ``dtype`` (a float64
+    gradient of 1e300 in a float32 record) does not read as an overflow."""
+    return value if value.dtype is dtype else (value - value).to(dtype)
 
 
 def _scalar(value: Tensor, dtype: torch.dtype) -> Tensor:

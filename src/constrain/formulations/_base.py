@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from pydantic import (
@@ -61,6 +61,17 @@ class Formulation(BaseModel):
 
     name: ClassVar[str] = ""
     uses_multipliers: ClassVar[bool] = True
+    linear_terms: ClassVar[bool] = False
+    """Whether :meth:`terms` is linear in the constraint values (``lam . g~``): its
+    backward then keeps none of them, and the solver may hand it the user's tensor itself
+    instead of a copy (see ``ConstraintLayout``'s ``share_values``). Leave it ``False``
+    unless that holds: a subclass that overrides :meth:`terms` without setting it again
+    gets ``False``."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "terms" in vars(cls) and "linear_terms" not in vars(cls):
+            cls.linear_terms = False
 
     def init_state(self, layout: ConstraintLayout) -> FormulationState:
         """Initial formulation state (empty for the plain Lagrangian)."""

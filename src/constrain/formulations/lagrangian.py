@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from torch import Tensor
 
 from ._base import Formulation, FormulationState
@@ -18,6 +20,8 @@ class Lagrangian(Formulation):
     ``g`` (the true values). Per-sample groups add ``sum_i lam_i g~_i`` over the observed
     samples.
     """
+
+    linear_terms: ClassVar[bool] = True
 
     def terms(
         self, multipliers: Tensor, values: Tensor, equality: Tensor, state: FormulationState
