@@ -79,6 +79,17 @@ def _nested(x: Tensor) -> Tensor:
         return torch.nested.as_nested_tensor([x])
 
 
+def _later(kind: Callable[[Tensor], Tensor]) -> Callable[[Any, Any], Tensor]:
+    """A constraint ``x - 1`` that comes back as ``kind(x - 1)`` from the second step on
+    (once the first step has left a gradient)."""
+
+    def fn(m: Any, b: Any) -> Tensor:
+        value = m.x - 1.0
+        return value if m.x.grad is None else kind(value)
+
+    return fn
+
+
 def _edited_problem(edit: Callable[[ProblemState], None]) -> ConstrainedProblem:
     """A problem whose evaluation is changed by ``edit`` before the solver reads it."""
 
@@ -200,6 +211,33 @@ ERRORS: list[Row] = [
         lambda t: _run(
             _sq,
             [Constraint("c", "<=", size=3, fn=lambda m, b: _nested(m.x))],
+        ),
+        ShapeError,
+        ("constraint 'c'", "dense (strided) tensor", "nested", "torch.cat"),
+    ),
+    Row(
+        "constraint-becomes-sparse",
+        "a constraint that becomes a sparse tensor after the first step",
+        lambda t: _run(_sq, [Constraint("c", "<=", fn=_later(lambda x: x.to_sparse()))]),
+        ShapeError,
+        ("constraint 'c'", "dense (strided) tensor", "sparse_coo", "to_dense()"),
+    ),
+    Row(
+        "constraint-becomes-mkldnn",
+        "a constraint that becomes an mkldnn tensor after the first step",
+        lambda t: _run(_sq, [Constraint("c", "<=", fn=_later(lambda x: x.float().to_mkldnn()))]),
+        ShapeError,
+        ("constraint 'c'", "dense (strided) tensor", "_mkldnn", "to_dense()"),
+    ),
+    Row(
+        "constraint-becomes-nested",
+        "a constraint that becomes a nested tensor after the first step (two groups)",
+        lambda t: _run(
+            _sq,
+            [
+                Constraint("c", "<=", size=3, fn=_later(_nested)),
+                Constraint("d", "<=", fn=lambda m, b: m.x.sum()),
+            ],
         ),
         ShapeError,
         ("constraint 'c'", "dense (strided) tensor", "nested", "torch.cat"),

@@ -424,8 +424,14 @@ class ConstraintLayout:
                 primals.append(values[-1])
                 masks.append(None)
                 continue
-            if type(raw) is Tensor and raw.is_floating_point() and raw.device == device:
-                # The common case, a plain tensor: nothing else to check.
+            if (
+                type(raw) is Tensor
+                and raw.layout is torch.strided
+                and not raw.is_nested
+                and raw.is_floating_point()
+                and raw.device == device
+            ):
+                # The common case, a plain dense tensor: nothing else to check.
                 flat = raw if raw.dim() == 1 else raw.reshape(-1)
                 values.append(flat)
                 primals.append(flat)
