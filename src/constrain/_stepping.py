@@ -53,8 +53,8 @@ class StepInProgress:
         extra: Further evaluations of the constraints (look-ahead, ``"primal_dual"``).
         gradients: Parameter names and their gradients' max-norms (device tensors).
         measure_gradients: Measures the gradients when the step is recorded, if
-            ``gradients`` was not set (:meth:`PrimalSide.gradient_norms
-            <constrain.primal.PrimalSide.gradient_norms>`): see :meth:`gradient_facts`.
+            ``gradients`` was not set (``PrimalSide.gradient_norms``): see
+            :meth:`gradient_facts`.
         rule_metrics: What the step's update rule reports (0-d device tensors, e.g. the
             ``"cgd/hvp"`` count of the ``"cgd"`` order), recorded with the problem's
             metrics.

@@ -132,9 +132,8 @@ class ConstraintLayout:
             ``name``) or numbers. Groups no pattern matches keep their declaration.
         share_values: Whether the primal loss may take a group's tensor itself, not a
             copy, where the one-group short path of :meth:`stack` would copy nothing else:
-            only for a formulation whose terms are linear in the values
-            (:attr:`Formulation.linear_terms <constrain.formulations.Formulation.linear_terms>`),
-            whose backward keeps none of them, so that a tensor the user changes in place
+            only for a formulation whose terms are linear in the values (its
+            ``linear_terms``), whose backward keeps none of them, so that a tensor the user changes in place
             before ``backward`` cannot break it. Contiguous tensors only (a reduction
             over a strided one may round differently from one over its copy).
 
