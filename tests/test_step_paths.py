@@ -72,15 +72,21 @@ def _same_run(short: Solver, general: Solver) -> None:
         assert _facts(a) == _facts(b)
 
 
-def _step_and_pieces(short: Solver, general: Solver) -> tuple[Solver, Solver]:
+def _own_step(solver: Solver) -> torch.Tensor:
+    """One step in the own-loop pieces; returns the step's primal loss."""
+    loss = solver.lagrangian()
+    solver.optimizer.zero_grad()
+    loss.backward()
+    solver.optimizer.step()
+    solver.dual_step()
+    return loss
+
+
+def _step_and_pieces(short: Solver, general: Solver, steps: int = STEPS) -> tuple[Solver, Solver]:
     """Run ``short`` with Solver.step and ``general`` with the own-loop pieces."""
-    for _ in range(STEPS):
+    for _ in range(steps):
         short.step()
-        loss = general.lagrangian()
-        general.optimizer.zero_grad()
-        loss.backward()
-        general.optimizer.step()
-        general.dual_step()
+        _own_step(general)
     return short, general
 
 
@@ -178,15 +184,10 @@ def test_a_gradient_screen_that_overflows_is_not_a_nonfinite_gradient(
     """Solver.step screens the gradients by their sums; finite gradients whose sum
     overflows are confirmed finite by their max-norms (no NonFiniteError), and the run
     equals the own-loop pieces, which measure the max-norms directly."""
-    short, general = _scaled_solver(scale, dtype, size), _scaled_solver(scale, dtype, size)
     steps = 5
-    for _ in range(steps):
-        short.step()
-        loss = general.lagrangian()
-        general.optimizer.zero_grad()
-        loss.backward()
-        general.optimizer.step()
-        general.dual_step()
+    short, general = _step_and_pieces(
+        _scaled_solver(scale, dtype, size), _scaled_solver(scale, dtype, size), steps
+    )
     assert short.model.x.grad is not None and torch.isfinite(short.model.x.grad).all()
     assert torch.equal(short.model.x, general.model.x)
     assert torch.equal(short.multipliers["total"], general.multipliers["total"])
@@ -227,14 +228,9 @@ def test_finite_float64_gradients_beyond_float32_are_finite_on_every_path() -> N
         return Solver(problem, model, torch.optim.SGD(model.parameters(), lr=0.0), **options)
 
     short, buffered, pieces = solver(), solver(check_every=3), solver()
+    _step_and_pieces(short, pieces, 6)
     for _ in range(6):
-        short.step()
         buffered.step()
-        loss = pieces.lagrangian()
-        pieces.optimizer.zero_grad()
-        loss.backward()
-        pieces.optimizer.step()
-        pieces.dual_step()
     buffered.flush()
     assert short.model.x.grad is not None
     assert torch.equal(short.model.x.grad.abs(), weights.abs())  # finite, beyond float32
@@ -295,15 +291,7 @@ def test_a_strided_constraint_gives_the_loss_of_a_contiguous_one() -> None:
     for contiguous in (False, True):
         model = Variables(x=torch.zeros(4, dtype=DTYPE))
         solver = Solver(problem(contiguous), model, torch.optim.SGD(model.parameters(), lr=0.05))
-        values = []
-        for _ in range(STEPS):
-            loss = solver.lagrangian()
-            values.append(loss.item())
-            solver.optimizer.zero_grad()
-            loss.backward()
-            solver.optimizer.step()
-            solver.dual_step()
-        losses.append(values)
+        losses.append([_own_step(solver).item() for _ in range(STEPS)])
     assert losses[0] == losses[1]
 
 

@@ -499,13 +499,7 @@ class StepRunner:
                 f"{type(self.problem).__name__}.evaluate() must return a ProblemState; got "
                 f"{describe(state)}."
             )
-        objective = state.objective
-        if (
-            type(objective) is not Tensor
-            or objective.numel() != 1
-            or not objective.is_floating_point()
-        ):
-            check_objective(self.problem, objective)  # names what is wrong (a subclass passes)
+        check_objective(self.problem, state.objective)
         if not self.primal.local:
             state = self.primal.reducer.reduce_state(self.problem, state)
         layout = self.duals.layout

@@ -563,9 +563,13 @@ class Duals:
             return torch.dot(dense, self._zeros)
         except (RuntimeError, TypeError):
             pass
-        lam = self._zeros
-        if not isinstance(dense, Tensor) or dense.shape != lam.shape or dense.device != lam.device:
-            raise _proposal_error(self.controller, dense, lam)
+        zeros = self._zeros  # the multipliers' shape, dtype and device
+        if (
+            not isinstance(dense, Tensor)
+            or dense.shape != zeros.shape
+            or dense.device != zeros.device
+        ):
+            raise _proposal_error(self.controller, dense, zeros)
         return _health(dense)
 
     def _take_dense(

@@ -34,6 +34,7 @@ from .problem import (
     as_constraint_value,
     check_objective,
     declared,
+    is_dense,
 )
 from .schedules import RhsSchedule
 
@@ -133,9 +134,10 @@ class ConstraintLayout:
         share_values: Whether the primal loss may take a group's tensor itself, not a
             copy, where the one-group short path of :meth:`stack` would copy nothing else:
             only for a formulation whose terms are linear in the values (its
-            ``linear_terms``), whose backward keeps none of them, so that a tensor the user changes in place
-            before ``backward`` cannot break it. Contiguous tensors only (a reduction
-            over a strided one may round differently from one over its copy).
+            ``linear_terms``), whose backward keeps none of them, so that a tensor the
+            user changes in place before ``backward`` cannot break it. Contiguous tensors
+            only (a reduction over a strided one may round differently from one over its
+            copy).
 
     Raises:
         ShapeError: For a non-scalar objective, sizes that disagree with the declaration
@@ -364,8 +366,7 @@ class ConstraintLayout:
             if (
                 type(raw) is Tensor
                 and len(constraints) == 1
-                and raw.layout is torch.strided
-                and not raw.is_nested
+                and is_dense(raw)
                 and raw.shape == self._shapes[0]
                 and (dtype := raw.dtype) in _FLOATS
                 and declared(self.problem) is self._rhs_source
@@ -425,8 +426,7 @@ class ConstraintLayout:
                 continue
             if (
                 type(raw) is Tensor
-                and raw.layout is torch.strided
-                and not raw.is_nested
+                and is_dense(raw)
                 and raw.is_floating_point()
                 and raw.device == device
             ):

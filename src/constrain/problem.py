@@ -696,7 +696,7 @@ def as_constraint_value(name: str, raw: object) -> ConstraintValue:
             f"constraint {name!r}: expected a tensor (or ConstraintValue); got "
             f"{describe(value.value)}. Return torch.as_tensor(...) of the value."
         )
-    if value.value.is_nested or value.value.layout is not torch.strided:
+    if not is_dense(value.value):
         nested = value.value.is_nested
         kind = "nested" if nested else str(value.value.layout).removeprefix("torch.")
         fix = "torch.cat(value.unbind()), one flat tensor" if nested else "value.to_dense()"
@@ -763,6 +763,12 @@ def as_constraint_value(name: str, raw: object) -> ConstraintValue:
     return value
 
 
+def is_dense(value: Tensor) -> bool:
+    """Whether ``value`` is a dense tensor: strided layout, not nested (not sparse, mkldnn
+    or nested, which the stacking of constraint values refuses)."""
+    return value.layout is torch.strided and not value.is_nested
+
+
 def check_objective(problem: ConstrainedProblem, objective: object) -> None:
     """Check that an evaluation's objective is a real floating-point tensor with one
     element (checked at every evaluation: an objective that changes type later in a run
@@ -793,14 +799,14 @@ def check_trainable(problem: ConstrainedProblem, state: ProblemState) -> None:
     """Check, once, that the primal player can see what it must minimise (call with
     gradients enabled and a model that has trainable parameters).
 
+    The objective itself is checked at every evaluation (:func:`check_objective`).
+
     Raises:
-        ShapeError: For an objective that :func:`check_objective` refuses.
         ConfigError: If a constraint's primal value (its proxy, else its value) carries no
             gradient (detached, integer, computed under ``no_grad``, or a count without a
             proxy), or if neither the objective nor any constraint depends on the model.
     """
     objective = state.objective
-    check_objective(problem, objective)
     blind = []
     for name, raw in state.constraints.items():
         value = as_constraint_value(name, raw)

@@ -212,9 +212,8 @@ class Recorder:
             lam = lam.to(dtype)
         scalars = [_scalar(objective, dtype), v.max(), torch.dot(lam, lam)]
         if gradients is not None:
-            for n in gradients[1]:
-                scalars.append(_finiteness(n, dtype))
-        scalars.append(dual_health if dual_health.dtype is dtype else dual_health.to(dtype))
+            scalars += [_finiteness(n, dtype) for n in gradients[1]]
+        scalars.append(_finiteness(dual_health, dtype))
         values: list[float] = torch.stack(scalars).tolist()
         value, top = values[0], values[1]
         # the sum is finite exactly when every term is (an overflow of it only sends the
@@ -333,7 +332,7 @@ class Recorder:
         if dual_health is None:
             scalars.append(torch.zeros((), dtype=dtype, device=device))
         else:
-            scalars.append(dual_health if dual_health.dtype is dtype else dual_health.to(dtype))
+            scalars.append(_finiteness(dual_health, dtype))
         for name, size, equality in self._samples:
             parts.append(self._sample_row(name, size, equality, stacked, multipliers, proposals))
         head = torch.stack(scalars)
@@ -662,10 +661,11 @@ def _metric_scalar(name: str, metric: object, like: Tensor) -> Tensor:
 
 
 def _finiteness(value: Tensor, dtype: torch.dtype) -> Tensor:
-    """A 0-d fact read only for its finiteness (a gradient's norm or screen), in ``dtype``:
-    ``value`` itself if it has that dtype, else ``value - value`` converted (0 if finite,
-    NaN if not), so that a finite value beyond the range of ``dtype`` (a float64
-    gradient of 1e300 in a float32 record) does not read as an overflow."""
+    """A 0-d fact read only for its finiteness (a gradient's norm or screen, a proposal's
+    health), in ``dtype``: ``value`` itself if it has that dtype, else ``value - value``
+    converted (0 if finite, NaN if not), so that a finite value beyond the range of
+    ``dtype`` (a float64 gradient of 1e300 in a float32 record) does not read as an
+    overflow."""
     return value if value.dtype is dtype else (value - value).to(dtype)
 
 
